@@ -208,7 +208,11 @@ def run_benchmark(task: Task, args, methods, protocol: Protocol) -> dict:
   """Runs (resumably), summarises, and writes NAME.json, NAME.png and the README table."""
   seeds = tuple(range(min(args.seeds, 1) if args.quick else args.seeds))
   tag = f"{task.name}_quick" if args.quick else task.name
-  runs = store_m.RunStore(args.out, tag)
+  n_train = len(task.data[0][0])
+  # The protocol names the folder of per-run results, so a rerun with other epochs,
+  # batch size, learning rate or training-set size never resumes from stale runs.
+  runs = store_m.RunStore(args.out, f"{tag}_e{protocol.epochs}_b{protocol.batch_size}"
+                          f"_lr{protocol.lr:g}_n{n_train}")
   results = run_all(task, methods, seeds, protocol, runs)
   summary = summarise(task, results, methods, seeds)
   (x_tr, _), (x_va, _), (x_te, _) = task.data

@@ -6,7 +6,11 @@ Protocol (the reference code's): first loss × 0.1, five starts, Adam lr 1e-3,
 *reaches the global minimum* when its final mean loss is within 0.01 of the
 minimum of the mean loss (−10.1037, by grid search and Adam refinement); the
 first step within that tolerance is read from the mean loss recorded every 50
-steps. Also: ConicGrad for c ∈ {0.1, 0.25, 0.5, 0.75, 0.9}, and a preference
+steps. Also: ConicGrad for c ∈ {0.1, 0.25, 0.5, 0.75, 0.9}; since ConicGrad's c is
+swept, the main trade-off parameter of the baselines that have one is swept on a
+five-point grid too (``BASELINE_SWEEPS``: CAGrad's c on the same grid, FairGrad's α,
+SDMGrad's λ, GradNorm's α, DWA's temperature); the comparison table uses every
+method's defaults (ConicGrad c = 0.5), fixed before any sweep. And a preference
 sweep (p, 1 − p), p ∈ {0.05, …, 0.95}, from the start (0, 0) for ConicGrad and
 the preference-aware baselines (UPGrad, DualProj, Aligned-MTL, ConFIG, linear
 scalarisation with weights p), each compared with the true Pareto front.
@@ -37,8 +41,13 @@ import toy as toy_ex  # noqa: E402
 
 RECORD_EVERY = 50
 C_SWEEP = (0.1, 0.25, 0.5, 0.75, 0.9)
+BASELINE_SWEEPS = {"cagrad": ("c", C_SWEEP),
+                   "fairgrad": ("alpha", (0.5, 1.0, 2.0, 5.0, 10.0)),
+                   "sdmgrad": ("lamda", (0.1, 0.3, 0.5, 0.75, 0.9)),
+                   "gradnorm": ("alpha", (0.5, 1.0, 1.5, 2.0, 3.0)),
+                   "dwa": ("temperature", (0.5, 1.0, 2.0, 5.0, 10.0))}
 PREFERENCES = tuple(np.round(np.linspace(0.05, 0.95, 7), 3))
-QUICK_METHODS = ("linear_scalarization", "conicgrad", "famo")
+QUICK_METHODS = ("linear_scalarization", "conicgrad", "famo", "cagrad")
 PREFERENCE_METHODS = ("conicgrad", "upgrad", "dualproj", "aligned_mtl", "config",
                       "linear_scalarization")
 
@@ -195,6 +204,11 @@ def main(argv=None):
   sweep = {}
   for c in tqdm(C_SWEEP if not args.quick else (0.25,), desc="c sweep"):
     sweep[f"conicgrad(c={c})"] = runs.run(f"conicgrad_c{c}", job("conicgrad", c=c))
+  baseline_sweeps = {}
+  for n, (arg, grid) in tqdm([kv for kv in BASELINE_SWEEPS.items() if kv[0] in names],
+                             desc="baseline sweeps"):
+    for v in (grid if not args.quick else grid[:1]):
+      baseline_sweeps[f"{n}({arg}={v})"] = runs.run(f"{n}_{arg}{v}", job(n, **{arg: v}))
   pref = {}
   for n in tqdm([m for m in PREFERENCE_METHODS if m in names or not (args.methods or args.quick)],
                 desc="preference sweep"):
@@ -218,6 +232,8 @@ def main(argv=None):
          "global_minimum": best, "argmin": best_x.tolist(), "machine": timing.machine(),
          "methods": {n: {k: v for k, v in r.items() if k != "path"} for n, r in results.items()},
          "c_sweep": {n: {k: v for k, v in r.items() if k != "path"} for n, r in sweep.items()},
+         "baseline_sweeps": {n: {k: v for k, v in r.items() if k != "path"}
+                             for n, r in baseline_sweeps.items()},
          "preference_sweep": pref}
   with open(os.path.join(args.out, f"{name}.json"), "w") as f:
     json.dump(out, f, indent=1)
@@ -226,7 +242,7 @@ def main(argv=None):
                    os.path.join(args.out, f"{name}_convergence.png"))
   plot_preferences(pref, front, os.path.join(args.out, f"{name}_preference.png"))
   print(f"{'method':<26} reached  first steps within {toy_ex.REACHED_TOL} (per start)")
-  for n, r in {**results, **sweep}.items():
+  for n, r in {**results, **sweep, **baseline_sweeps}.items():
     print(f"{n:<26} {r['reached']}/5     "
           f"{[s['first_step_within_tol'] for s in r['starts']]}")
   for n, rows in pref.items():

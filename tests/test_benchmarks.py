@@ -57,3 +57,37 @@ def test_coulomb_eigenvalues_of_a_diatomic():
   ev = qm9._coulomb_eigenvalues(["H", "H"], [[0, 0, 0], [0, 0, 0.74]], size=4)
   # [[0.5, 1/0.74], [1/0.74, 0.5]] has eigenvalues 0.5 ± 1/0.74.
   np.testing.assert_allclose(ev, [0.5 + 1 / 0.74, 0.5 - 1 / 0.74, 0, 0], rtol=1e-12)
+
+
+def _tiny_regression_task():
+  import jax.numpy as jnp
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((96, 3)).astype(np.float32)
+  y = np.stack([x @ [1.0, 0.0, 0.0], x @ [0.0, 1.0, 0.0]], 1).astype(np.float32)
+  split = ((x[:64], y[:64]), (x[64:80], y[64:80]), (x[80:], y[80:]))
+
+  def losses(p, xb, yb):
+    pred = (xb @ p["shared"]) @ p["heads"]
+    return jnp.mean((pred - yb) ** 2, axis=0)
+
+  def init(seed):
+    r = np.random.default_rng(seed)
+    return {"shared": jnp.asarray(r.standard_normal((3, 4)), jnp.float32),
+            "heads": jnp.asarray(r.standard_normal((4, 2)), jnp.float32)}
+
+  return supervised.Task("tiny", ("a", "b"), (False, False), "mse", init, losses, losses,
+                         lambda path, leaf: "shared" in str(path), split)
+
+
+def test_run_benchmark_never_resumes_from_another_protocol(tmp_path):
+  task = _tiny_regression_task()
+  args, methods = supervised.parse_args("tiny", ["--methods", "linear_scalarization",
+                                                 "--seeds", "1", "--out", str(tmp_path)])
+  for epochs in (1, 2):
+    supervised.run_benchmark(task, args, methods, supervised.Protocol(epochs, 16, 1e-2))
+  folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+  assert folders == ["tiny_e1_b16_lr0.01_n64_runs", "tiny_e2_b16_lr0.01_n64_runs"]
+  again = store_m.RunStore(str(tmp_path), "tiny_e2_b16_lr0.01_n64").get(
+      "linear_scalarization_seed0")
+  assert len(again["history"]) == 2
+  assert (tmp_path / "tiny.json").exists() and (tmp_path / "tiny.md").exists()
