@@ -90,4 +90,7 @@ def test_run_benchmark_never_resumes_from_another_protocol(tmp_path):
   again = store_m.RunStore(str(tmp_path), "tiny_e2_b16_lr0.01_n64").get(
       "linear_scalarization_seed0")
   assert len(again["history"]) == 2
-  assert (tmp_path / "tiny.json").exists() and (tmp_path / "tiny.md").exists()
+  table = (tmp_path / "tiny.md").read_text().splitlines()
+  assert table[0].startswith("| method | a (mse) | b (mse) | Δm% ↓")
+  assert table[2].startswith("| STL |") and table[3].startswith("| linear_scalarization |")
+  assert table[3].endswith("(1.00×) |")
