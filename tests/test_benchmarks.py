@@ -94,3 +94,32 @@ def test_run_benchmark_never_resumes_from_another_protocol(tmp_path):
   assert table[0].startswith("| method | a (mse) | b (mse) | Δm% ↓")
   assert table[2].startswith("| STL |") and table[3].startswith("| linear_scalarization |")
   assert table[3].endswith("(1.00×) |")
+
+
+@pytest.mark.slow   # 18 compilations of a 9-layer CNN: about 40 s
+def test_loss_only_methods_take_one_backward_with_the_stacked_update():
+  """celeba_scaling times LOSS_ONLY methods in representation mode: it must be the same update."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  import conicgrad_jax as cg
+  from benchmarks import celeba_scaling, models
+
+  k = 3
+  params = models.init_params(k, width=0.1)
+  x, y = models.synthetic_batch(2, k)
+  x = x[:, :16, :16]
+  identity = optax.identity()
+  for name in celeba_scaling.LOSS_ONLY:
+    one_backward, init_one = celeba_scaling.task_step(name, k, identity)
+    init_s, stacked = cg.make_task_update(
+        models.task_losses, cg.methods()[name].factory(shared=models.is_shared, num_tasks=k),
+        shared=models.is_shared)
+    p, state, s_ref = params, init_one(params), init_s(params)
+    for _ in range(2):   # the second step sees the state the first one left
+      new_p, state = one_backward(p, state, x, y)
+      _, u_ref, s_ref = stacked(p, s_ref, x, y)
+      jax.tree_util.tree_map(
+          lambda a, b, n=name: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6, err_msg=n),
+          jax.tree_util.tree_map(lambda a, b: a - b, new_p, p), u_ref)
+      p = new_p
