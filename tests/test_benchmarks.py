@@ -100,7 +100,6 @@ def test_run_benchmark_never_resumes_from_another_protocol(tmp_path):
 def test_loss_only_methods_take_one_backward_with_the_stacked_update():
   """celeba_scaling times LOSS_ONLY methods in representation mode: it must be the same update."""
   import jax
-  import jax.numpy as jnp
   import optax
   import conicgrad_jax as cg
   from benchmarks import celeba_scaling, models
