@@ -83,16 +83,18 @@ def measure(size_name, width, method_names, batch, rounds):
     return optax.apply_updates(p, u), s
 
   steps = {"linear_scalarization (one backward)": (jax.jit(ls_step), adam.init(params))}
+  modes = {"linear_scalarization (one backward)": "jax.grad of the mean"}
   for name in method_names:
     fn, init = task_step(name, K, adam)
     label = f"{name} (one backward)" if name in LOSS_ONLY else name
     steps[label] = (fn, init(params))
+    modes[label] = "representation" if name in LOSS_ONLY else "stacked"
   rows, calls = [], {}
   for name, (fn, state) in steps.items():
     temp = fn.lower(params, state, images, labels).compile().memory_analysis().temp_size_in_bytes
     calls[name] = lambda fn=fn, state=state: fn(params, state, images, labels)[0]
     rows.append({"size": size_name, "m_shared": models.count(params), "method": name,
-                 "mode": "representation" if name.endswith("(one backward)") else "stacked",
+                 "mode": modes[name],
                  "batch": batch, "temp_bytes": int(temp)})
   times = timing.interleaved_times(calls, rounds, warmup=1)
   base = "linear_scalarization (one backward)"
@@ -132,6 +134,16 @@ def plot(rows, path):
   plt.close(fig)
 
 
+def markdown_table(rows) -> str:
+  lines = ["| size (shared params) | method | mode | s/step | × LS | temp MiB | × LS |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['size']} ({r['m_shared'] / 1e6:.1f}M) | {r['method']} | {r['mode']} "
+                 f"| {r['median_s']:.3f} | {r['time_ratio_to_ls']:.2f} "
+                 f"| {r['temp_bytes'] / 2**20:.1f} | {r['memory_ratio_to_ls']:.2f} |")
+  return "\n".join(lines)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m benchmarks celeba_scaling")
   parser.add_argument("--methods", default=None, help="comma-separated; default: all")
@@ -160,6 +172,8 @@ def main(argv=None):
     json.dump({"benchmark": "celeba_scaling", "quick": args.quick, "K": K,
                "machine": timing.machine(), "rows": rows}, f, indent=1)
   plot(rows, os.path.join(args.out, f"{tag}.png"))
+  with open(os.path.join(args.out, f"{tag}.md"), "w") as f:
+    f.write(markdown_table(rows) + "\n")
   print(f"{'size':<7} {'method':<38} {'s/step':>8} {'x LS':>6} {'temp MiB':>9} {'x LS':>6}")
   for r in rows:
     print(f"{r['size']:<7} {r['method']:<38} {r['median_s']:8.3f} {r['time_ratio_to_ls']:6.2f} "
