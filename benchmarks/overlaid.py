@@ -140,12 +140,12 @@ def is_shared(path, leaf):
 def main(name, argv=None):
   args, methods = supervised.parse_args(name, argv)
   if args.quick:
-    sizes, protocol = (256, 128, 256), supervised.Protocol(args.epochs or 2, 64, 1e-3)
+    sizes, protocol = (256, 128, 256), supervised.Protocol(args.epochs or 2, 64, args.lr or 1e-3)
   else:
     # Sized for about half an hour for all methods × 3 seeds on 2 CPU cores (≈ 0.15 s
     # per step: XLA:CPU's convolution gradients are slow for these small-channel shapes).
     sizes = (4000, 1000, 2000) if name == "multimnist" else (4000, 1000, 5000)
-    protocol = supervised.Protocol(args.epochs or 3, 128, 1e-3)
+    protocol = supervised.Protocol(args.epochs or 3, 128, args.lr or 1e-3)
   task = supervised.Task(name, ("left", "right"), (True, True), "accuracy", init_params,
                          task_losses, accuracies, is_shared, build_data(name, sizes))
   return supervised.run_benchmark(task, args, methods, protocol)

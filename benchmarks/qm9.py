@@ -118,11 +118,11 @@ def is_shared(path, leaf):
 def main(argv=None):
   args, methods = supervised.parse_args("qm9", argv)
   if args.quick:
-    sizes, protocol = (2048, 512, 1024), supervised.Protocol(args.epochs or 2, 256, 1e-3)
+    sizes, protocol = (2048, 512, 1024), supervised.Protocol(args.epochs or 2, 256, args.lr or 1e-3)
   else:
     # About 40 minutes for all methods, the 11 STL models and 3 seeds on 2 CPU cores
     # (≈ 16 ms per step with 11 per-task backward passes).
-    sizes, protocol = (100_000, 10_000, 0), supervised.Protocol(args.epochs or 5, 512, 1e-3)
+    sizes, protocol = (100_000, 10_000, 0), supervised.Protocol(args.epochs or 5, 512, args.lr or 1e-3)
   data, scale = build_data(sizes, max_molecules=sum(sizes) if args.quick else None)
   scale = jnp.asarray(scale, jnp.float32)
   mae = lambda p, x, y: jnp.mean(jnp.abs(predict(p, x) - y), axis=0) * scale

@@ -194,6 +194,7 @@ def parse_args(name: str, argv=None):
   parser.add_argument("--methods", default=None, help="comma-separated; default: all")
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--epochs", type=int, default=None)
+  parser.add_argument("--lr", type=float, default=None, help="Adam's learning rate")
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
   args = parser.parse_args(argv)
