@@ -6,6 +6,7 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from conicgrad_jax import _numeric
@@ -114,11 +115,11 @@ def conicgrad(
   if tol is not None and not (tree_checks.concrete_float(tol) or 0) > 0:
     raise ValueError(f"`tol` must be a positive number, got {tol!r}.")
   if preference is not None and num_tasks is None:
-    num_tasks = int(jnp.shape(preference)[0])
+    num_tasks = int(np.shape(preference)[0])
   if (preference is not None and num_tasks is not None
-      and jnp.shape(preference) != (num_tasks,)):
+      and np.shape(preference) != (num_tasks,)):
     raise ValueError(
-        f"`preference` has shape {jnp.shape(preference)} but `num_tasks` is "
+        f"`preference` has shape {np.shape(preference)} but `num_tasks` is "
         f"{num_tasks}.")
 
   def init_state(k):
