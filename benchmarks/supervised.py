@@ -60,12 +60,10 @@ def make_method(name: str, k: int, is_shared):
   return cg.methods()[name].factory(shared=is_shared, num_tasks=k)
 
 
-def train_and_evaluate(task: Task, method_name: str, seed: int, protocol: Protocol) -> dict:
-  (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = task.data
+def make_step(task: Task, method_name: str, protocol: Protocol):
+  """The jitted training step ``(params, state, x, y) -> (params, state, losses)`` and its init."""
   k = len(task.task_names)
-  params = task.init_params(seed)
   opt = optax.chain(make_method(method_name, k, task.is_shared), optax.adam(protocol.lr))
-  opt_state = opt.init(params)
   grads_fn = cg.value_and_task_grads(task.task_losses, shared=task.is_shared)
 
   @jax.jit
@@ -73,6 +71,15 @@ def train_and_evaluate(task: Task, method_name: str, seed: int, protocol: Protoc
     losses, g = grads_fn(p, x, y)
     u, s = opt.update(g, s, p, losses=losses)
     return optax.apply_updates(p, u), s, losses
+
+  return step, opt.init
+
+
+def train_and_evaluate(task: Task, method_name: str, seed: int, protocol: Protocol) -> dict:
+  (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = task.data
+  params = task.init_params(seed)
+  step, init = make_step(task, method_name, protocol)
+  opt_state = init(params)
 
   def epoch(p, s, xs, ys):
     # A Python loop over one jitted step: XLA:CPU runs the body of a lax.scan over
@@ -110,6 +117,25 @@ def train_and_evaluate(task: Task, method_name: str, seed: int, protocol: Protoc
           "time_per_step_s": float(np.median(step_times)) if step_times else None}
 
 
+def side_by_side_step_times(task: Task, method_names, protocol: Protocol, rounds: int) -> dict:
+  """Seconds per training step of every method, timed side by side on one batch.
+
+  The training runs happen one after another under whatever else the machine is
+  doing; these interleaved rounds (after one warm-up) give the time column its
+  ratios to linear scalarisation.
+  """
+  (x_tr, y_tr), _, _ = task.data
+  x, y = x_tr[:protocol.batch_size], y_tr[:protocol.batch_size]
+  params = task.init_params(0)
+  calls = {}
+  for m in tqdm(method_names, desc=f"{task.name} step times (compiling)"):
+    step, init = make_step(task, m, protocol)
+    compiled = step.lower(params, init(params), x, y).compile()
+    calls[m] = lambda compiled=compiled, state=init(params): compiled(params, state, x, y)[0]
+  times = timing.interleaved_times(calls, rounds, warmup=1)
+  return {m: timing.summary(t) for m, t in times.items()}
+
+
 def run_all(task: Task, method_names, seeds, protocol: Protocol, runs) -> dict:
   """Every method × seed (and the STL runs), resumable through ``runs`` (a RunStore)."""
   k = len(task.task_names)
@@ -121,7 +147,8 @@ def run_all(task: Task, method_names, seeds, protocol: Protocol, runs) -> dict:
   return results
 
 
-def summarise(task: Task, results: dict, method_names, seeds) -> dict:
+def summarise(task: Task, results: dict, method_names, seeds, times=None) -> dict:
+  """Metrics, Δm% and mean rank; the time column from ``times`` (side by side) when given."""
   k = len(task.task_names)
   sign = np.array([-1.0 if h else 1.0 for h in task.higher_is_better])
   stl = np.array([np.mean([results[f"stl_{i}", s]["test_metrics"][i] for s in seeds])
@@ -130,15 +157,17 @@ def summarise(task: Task, results: dict, method_names, seeds) -> dict:
   for m in method_names:
     metrics = np.array([results[m, s]["test_metrics"] for s in seeds])      # (seeds, K)
     delta = 100.0 * np.mean(sign * (metrics - stl) / np.abs(stl), axis=1)   # per seed
-    times = [results[m, s]["time_per_step_s"] for s in seeds
-             if results[m, s]["time_per_step_s"] is not None]
+    in_run = [results[m, s]["time_per_step_s"] for s in seeds
+              if results[m, s]["time_per_step_s"] is not None]
     rows[m] = {"mean": metrics.mean(0).tolist(),
                "sem": (metrics.std(0, ddof=1) / np.sqrt(len(seeds))).tolist()
                if len(seeds) > 1 else [0.0] * k,
                "delta_m_pct": float(delta.mean()),
                "delta_m_sem": float(delta.std(ddof=1) / np.sqrt(len(seeds)))
                if len(seeds) > 1 else 0.0,
-               "time_per_step_s": float(np.median(times)) if times else None}
+               "time_per_step_in_runs_s": float(np.median(in_run)) if in_run else None,
+               "time_per_step_s": (times[m]["median_s"] if times is not None
+                                   else float(np.median(in_run)) if in_run else None)}
   names = list(rows)
   means = np.array([rows[m]["mean"] for m in names])                       # (methods, K)
   ranks = np.zeros_like(means)
@@ -216,7 +245,10 @@ def run_benchmark(task: Task, args, methods, protocol: Protocol) -> dict:
   runs = store_m.RunStore(args.out, f"{tag}_e{protocol.epochs}_b{protocol.batch_size}"
                           f"_lr{protocol.lr:g}_n{n_train}")
   results = run_all(task, methods, seeds, protocol, runs)
-  summary = summarise(task, results, methods, seeds)
+  rounds = 3 if args.quick else 10
+  times = runs.run(f"step_times_rounds{rounds}", lambda: side_by_side_step_times(task, methods, protocol,
+                                                                     rounds))
+  summary = summarise(task, results, methods, seeds, times)
   (x_tr, _), (x_va, _), (x_te, _) = task.data
   with open(os.path.join(args.out, f"{tag}.json"), "w") as f:
     json.dump({"benchmark": task.name, "quick": args.quick, "protocol": protocol._asdict(),

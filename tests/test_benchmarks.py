@@ -27,6 +27,12 @@ def test_delta_m_and_mean_rank_by_hand():
   assert s["methods"]["x"]["time_ratio_to_ls"] == pytest.approx(2.0)
   s = supervised.summarise(_task((False, False)), results, ["x", "linear_scalarization"], [0])
   assert s["methods"]["linear_scalarization"]["delta_m_pct"] == pytest.approx(5.0)
+  # Side-by-side step times, when measured, replace the times taken during the runs.
+  side = {"x": {"median_s": 3.0}, "linear_scalarization": {"median_s": 1.0}}
+  s = supervised.summarise(_task((True, True)), results, ["x", "linear_scalarization"], [0],
+                           side)
+  assert s["methods"]["x"]["time_ratio_to_ls"] == pytest.approx(3.0)
+  assert s["methods"]["x"]["time_per_step_in_runs_s"] == pytest.approx(2.0)
 
 
 def test_run_store_resumes(tmp_path):
