@@ -14,7 +14,7 @@ MSE on standardised targets; metric: test MAE in the original units. Split
 20,831 test.
 
 Usage:
-  python -m benchmarks qm9 [--methods a,b] [--seeds 3] [--epochs 10] [--quick] [--out DIR]
+  python -m benchmarks qm9 [--methods a,b] [--seeds 3] [--epochs 5] [--lr 1e-3] [--quick] [--out DIR]
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ first step within that tolerance is read from the mean loss recorded every 50
 steps. Also: ConicGrad for c ∈ {0.1, 0.25, 0.5, 0.75, 0.9}; since ConicGrad's c is
 swept, the main trade-off parameter of the baselines that have one is swept on a
 five-point grid too (``BASELINE_SWEEPS``: CAGrad's c on the same grid — the same role
-as ConicGrad's c — and FairGrad's α, the two methods closest to ConicGrad on this
-toy); the comparison table uses every
+as ConicGrad's c — FairGrad's α, SDMGrad's λ, GradNorm's α and DWA's temperature);
+the comparison table uses every
 method's defaults (ConicGrad c = 0.5), fixed before any sweep. And a preference
 sweep (p, 1 − p), p ∈ {0.05, …, 0.95}, from the start (0, 0) for ConicGrad and
 the preference-aware baselines (UPGrad, DualProj, Aligned-MTL, ConFIG, linear
@@ -43,7 +43,10 @@ import toy as toy_ex  # noqa: E402
 RECORD_EVERY = 50
 C_SWEEP = (0.1, 0.25, 0.5, 0.75, 0.9)
 BASELINE_SWEEPS = {"cagrad": ("c", C_SWEEP),
-                   "fairgrad": ("alpha", (0.5, 1.0, 2.0, 5.0, 10.0))}
+                   "fairgrad": ("alpha", (0.5, 1.0, 2.0, 5.0, 10.0)),
+                   "sdmgrad": ("lamda", (0.1, 0.3, 0.5, 0.75, 0.9)),
+                   "gradnorm": ("alpha", (0.5, 1.0, 1.5, 2.0, 3.0)),
+                   "dwa": ("temperature", (0.5, 1.0, 2.0, 5.0, 10.0))}
 PREFERENCES = tuple(np.round(np.linspace(0.05, 0.95, 7), 3))
 QUICK_METHODS = ("linear_scalarization", "conicgrad", "famo", "cagrad")
 PREFERENCE_METHODS = ("conicgrad", "upgrad", "dualproj", "aligned_mtl", "config",
