@@ -33,8 +33,6 @@ import argparse
 import json
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm import tqdm
@@ -47,42 +45,28 @@ from benchmarks import timing
 K = 40
 ALL_SIZES_METHODS = ("conicgrad", "mgda", "famo")
 # Weights from the losses alone (no gradient enters them): one backward pass suffices.
-LOSS_ONLY = ("rlw", "uncertainty_weighting", "dwa", "gls", "stch", "imtl_l", "famo",
-             "bilb4mtl", "gsmgrad_fa")
+LOSS_ONLY = tuple(name for name, info in cg.methods().items()
+                  if info.loss_only and name != "linear_scalarization")
 
 
 def task_step(name, num_tasks, optimiser):
   """A jitted training step ``(params, (method state, Adam state), x, y) -> (params, state)``."""
   if name in LOSS_ONLY:
-    init_u, update = cg.make_task_update(lambda p, z, x, y: models.head_losses(p, z, y),
-                                         cg.methods()[name].factory(num_tasks=num_tasks),
-                                         mode="representation",
-                                         encode=lambda p, x, y: models.encode(p, x))
+    init_u, update = models.task_update(cg.methods()[name].factory(num_tasks=num_tasks),
+                                        mode="representation")
   else:
-    init_u, update = cg.make_task_update(
-        models.task_losses, cg.methods()[name].factory(shared=models.is_shared,
-                                                       num_tasks=num_tasks),
+    init_u, update = models.task_update(
+        cg.methods()[name].factory(shared=models.is_shared, num_tasks=num_tasks),
         shared=models.is_shared)
-
-  def step(p, state, x, y):
-    _, u, s_method = update(p, state[0], x, y)
-    u, s_opt = optimiser.update(u, state[1], p)
-    return optax.apply_updates(p, u), (s_method, s_opt)
-
-  return jax.jit(step), lambda p: (init_u(p), optimiser.init(p))
+  return models.training_step(update, optimiser), lambda p: (init_u(p), optimiser.init(p))
 
 
 def measure(size_name, width, method_names, batch, rounds):
   params = models.init_params(K, width)
   images, labels = models.synthetic_batch(batch, K)
   adam = optax.adam(1e-3)
-
-  def ls_step(p, s, x, y):
-    g = jax.grad(lambda p: jnp.mean(models.task_losses(p, x, y)))(p)
-    u, s = adam.update(g, s, p)
-    return optax.apply_updates(p, u), s
-
-  steps = {"linear_scalarization (one backward)": (jax.jit(ls_step), adam.init(params))}
+  steps = {"linear_scalarization (one backward)": (models.mean_loss_step(adam),
+                                                   adam.init(params))}
   modes = {"linear_scalarization (one backward)": "jax.grad of the mean"}
   for name in method_names:
     fn, init = task_step(name, K, adam)
@@ -91,9 +75,8 @@ def measure(size_name, width, method_names, batch, rounds):
     modes[label] = "representation" if name in LOSS_ONLY else "stacked"
   rows, calls = [], {}
   for name, (fn, state) in steps.items():
-    compiled = fn.lower(params, state, images, labels).compile()   # compiled once, timed as is
+    compiled, calls[name] = timing.compiled_call(fn, params, state, images, labels)
     temp = compiled.memory_analysis().temp_size_in_bytes
-    calls[name] = lambda fn=compiled, state=state: fn(params, state, images, labels)[0]
     rows.append({"size": size_name, "m_shared": models.count(params), "method": name,
                  "mode": modes[name],
                  "batch": batch, "temp_bytes": int(temp)})

@@ -12,6 +12,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+import conicgrad_jax as cg
 
 BASE_CHANNELS = (32, 64, 64, 128, 128, 256, 256, 512, 576)
 STRIDES = (1, 2, 1, 2, 1, 2, 1, 2, 1)
@@ -56,6 +59,33 @@ def head_losses(params, z, labels):
 
 def task_losses(params, images, labels):
   return head_losses(params, encode(params, images), labels)
+
+
+def mean_loss_step(optimiser):
+  """Linear scalarisation's ordinary jitted step: one backward pass of the mean loss."""
+  def step(p, s, x, y):
+    g = jax.grad(lambda p: jnp.mean(task_losses(p, x, y)))(p)
+    u, s = optimiser.update(g, s, p)
+    return optax.apply_updates(p, u), s
+  return jax.jit(step)
+
+
+def task_update(method, mode: str = "stacked", **options):
+  """``cg.make_task_update`` for this model (representation mode splits at the encoder output)."""
+  if mode == "representation":
+    return cg.make_task_update(lambda p, z, x, y: head_losses(p, z, y), method, mode=mode,
+                               encode=lambda p, x, y: encode(p, x), **options)
+  return cg.make_task_update(task_losses, method, mode=mode, **options)
+
+
+def training_step(update, optimiser):
+  """Jitted ``(params, (task state, optimiser state), x, y) -> (params, state)`` around ``update``."""
+  def step(p, state, x, y):
+    task_state, opt_state = state
+    _, u, task_state = update(p, task_state, x, y)
+    u, opt_state = optimiser.update(u, opt_state, p)
+    return optax.apply_updates(p, u), (task_state, opt_state)
+  return jax.jit(step)
 
 
 def is_shared(path, leaf) -> bool:

@@ -134,11 +134,6 @@ def modes_part(k, width, batch, rounds, every):
   adam = optax.adam(1e-3)
   shared = models.is_shared
 
-  def ls_step(p, s, x, y):
-    g = jax.grad(lambda p: jnp.mean(models.task_losses(p, x, y)))(p)
-    u, s = adam.update(g, s, p)
-    return optax.apply_updates(p, u), s
-
   configs = {
       "stacked": dict(mode="stacked"),
       "chunked(8)": dict(mode="chunked", chunk_size=8),
@@ -151,37 +146,29 @@ def modes_part(k, width, batch, rounds, every):
           mode="representation", every=every, host=True),
   }
   # name -> (list of the step functions one cycle calls in order, initial state)
-  steps = {"linear_scalarization": ([jax.jit(ls_step)], adam.init(params))}
+  steps = {"linear_scalarization": ([models.mean_loss_step(adam)], adam.init(params))}
   for name, cfg in configs.items():
     rep = cfg["mode"] == "representation"
     n_every = cfg.get("every", 1)
     method = cg.conicgrad(0.5, num_tasks=k,
                           shared=None if cfg["mode"] in ("gramian", "representation") else shared)
-    init, task_update = cg.make_task_update(
-        (lambda p, z, x, y: models.head_losses(p, z, y)) if rep else models.task_losses, method,
-        mode=cfg["mode"], shared=None if rep else shared, chunk_size=cfg.get("chunk_size"),
-        every=n_every, encode=(lambda p, x, y: models.encode(p, x)) if rep else None,
-        num_tasks=k if n_every > 1 else None)
-
-    def full_step(task_fn):
-      def step(p, s, x, y):
-        task_state, opt_state = s
-        _, u, task_state = task_fn(p, task_state, x, y)
-        u, opt_state = adam.update(u, opt_state, p)
-        return optax.apply_updates(p, u), (task_state, opt_state)
-      return jax.jit(step)
+    init, task_update = models.task_update(
+        method, mode=cfg["mode"], shared=None if rep else shared,
+        chunk_size=cfg.get("chunk_size"), every=n_every, num_tasks=k if n_every > 1 else None)
 
     if cfg.get("host"):
-      first, rest = full_step(task_update.recompute), full_step(task_update.reuse)
+      first = models.training_step(task_update.recompute, adam)
+      rest = models.training_step(task_update.reuse, adam)
       cycle = [first] + [rest] * (n_every - 1)
     else:
-      cycle = [full_step(task_update)] * n_every
+      cycle = [models.training_step(task_update, adam)] * n_every
     steps[name] = (cycle, (init(params), adam.init(params)))
 
   rows, calls = [], {}
   for name, (cycle, state) in steps.items():
-    temp = max(f.lower(params, state, images, labels).compile().memory_analysis()
-               .temp_size_in_bytes for f in set(cycle))
+    compiled = {f: timing.compiled_call(f, params, state, images, labels)[0] for f in set(cycle)}
+    temp = max(c.memory_analysis().temp_size_in_bytes for c in compiled.values())
+    cycle = [compiled[f] for f in cycle]   # timed as compiled: no second compilation
 
     def call(cycle=cycle, state=state):
       p, s = params, state

@@ -130,8 +130,7 @@ def side_by_side_step_times(task: Task, method_names, protocol: Protocol, rounds
   calls = {}
   for m in tqdm(method_names, desc=f"{task.name} step times (compiling)"):
     step, init = make_step(task, m, protocol)
-    compiled = step.lower(params, init(params), x, y).compile()
-    calls[m] = lambda compiled=compiled, state=init(params): compiled(params, state, x, y)[0]
+    _, calls[m] = timing.compiled_call(step, params, init(params), x, y)
   times = timing.interleaved_times(calls, rounds, warmup=1)
   return {m: timing.summary(t) for m, t in times.items()}
 

@@ -26,6 +26,12 @@ def interleaved_times(candidates: dict[str, Callable[[], object]], rounds: int,
   return {name: np.asarray(v) for name, v in times.items()}
 
 
+def compiled_call(jitted, *args):
+  """Compiles ``jitted`` for ``args`` once (ahead of time); returns it and a call on ``args``."""
+  compiled = jitted.lower(*args).compile()
+  return compiled, lambda: compiled(*args)
+
+
 def summary(times: np.ndarray) -> dict:
   return {"median_s": float(np.median(times)), "q25_s": float(np.quantile(times, 0.25)),
           "q75_s": float(np.quantile(times, 0.75)), "n": int(times.size)}

@@ -202,14 +202,15 @@ def main(argv=None):
   results = {}
   for n in tqdm(names, desc="methods"):
     results[n] = runs.run(n, job(n))
-  sweep = {}
-  for c in tqdm(C_SWEEP if not args.quick else (0.25,), desc="c sweep"):
-    sweep[f"conicgrad(c={c})"] = runs.run(f"conicgrad_c{c}", job("conicgrad", c=c))
+  def run_sweep(n, arg, grid):
+    return {f"{n}({arg}={v})": runs.run(f"{n}_{arg}{v}", job(n, **{arg: v}))
+            for v in tqdm(grid, desc=f"{n} {arg} sweep")}
+
+  sweep = run_sweep("conicgrad", "c", C_SWEEP if not args.quick else (0.25,))
   baseline_sweeps = {}
-  for n, (arg, grid) in tqdm([kv for kv in BASELINE_SWEEPS.items() if kv[0] in names],
-                             desc="baseline sweeps"):
-    for v in (grid if not args.quick else grid[:1]):
-      baseline_sweeps[f"{n}({arg}={v})"] = runs.run(f"{n}_{arg}{v}", job(n, **{arg: v}))
+  for n, (arg, grid) in BASELINE_SWEEPS.items():
+    if n in names:
+      baseline_sweeps.update(run_sweep(n, arg, grid if not args.quick else grid[:1]))
   pref = {}
   for n in tqdm([m for m in PREFERENCE_METHODS if m in names or not (args.methods or args.quick)],
                 desc="preference sweep"):

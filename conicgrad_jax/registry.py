@@ -34,6 +34,15 @@ class MethodInfo(NamedTuple):
   stateful: bool
   random: bool
 
+  @property
+  def loss_only(self) -> bool:
+    """Its weights never see the gradients (loss weightings, fixed or random weights).
+
+    Its update is then one backward pass of Σ_k w_k L_k, e.g. with
+    ``make_task_update(mode="representation")``.
+    """
+    return not (self.gram_weighting or self.needs_jacobian)
+
 
 _METHODS = {
     "conicgrad": MethodInfo(conicgrad_m.conicgrad, True, False, False, False, False),

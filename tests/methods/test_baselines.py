@@ -250,6 +250,8 @@ def test_registry_kinds():
   assert registry["gsmgrad_fa"].needs_losses and not registry["gsmgrad_fa"].gram_weighting
   assert registry["rotograd"].gram_weighting and registry["rotograd"].stateful
   assert len(registry) == 29
+  assert registry["famo"].loss_only and registry["rlw"].loss_only
+  assert not registry["gradnorm"].loss_only and not registry["graddrop"].loss_only
 
 
 def test_gradvac_two_tasks_matches_reference_formula_and_hits_the_target():
