@@ -128,3 +128,14 @@ def test_loss_only_methods_take_one_backward_with_the_stacked_update():
           lambda a, b, n=name: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6, err_msg=n),
           jax.tree_util.tree_map(lambda a, b: a - b, new_p, p), u_ref)
       p = new_p
+
+
+def test_stored_step_times_are_retimed_when_they_miss_a_method(tmp_path):
+  task = _tiny_regression_task()
+  for methods in ("linear_scalarization", "linear_scalarization,famo"):
+    args, names = supervised.parse_args("tiny", ["--methods", methods, "--seeds", "1",
+                                                 "--out", str(tmp_path)])
+    summary = supervised.run_benchmark(task, args, names, supervised.Protocol(1, 16, 1e-2))
+  assert summary["methods"]["famo"]["time_per_step_s"] > 0
+  stored = store_m.RunStore(str(tmp_path), "tiny_e1_b16_lr0.01_n64").get("step_times_rounds10")
+  assert set(stored) == {"linear_scalarization", "famo"}
