@@ -51,15 +51,15 @@ from conicgrad_jax.methods.stochastic import gradvac
 from conicgrad_jax.methods.stochastic import pcgrad
 from conicgrad_jax.methods.stochastic import rlw
 from conicgrad_jax.registry import MethodInfo
-from conicgrad_jax.registry import methods
+from conicgrad_jax import methods
 from conicgrad_jax.methods.scalarization import ScalarizationState
 from conicgrad_jax.methods.scalarization import linear_scalarization
 from conicgrad_jax.task_grads import gramian_value_and_update
 from conicgrad_jax.task_grads import value_and_task_grads
-from conicgrad_jax.transform import gram_weighting_transformation
-from conicgrad_jax.weighting.conic import ConicDiagnostics
-from conicgrad_jax.weighting.conic import conic_weighting
-from conicgrad_jax.weighting.conic import solve_cone_dual
+from conicgrad_jax.aggregator import gram_weighting_transformation
+from conicgrad_jax.solvers.cone import ConicDiagnostics
+from conicgrad_jax.solvers.cone import conic_weighting
+from conicgrad_jax.solvers.cone import solve_cone_dual
 
 __version__ = "0.1.0"
 

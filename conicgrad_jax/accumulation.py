@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from conicgrad_jax import tree_checks
+from conicgrad_jax import validation
 
 
 class AccumulationState(NamedTuple):
@@ -59,8 +59,8 @@ def accumulate_task_grads(inner: optax.GradientTransformation, every: int, *,
     >>> float(jnp.abs(u["w"]).sum())
     0.0
   """
-  tree_checks.check_positive_int("every", every)
-  tree_checks.check_positive_int("num_tasks", num_tasks)
+  validation.check_positive_int("every", every)
+  validation.check_positive_int("num_tasks", num_tasks)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import optax
 
 from conicgrad_jax import task_grads as task_grads_m
-from conicgrad_jax import tree_checks
+from conicgrad_jax import validation
 
 MODES = ("stacked", "chunked", "gramian", "representation")
 
@@ -91,7 +91,7 @@ def make_task_update(
     method: optax.GradientTransformation,
     *,
     mode: str = "stacked",
-    shared: tree_checks.SharedSpec = None,
+    shared: validation.SharedSpec = None,
     chunk_size: Optional[int] = None,
     every: int = 1,
     encode: Optional[Callable[..., Any]] = None,
@@ -128,10 +128,10 @@ def make_task_update(
   """
   if mode not in MODES:
     raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
-  tree_checks.check_shared_spec(shared)
-  tree_checks.check_positive_int("every", every)
-  tree_checks.check_positive_int("chunk_size", chunk_size, allow_none=True)
-  tree_checks.check_positive_int("num_tasks", num_tasks, allow_none=True)
+  validation.check_shared_spec(shared)
+  validation.check_positive_int("every", every)
+  validation.check_positive_int("chunk_size", chunk_size, allow_none=True)
+  validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
   if mode == "chunked" and chunk_size is None:
     raise ValueError('mode="chunked" needs `chunk_size`.')
   if mode == "representation" and encode is None:

@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from conicgrad_jax import tree_checks
+from conicgrad_jax import validation
 
 PyTree = Any
 
@@ -16,7 +16,7 @@ def value_and_task_grads(
     fun: Callable[..., Any],
     *,
     has_aux: bool = False,
-    shared: tree_checks.SharedSpec = None,
+    shared: validation.SharedSpec = None,
     chunk_size: Optional[int] = None,
 ) -> Callable[..., Any]:
   """Wraps a vector-valued loss to return its K losses and stacked task gradients.
@@ -54,8 +54,8 @@ def value_and_task_grads(
     >>> g["w"].shape
     (2, 3)
   """
-  tree_checks.check_shared_spec(shared)
-  tree_checks.check_positive_int("chunk_size", chunk_size, allow_none=True)
+  validation.check_shared_spec(shared)
+  validation.check_positive_int("chunk_size", chunk_size, allow_none=True)
 
   def wrapped(params, *args, **kwargs):
     def loss_of_params(p):
@@ -76,7 +76,7 @@ def value_and_task_grads(
     else:
       stacked = jax.lax.map(lambda e: vjp_fn(e)[0], basis, batch_size=chunk_size)
     if shared is not None:
-      flags = tree_checks.resolve_shared(shared, params)
+      flags = validation.resolve_shared(shared, params)
       summed = vjp_fn(jnp.ones_like(losses))[0]
       s_leaves, treedef = jax.tree_util.tree_flatten(stacked)
       sum_leaves = jax.tree_util.tree_leaves(summed)
@@ -92,7 +92,7 @@ def gramian_value_and_update(
     fun: Callable[..., Any],
     weighting: Callable[[jax.Array], tuple[jax.Array, Any]],
     *,
-    shared: tree_checks.SharedSpec = None,
+    shared: validation.SharedSpec = None,
 ) -> Callable[..., Any]:
   r"""Losses and a Gram-weighted update without ever holding the K task gradients at once.
 
@@ -114,14 +114,14 @@ def gramian_value_and_update(
     ``(params, *args) -> (losses, update, gram, info)``; feed ``update`` to an
     ordinary optax optimiser.
   """
-  tree_checks.check_shared_spec(shared)
+  validation.check_shared_spec(shared)
   return gramian_core(fun, lambda gram, losses: weighting(gram), shared)
 
 
 def shared_split(params, shared):
   """Shared flags, (shared leaves, other leaves) and ``merge(shared_part, other_part) -> params``."""
   leaves, treedef = jax.tree_util.tree_flatten(params)
-  flags = (tree_checks.resolve_shared(shared, params) if shared is not None
+  flags = (validation.resolve_shared(shared, params) if shared is not None
            else [True] * len(leaves))
 
   def merge(shared_part, other_part):

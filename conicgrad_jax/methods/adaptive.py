@@ -10,8 +10,8 @@ import optax
 
 from conicgrad_jax import _numeric
 from conicgrad_jax import linalg
-from conicgrad_jax import transform
-from conicgrad_jax import tree_checks
+from conicgrad_jax import aggregator
+from conicgrad_jax import validation
 from conicgrad_jax.methods import loss_weighting
 
 
@@ -22,7 +22,7 @@ from conicgrad_jax.methods import loss_weighting
 GradNormState = loss_weighting.LearnedLogitsState
 
 
-def gradnorm(alpha: float = 1.5, *, lr: float = 0.025, shared: tree_checks.SharedSpec = None,
+def gradnorm(alpha: float = 1.5, *, lr: float = 0.025, shared: validation.SharedSpec = None,
              num_tasks: Optional[int] = None,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""GradNorm: learn weights that equalise the weighted gradient norms at rates set by training speed.
@@ -59,7 +59,7 @@ def gradnorm(alpha: float = 1.5, *, lr: float = 0.025, shared: tree_checks.Share
 
   def weigh(gram, state, losses=None, **_):
     k = state.weights.shape[0]
-    losses = transform.require_losses(losses, k, "gradnorm").astype(jnp.float32)
+    losses = aggregator.require_losses(losses, k, "gradnorm").astype(jnp.float32)
     first = state.step == 0
     initial = jnp.where(first, losses, state.initial_losses)
     norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0)).astype(jnp.float32)
@@ -75,7 +75,7 @@ def gradnorm(alpha: float = 1.5, *, lr: float = 0.025, shared: tree_checks.Share
     return state._replace(weights=weights, logits=logits, inner_state=inner_state,
                           initial_losses=initial, step=state.step + 1)
 
-  return transform.gram_weighting_transformation(
+  return aggregator.gram_weighting_transformation(
       weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision,
       expand_state=expand_state)
 
@@ -99,7 +99,7 @@ def _cross_gram(a_leaves, b_leaves, precision):
 
 
 def sdmgrad(lamda: float = 0.3, *, niter: int = 20, lr: float = 10.0,
-            shared: tree_checks.SharedSpec = None, num_tasks: Optional[int] = None,
+            shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
             precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""SDMGrad: stochastic direction-oriented MGDA with an unbiased double-sampling weight update.
 
@@ -118,10 +118,10 @@ def sdmgrad(lamda: float = 0.3, *, niter: int = 20, lr: float = 10.0,
     Xiao, Ban & Ji, "Direction-oriented Multi-objective Learning: Simple and
     Provable Stochastic Algorithms", NeurIPS 2023.
   """
-  tree_checks.check_positive_int("niter", niter)
+  validation.check_positive_int("niter", niter)
 
   def init_state(k):
-    w = transform.placeholder_weights(k)
+    w = aggregator.placeholder_weights(k)
     return SDMGradState(w, w, jnp.zeros((), jnp.int32))
 
   def expand_state(state, k, dtype):
@@ -157,7 +157,7 @@ def sdmgrad(lamda: float = 0.3, *, niter: int = 20, lr: float = 10.0,
                for l in leaves]
     return updates, state._replace(weights=weights, simplex_weights=w), finite
 
-  return transform.stacked_gradient_transformation(
+  return aggregator.stacked_gradient_transformation(
       aggregate, init_state, shared=shared, num_tasks=num_tasks, expand_state=expand_state)
 
 
@@ -173,7 +173,7 @@ class GSMGradState(NamedTuple):
 
 def _gsm_init(k):
   kk = k if k is not None else 0
-  return GSMGradState(transform.placeholder_weights(k), jnp.zeros((kk,), jnp.float32),
+  return GSMGradState(aggregator.placeholder_weights(k), jnp.zeros((kk,), jnp.float32),
                       jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
 
@@ -190,7 +190,7 @@ def _check_gsm_options(lr, rho):
 
 
 def gsmgrad(*, lr: float = 0.5, rho: float = 0.01, warm_start_steps: int = 100,
-            shared: tree_checks.SharedSpec = None, num_tasks: Optional[int] = None,
+            shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
             precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""GSMGrad: single-loop MGDA, one warm-started projected-gradient step on the weights per update.
 
@@ -216,7 +216,7 @@ def gsmgrad(*, lr: float = 0.5, rho: float = 0.01, warm_start_steps: int = 100,
     of Multi-objective Optimization under Generalized Smoothness").
   """
   _check_gsm_options(lr, rho)
-  tree_checks.check_positive_int("warm_start_steps", warm_start_steps)
+  validation.check_positive_int("warm_start_steps", warm_start_steps)
 
   def weigh(gram, state, **_):
     g_hat = gram / jnp.maximum(jnp.linalg.norm(gram), jnp.finfo(gram.dtype).tiny)
@@ -229,7 +229,7 @@ def gsmgrad(*, lr: float = 0.5, rho: float = 0.01, warm_start_steps: int = 100,
     w = jax.lax.fori_loop(0, n, step, w0)
     return state._replace(weights=w, step=state.step + 1)
 
-  return transform.gram_weighting_transformation(
+  return aggregator.gram_weighting_transformation(
       weigh, _gsm_init, shared=shared, num_tasks=num_tasks, precision=precision,
       expand_state=_gsm_expand)
 
@@ -240,7 +240,7 @@ def gsmgrad_fa_loss(losses, weights):
 
 
 def gsmgrad_fa(*, lr: float = 0.1, rho: float = 0.01,
-               shared: tree_checks.SharedSpec = None, num_tasks: Optional[int] = None,
+               shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
                precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""GSMGrad-FA: the GSMGrad weight step with Gw estimated from the loss decrease (no Gram matrix).
 
@@ -271,7 +271,7 @@ def gsmgrad_fa(*, lr: float = 0.1, rho: float = 0.01,
   def weigh(gram, state, losses=None, **_):
     del gram
     k = state.weights.shape[0]
-    losses = transform.require_losses(losses, k, "gsmgrad_fa").astype(jnp.float32)
+    losses = aggregator.require_losses(losses, k, "gsmgrad_fa").astype(jnp.float32)
     delta = state.prev_losses - losses
     direction = delta / jnp.maximum(jnp.linalg.norm(delta), 1e-12)
     w = state.weights.astype(jnp.float32)
@@ -280,6 +280,6 @@ def gsmgrad_fa(*, lr: float = 0.1, rho: float = 0.01,
     w = jnp.where(jnp.all(jnp.isfinite(losses)), w, jnp.nan)
     return state._replace(weights=w, prev_losses=losses, step=state.step + 1)
 
-  return transform.gram_weighting_transformation(
+  return aggregator.gram_weighting_transformation(
       weigh, _gsm_init, shared=shared, num_tasks=num_tasks, precision=precision,
       expand_state=_gsm_expand, needs_gram=False)

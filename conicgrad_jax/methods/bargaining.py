@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from conicgrad_jax import _numeric
-from conicgrad_jax import transform
-from conicgrad_jax import tree_checks
+from conicgrad_jax import aggregator
+from conicgrad_jax import validation
 from conicgrad_jax.weighting import bargaining
 
 
@@ -23,7 +23,7 @@ class NashMTLState(NamedTuple):
 
 
 def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: int = 100,
-             shared: tree_checks.SharedSpec = None, num_tasks: Optional[int] = None,
+             shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Nash-MTL: the Nash bargaining solution α > 0, Gα = 1/α, d = Σ_i α_i g_i.
 
@@ -38,12 +38,12 @@ def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: 
   References:
     Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022.
   """
-  tree_checks.check_positive_int("update_weights_every", update_weights_every)
-  tree_checks.check_positive_int("max_iter", max_iter)
+  validation.check_positive_int("update_weights_every", update_weights_every)
+  validation.check_positive_int("max_iter", max_iter)
 
   def init_state(k):
     zero = jnp.zeros((), jnp.int32)
-    return NashMTLState(transform.placeholder_weights(k), zero, zero, zero)
+    return NashMTLState(aggregator.placeholder_weights(k), zero, zero, zero)
 
   def expand_state(state, k, dtype):
     del dtype
@@ -59,13 +59,13 @@ def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: 
                                        lambda _: (state.weights, jnp.zeros((), jnp.int32)), None)
     return state._replace(weights=weights, iterations=iterations, step=state.step + 1)
 
-  return transform.gram_weighting_transformation(
+  return aggregator.gram_weighting_transformation(
       weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision,
       expand_state=expand_state)
 
 
 def fairgrad(alpha: float = 2.0, *, max_norm: float = 0.0, max_iter: int = 100,
-             shared: tree_checks.SharedSpec = None, num_tasks: Optional[int] = None,
+             shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""FairGrad: α-fair weights w > 0 with G w = w^{−1/α}, d = Σ_i w_i g_i.
 
@@ -76,12 +76,12 @@ def fairgrad(alpha: float = 2.0, *, max_norm: float = 0.0, max_iter: int = 100,
   References:
     Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024.
   """
-  a = tree_checks.concrete_float(alpha)
+  a = validation.concrete_float(alpha)
   if a is None or not a > 0:
     raise ValueError(f"`alpha` must be a positive number, got {alpha!r}.")
 
   def weights_fn(gram, **_):
     return bargaining.fairgrad_weighting(gram, a, max_norm=max_norm, max_iter=max_iter)
 
-  return transform.stateless_gram_method(weights_fn, shared=shared, num_tasks=num_tasks,
+  return aggregator.stateless_gram_method(weights_fn, shared=shared, num_tasks=num_tasks,
                                          precision=precision)

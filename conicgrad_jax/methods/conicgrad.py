@@ -10,9 +10,9 @@ import numpy as np
 import optax
 
 from conicgrad_jax import _numeric
-from conicgrad_jax import transform
-from conicgrad_jax import tree_checks
-from conicgrad_jax.weighting import conic
+from conicgrad_jax import aggregator
+from conicgrad_jax import validation
+from conicgrad_jax.solvers import cone as conic
 
 
 class ConicGradState(NamedTuple):
@@ -35,7 +35,7 @@ class ConicGradState(NamedTuple):
 def _initial_diagnostics(num_tasks, dtype=jnp.float32):
   zero = jnp.zeros((), dtype)
   return conic.ConicDiagnostics(
-      simplex_weights=transform.placeholder_weights(num_tasks, dtype),
+      simplex_weights=aggregator.placeholder_weights(num_tasks, dtype),
       lam=zero, cosine=zero, value=zero, residual=zero,
       iterations=jnp.zeros((), jnp.int32), g0_norm=zero, dual_norm=zero)
 
@@ -45,7 +45,7 @@ def conicgrad(
     *,
     preference: Optional[jax.Array] = None,
     scale: str = "g0",
-    shared: tree_checks.SharedSpec = None,
+    shared: validation.SharedSpec = None,
     num_tasks: Optional[int] = None,
     tol: Optional[float] = None,
     max_iter: int = 200,
@@ -107,12 +107,12 @@ def conicgrad(
     Hassanpour, Vo, et al. "Fantastic Multi-Task Gradient Updates and How to
     Find Them in a Cone", ICML 2025, arXiv:2502.00217.
   """
-  tree_checks.check_unit_interval("c", c)
-  tree_checks.check_preference(preference)
+  validation.check_unit_interval("c", c)
+  validation.check_preference(preference)
   if scale not in conic.SCALES:
     raise ValueError(f"`scale` must be one of {conic.SCALES}, got {scale!r}.")
-  tree_checks.check_positive_int("max_iter", max_iter)
-  if tol is not None and not (tree_checks.concrete_float(tol) or 0) > 0:
+  validation.check_positive_int("max_iter", max_iter)
+  if tol is not None and not (validation.concrete_float(tol) or 0) > 0:
     raise ValueError(f"`tol` must be a positive number, got {tol!r}.")
   if preference is not None and num_tasks is None:
     num_tasks = int(np.shape(preference)[0])
@@ -123,7 +123,7 @@ def conicgrad(
         f"{num_tasks}.")
 
   def init_state(k):
-    return ConicGradState(weights=transform.placeholder_weights(k),
+    return ConicGradState(weights=aggregator.placeholder_weights(k),
                           diagnostics=_initial_diagnostics(k),
                           nonfinite_steps=jnp.zeros((), jnp.int32))
 
@@ -138,6 +138,6 @@ def conicgrad(
         max_iter=max_iter)
     return state._replace(weights=weights, diagnostics=diagnostics)
 
-  return transform.gram_weighting_transformation(
+  return aggregator.gram_weighting_transformation(
       weigh, init_state, shared=shared, num_tasks=num_tasks,
       precision=precision, expand_state=expand_state)

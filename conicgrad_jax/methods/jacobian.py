@@ -16,8 +16,8 @@ import optax
 
 from conicgrad_jax import _numeric
 from conicgrad_jax import linalg
-from conicgrad_jax import transform
-from conicgrad_jax import tree_checks
+from conicgrad_jax import aggregator
+from conicgrad_jax import validation
 from conicgrad_jax.methods import stochastic
 
 _EPS = 1e-8
@@ -40,7 +40,7 @@ def _task_norms(leaves):
 # ----------------------------------------------------------------------- GradDrop
 
 def graddrop(*, leak: float = 0.0, eps: float = _EPS, seed: int = 0,
-             shared: tree_checks.SharedSpec = None,
+             shared: validation.SharedSpec = None,
              num_tasks: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
   r"""GradDrop: keep, coordinate by coordinate, only the gradients of one sign.
 
@@ -55,7 +55,7 @@ def graddrop(*, leak: float = 0.0, eps: float = _EPS, seed: int = 0,
     Chen et al., "Just Pick a Sign: Optimizing Deep Multitask Models with
     Gradient Sign Dropout", NeurIPS 2020.
   """
-  tree_checks.check_unit_interval("leak", leak, closed_right=True)
+  validation.check_unit_interval("leak", leak, closed_right=True)
   init_state, expand_state = stochastic.keyed_state(seed)
 
   def aggregate(leaves, state, **_):
@@ -72,7 +72,7 @@ def graddrop(*, leak: float = 0.0, eps: float = _EPS, seed: int = 0,
     weights = (kept / max(total, 1)).astype(state.weights.dtype)
     return updates, state._replace(weights=weights, key=key), _all_finite(leaves)
 
-  return transform.stacked_gradient_transformation(
+  return aggregator.stacked_gradient_transformation(
       aggregate, init_state, shared=shared, num_tasks=num_tasks, expand_state=expand_state)
 
 
@@ -96,7 +96,7 @@ def _buffer_init(num_tasks, shared, initial_weights):
   def init_state(k, params):
     if params is None:
       raise ValueError("This method builds its buffers from the parameters: call init(params).")
-    flags = tree_checks.resolve_shared(shared, params)
+    flags = validation.resolve_shared(shared, params)
     buffers = [jnp.zeros((k,) + jnp.shape(p), _numeric.solver_dtype(jnp.result_type(p)))
                for p, f in zip(jax.tree_util.tree_leaves(params), flags) if f]
     return BufferState(initial_weights(k), buffers, jnp.zeros((), jnp.int32),
@@ -106,7 +106,7 @@ def _buffer_init(num_tasks, shared, initial_weights):
 
 def moco(*, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
          gamma_sigma: float = 0.5, rho: float = 0.0, num_tasks: Optional[int] = None,
-         shared: tree_checks.SharedSpec = None) -> optax.GradientTransformationExtraArgs:
+         shared: validation.SharedSpec = None) -> optax.GradientTransformationExtraArgs:
   r"""MoCo: a momentum-tracked Jacobian y and simplex weights λ updated by one gradient step.
 
   ĝ_i = g_i/(‖g_i‖ + 1e-8)·l_i;  y ← y − (β/t^{β_σ})(y − ĝ);
@@ -122,7 +122,7 @@ def moco(*, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
 
   def aggregate(leaves, state, losses=None, **_):
     k = state.weights.shape[0]
-    losses = transform.require_losses(losses, k, "moco")
+    losses = aggregator.require_losses(losses, k, "moco")
     t = (state.step + 1).astype(losses.dtype)
     scale = losses / (_task_norms(leaves) + _EPS)
     rate = beta / t ** beta_sigma
@@ -136,14 +136,14 @@ def moco(*, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
     return updates, state._replace(weights=lam, buffers=buffers, step=state.step + 1), finite
 
   init = _buffer_init(num_tasks, shared, lambda k: jnp.full((k,), 1.0 / k, jnp.float32))
-  return transform.stacked_gradient_transformation(
+  return aggregator.stacked_gradient_transformation(
       aggregate, init, shared=shared, num_tasks=num_tasks, init_needs_params=True)
 
 
 # ------------------------------------------------------------------------- DB-MTL
 
 def db_mtl(*, beta: float = 0.9, beta_sigma: float = 0.0, num_tasks: Optional[int] = None,
-           shared: tree_checks.SharedSpec = None) -> optax.GradientTransformationExtraArgs:
+           shared: validation.SharedSpec = None) -> optax.GradientTransformationExtraArgs:
   r"""DB-MTL: log-loss gradients, an EMA of them, then equalised magnitudes.
 
   ĝ_i = ∇ log(l_i + 1e-8) = g_i/(l_i + 1e-8) (loss-scale balancing);
@@ -159,7 +159,7 @@ def db_mtl(*, beta: float = 0.9, beta_sigma: float = 0.0, num_tasks: Optional[in
 
   def aggregate(leaves, state, losses=None, **_):
     k = state.weights.shape[0]
-    losses = transform.require_losses(losses, k, "db_mtl")
+    losses = aggregator.require_losses(losses, k, "db_mtl")
     t = (state.step + 1).astype(losses.dtype)
     beta_t = beta / t ** beta_sigma
     inv = 1.0 / (losses + _EPS)
@@ -174,5 +174,5 @@ def db_mtl(*, beta: float = 0.9, beta_sigma: float = 0.0, num_tasks: Optional[in
     return updates, state._replace(weights=alpha, buffers=buffers, step=state.step + 1), finite
 
   init = _buffer_init(num_tasks, shared, lambda k: jnp.ones((k,), jnp.float32))
-  return transform.stacked_gradient_transformation(
+  return aggregator.stacked_gradient_transformation(
       aggregate, init, shared=shared, num_tasks=num_tasks, init_needs_params=True)

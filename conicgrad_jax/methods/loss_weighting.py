@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import optax
 
 from conicgrad_jax import _numeric
-from conicgrad_jax import transform
-from conicgrad_jax import tree_checks
+from conicgrad_jax import aggregator
+from conicgrad_jax import validation
 
 _EPS = 1e-8
 
@@ -37,14 +37,14 @@ def _loss_method(init_extra, weigh_losses, method, *, shared, num_tasks, precisi
   def weigh(gram, state, losses=None, **_):
     del gram
     k = state.weights.shape[0]
-    losses = transform.require_losses(losses, k, method)
+    losses = aggregator.require_losses(losses, k, method)
     new_state = weigh_losses(losses, state)
     # Non-finite losses: mark the weights so the transformation skips the step
     # (zero update, state kept) instead of storing NaN in the method's state.
     ok = jnp.all(jnp.isfinite(losses))
     return new_state._replace(weights=jnp.where(ok, new_state.weights, jnp.nan))
 
-  return transform.gram_weighting_transformation(
+  return aggregator.gram_weighting_transformation(
       weigh, init_extra, shared=shared, num_tasks=num_tasks, precision=precision,
       expand_state=expand_state, needs_gram=False)
 
@@ -69,7 +69,7 @@ def uncertainty_weighting_loss(losses, log_scales):
 
 
 def uncertainty_weighting(*, lr: float = 0.025, init_log_scale: float = 0.0,
-                          shared: tree_checks.SharedSpec = None,
+                          shared: validation.SharedSpec = None,
                           num_tasks: Optional[int] = None,
                           precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Uncertainty weighting: weights ½e^{−s_i}, s learned by Adam on Σ ½(e^{−s}l + s).
@@ -111,7 +111,7 @@ def imtl_l_loss(losses, log_scales):
   return jnp.sum(jnp.exp(log_scales) * losses - log_scales)
 
 
-def imtl_l(*, lr: float = 1e-3, shared: tree_checks.SharedSpec = None,
+def imtl_l(*, lr: float = 1e-3, shared: validation.SharedSpec = None,
            num_tasks: Optional[int] = None,
            precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""IMTL-L: weights e^{s_i}, s (init 0) learned by Adam on Σ(e^{s}l − s); equilibrium e^{s_i} l_i = 1.
@@ -135,7 +135,7 @@ class DWAState(NamedTuple):
   nonfinite_steps: jax.Array
 
 
-def dwa(*, temperature: float = 2.0, window: int = 25, shared: tree_checks.SharedSpec = None,
+def dwa(*, temperature: float = 2.0, window: int = 25, shared: validation.SharedSpec = None,
         num_tasks: Optional[int] = None,
         precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Dynamic weight average, iteration-level (Nash-MTL code base).
@@ -149,7 +149,7 @@ def dwa(*, temperature: float = 2.0, window: int = 25, shared: tree_checks.Share
   References:
     Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019.
   """
-  tree_checks.check_positive_int("window", window)
+  validation.check_positive_int("window", window)
 
   def init_extra(k):
     kk = k if k is not None else 0
@@ -181,7 +181,7 @@ def gls_loss(losses):
   return jnp.exp(jnp.mean(jnp.log(losses)))
 
 
-def gls(*, shared: tree_checks.SharedSpec = None, num_tasks: Optional[int] = None,
+def gls(*, shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
         precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Geometric loss strategy: weights ∂(Π l)^{1/K}/∂l_i = L/(K l_i). Needs positive losses.
 
@@ -215,7 +215,7 @@ def stch_loss(losses, nadir, mu=1.0):
   return losses.shape[0] * mu * jax.nn.logsumexp(x / mu)
 
 
-def stch(*, mu: float = 1.0, warmup_steps: int = 100, shared: tree_checks.SharedSpec = None,
+def stch(*, mu: float = 1.0, warmup_steps: int = 100, shared: validation.SharedSpec = None,
          num_tasks: Optional[int] = None,
          precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Smooth Tchebycheff scalarisation (LibMTL/Xi-L STCH), with a step-based warm-up.
@@ -231,7 +231,7 @@ def stch(*, mu: float = 1.0, warmup_steps: int = 100, shared: tree_checks.Shared
     Lin et al., "Smooth Tchebycheff Scalarization for Multi-Objective
     Optimization", ICML 2024.
   """
-  tree_checks.check_positive_int("warmup_steps", warmup_steps)
+  validation.check_positive_int("warmup_steps", warmup_steps)
 
   def init_extra(k):
     return STCHState(_zeros(k), jnp.zeros((), jnp.int32), _zeros(k), jnp.zeros((), jnp.int32),
@@ -275,7 +275,7 @@ def famo_loss(losses, logits, min_losses=0.0):
 
 
 def famo(*, w_lr: float = 0.025, gamma: float = 0.001, min_losses: float = 0.0,
-         shared: tree_checks.SharedSpec = None, num_tasks: Optional[int] = None,
+         shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
          precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""FAMO: weights z_i/(c·(l_i − min)), z = softmax(ξ), ξ updated from the loss decrease.
 
@@ -351,7 +351,7 @@ def bilb4mtl_loss(losses, logits, initial_losses, lamb=0.05, normalization="iden
 
 
 def bilb4mtl(*, lamb: float = 0.05, lr: float = 1e-3, normalization: str = "identity",
-             shared: tree_checks.SharedSpec = None, num_tasks: Optional[int] = None,
+             shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""BiLB4MTL / LDC-MTL: loss discrepancy control by a learned router.
 

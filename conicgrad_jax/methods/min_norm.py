@@ -7,14 +7,14 @@ from typing import Optional
 import optax
 
 from conicgrad_jax import _numeric
-from conicgrad_jax import transform
-from conicgrad_jax import tree_checks
+from conicgrad_jax import aggregator
+from conicgrad_jax import validation
 from conicgrad_jax.weighting import cagrad as cagrad_w
-from conicgrad_jax.weighting import dual_cone
+from conicgrad_jax.solvers import dual_cone
 from conicgrad_jax.weighting import mgda as mgda_w
 
 
-def mgda(normalization: str = "none", *, shared: tree_checks.SharedSpec = None,
+def mgda(normalization: str = "none", *, shared: validation.SharedSpec = None,
          num_tasks: Optional[int] = None, max_iter: int = 100,
          precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""MGDA: the min-norm element of the convex hull of the task gradients.
@@ -38,16 +38,16 @@ def mgda(normalization: str = "none", *, shared: tree_checks.SharedSpec = None,
   if normalization not in mgda_w.NORMALIZATIONS:
     raise ValueError(f"`normalization` must be one of {mgda_w.NORMALIZATIONS}, got "
                      f"{normalization!r}.")
-  tree_checks.check_positive_int("max_iter", max_iter)
+  validation.check_positive_int("max_iter", max_iter)
 
   def weights_fn(gram, losses=None, **_):
     return mgda_w.mgda_weighting(gram, losses, normalization=normalization, max_iter=max_iter)
 
-  return transform.stateless_gram_method(weights_fn, shared=shared, num_tasks=num_tasks,
+  return aggregator.stateless_gram_method(weights_fn, shared=shared, num_tasks=num_tasks,
                                          precision=precision)
 
 
-def cagrad(c: float = 0.4, *, rescale: int = 1, shared: tree_checks.SharedSpec = None,
+def cagrad(c: float = 0.4, *, rescale: int = 1, shared: validation.SharedSpec = None,
            num_tasks: Optional[int] = None, max_iter: int = 100,
            precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""CAGrad: maximise the worst task's improvement within ‖d − g0‖ ≤ c‖g0‖.
@@ -60,19 +60,19 @@ def cagrad(c: float = 0.4, *, rescale: int = 1, shared: tree_checks.SharedSpec =
   References:
     Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS 2021.
   """
-  tree_checks.check_unit_interval("c", c, closed_right=True)
+  validation.check_unit_interval("c", c, closed_right=True)
   if rescale not in cagrad_w.RESCALES:
     raise ValueError(f"`rescale` must be one of {cagrad_w.RESCALES}, got {rescale!r}.")
 
   def weights_fn(gram, **_):
     return cagrad_w.cagrad_weighting(gram, c, rescale=rescale, max_iter=max_iter)
 
-  return transform.stateless_gram_method(weights_fn, shared=shared, num_tasks=num_tasks,
+  return aggregator.stateless_gram_method(weights_fn, shared=shared, num_tasks=num_tasks,
                                          precision=precision)
 
 
 def upgrad(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
-           reg_eps: float = dual_cone.REG_EPS, shared: tree_checks.SharedSpec = None,
+           reg_eps: float = dual_cone.REG_EPS, shared: validation.SharedSpec = None,
            num_tasks: Optional[int] = None, max_iter: int = 100,
            precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""UPGrad: the mean of each task gradient's projection onto the dual cone {x : Jx ≥ 0}.
@@ -85,18 +85,18 @@ def upgrad(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
   References:
     Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024 (torchjd).
   """
-  tree_checks.check_preference(preference)
+  validation.check_preference(preference)
 
   def weights_fn(gram, **_):
     return dual_cone.upgrad_weighting(gram, preference, norm_eps=norm_eps, reg_eps=reg_eps,
                                       max_iter=max_iter)
 
-  return transform.stateless_gram_method(weights_fn, shared=shared, num_tasks=num_tasks,
+  return aggregator.stateless_gram_method(weights_fn, shared=shared, num_tasks=num_tasks,
                                          precision=precision)
 
 
 def dualproj(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
-             reg_eps: float = dual_cone.REG_EPS, shared: tree_checks.SharedSpec = None,
+             reg_eps: float = dual_cone.REG_EPS, shared: validation.SharedSpec = None,
              num_tasks: Optional[int] = None, max_iter: int = 100,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""DualProj: the projection of the (preference-weighted) mean gradient onto the dual cone.
@@ -104,11 +104,11 @@ def dualproj(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
   References:
     Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024 (torchjd).
   """
-  tree_checks.check_preference(preference)
+  validation.check_preference(preference)
 
   def weights_fn(gram, **_):
     return dual_cone.dualproj_weighting(gram, preference, norm_eps=norm_eps, reg_eps=reg_eps,
                                         max_iter=max_iter)
 
-  return transform.stateless_gram_method(weights_fn, shared=shared, num_tasks=num_tasks,
+  return aggregator.stateless_gram_method(weights_fn, shared=shared, num_tasks=num_tasks,
                                          precision=precision)

@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import optax
 
 from conicgrad_jax import _numeric
-from conicgrad_jax import transform
-from conicgrad_jax import tree_checks
+from conicgrad_jax import aggregator
+from conicgrad_jax import validation
 
 _EPS = 1e-15
 
@@ -52,7 +52,7 @@ class RotoGradState(NamedTuple):
 
 
 def rotograd(*, burn_in_period: int = 20, magnitude: bool = True,
-             shared: tree_checks.SharedSpec = None, num_tasks: Optional[int] = None,
+             shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""RotoGrad's magnitude homogenisation as an optax transformation.
 
@@ -74,7 +74,7 @@ def rotograd(*, burn_in_period: int = 20, magnitude: bool = True,
   References:
     Javaloy & Valera, "RotoGrad: Gradient Homogenization in Multitask Learning", ICLR 2022.
   """
-  tree_checks.check_positive_int("burn_in_period", burn_in_period)
+  validation.check_positive_int("burn_in_period", burn_in_period)
 
   def init_state(k):
     kk = k if k is not None else 0
@@ -98,7 +98,7 @@ def rotograd(*, burn_in_period: int = 20, magnitude: bool = True,
     return state._replace(weights=(common / norms).astype(jnp.float32),
                           initial_norms=initial.astype(jnp.float32), step=state.step + 1)
 
-  return transform.gram_weighting_transformation(
+  return aggregator.gram_weighting_transformation(
       weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision,
       expand_state=expand_state)
 

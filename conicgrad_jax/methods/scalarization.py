@@ -10,8 +10,8 @@ import numpy as np
 import optax
 
 from conicgrad_jax import _numeric
-from conicgrad_jax import transform
-from conicgrad_jax import tree_checks
+from conicgrad_jax import aggregator
+from conicgrad_jax import validation
 
 REDUCTIONS = ("mean", "sum")
 
@@ -26,7 +26,7 @@ def linear_scalarization(
     reduction: str = "mean",
     *,
     weights: Optional[jax.Array] = None,
-    shared: tree_checks.SharedSpec = None,
+    shared: validation.SharedSpec = None,
     num_tasks: Optional[int] = None,
     precision=_numeric.HIGHEST,
 ) -> optax.GradientTransformationExtraArgs:
@@ -84,6 +84,6 @@ def linear_scalarization(
     del gram, extra_args
     return state
 
-  return transform.gram_weighting_transformation(
+  return aggregator.gram_weighting_transformation(
       weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision,
       expand_state=expand_state, needs_gram=False)

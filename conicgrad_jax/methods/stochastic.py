@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from conicgrad_jax import _numeric
-from conicgrad_jax import transform
-from conicgrad_jax import tree_checks
+from conicgrad_jax import aggregator
+from conicgrad_jax import validation
 from conicgrad_jax.weighting import surgery
 
 
@@ -26,7 +26,7 @@ def keyed_state(seed):
   base_key = jax.random.PRNGKey(seed)
 
   def init_state(k):
-    return KeyedState(transform.placeholder_weights(k), base_key, jnp.zeros((), jnp.int32))
+    return KeyedState(aggregator.placeholder_weights(k), base_key, jnp.zeros((), jnp.int32))
 
   def expand_state(state, k, dtype):
     del dtype
@@ -42,12 +42,12 @@ def _keyed(seed, weigh_with_key, *, shared, num_tasks, precision, needs_gram):
     key, sub = jax.random.split(state.key)
     return state._replace(weights=weigh_with_key(gram, sub, state.weights.shape[0]), key=key)
 
-  return transform.gram_weighting_transformation(
+  return aggregator.gram_weighting_transformation(
       weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision,
       expand_state=expand_state, needs_gram=needs_gram)
 
 
-def pcgrad(*, seed: int = 0, shared: tree_checks.SharedSpec = None,
+def pcgrad(*, seed: int = 0, shared: validation.SharedSpec = None,
            num_tasks: Optional[int] = None,
            precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""PCGrad: project each task gradient off the others it conflicts with, then sum.
@@ -62,7 +62,7 @@ def pcgrad(*, seed: int = 0, shared: tree_checks.SharedSpec = None,
                 num_tasks=num_tasks, precision=precision, needs_gram=True)
 
 
-def rlw(*, seed: int = 0, shared: tree_checks.SharedSpec = None,
+def rlw(*, seed: int = 0, shared: validation.SharedSpec = None,
         num_tasks: Optional[int] = None,
         precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Random loss weighting: w = softmax(z), z ~ N(0, I_K) drawn afresh each step.
@@ -90,7 +90,7 @@ class GradVacState(NamedTuple):
 
 
 def gradvac(*, beta: float = 0.5, eps: float = 1e-8, seed: int = 0,
-            shared: tree_checks.SharedSpec = None, num_tasks: Optional[int] = None,
+            shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
             precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Gradient Vaccine: raise each pair's cosine towards an EMA target, then sum.
 
@@ -102,12 +102,12 @@ def gradvac(*, beta: float = 0.5, eps: float = 1e-8, seed: int = 0,
     Wang et al., "Gradient Vaccine: Investigating and Improving Multi-task
     Optimization in Massively Multilingual Models", ICLR 2021.
   """
-  tree_checks.check_unit_interval("beta", beta, closed_right=True)
+  validation.check_unit_interval("beta", beta, closed_right=True)
   base_key = jax.random.PRNGKey(seed)
 
   def init_state(k):
     kk = k if k is not None else 0
-    return GradVacState(transform.placeholder_weights(k), base_key,
+    return GradVacState(aggregator.placeholder_weights(k), base_key,
                         jnp.zeros((kk, kk), jnp.float32), jnp.zeros((), jnp.int32))
 
   def expand_state(state, k, dtype):
@@ -119,6 +119,6 @@ def gradvac(*, beta: float = 0.5, eps: float = 1e-8, seed: int = 0,
     weights, targets = surgery.gradvac_weighting(gram, state.targets, sub, beta=beta, eps=eps)
     return state._replace(weights=weights, key=key, targets=targets)
 
-  return transform.gram_weighting_transformation(
+  return aggregator.gram_weighting_transformation(
       weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision,
       expand_state=expand_state)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from conicgrad_jax import _numeric
-from conicgrad_jax.weighting import barrier
+from conicgrad_jax.solvers import barrier
 
 RIDGE = 1e-6
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from conicgrad_jax import _numeric
-from conicgrad_jax.weighting import barrier
+from conicgrad_jax.solvers import barrier
 
 NORM_EPS = 1e-4
 REG_EPS = 1e-4

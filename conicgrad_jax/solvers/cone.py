@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from conicgrad_jax import _numeric
-from conicgrad_jax.weighting import barrier
+from conicgrad_jax.solvers import barrier
 
 SCALES = ("g0", "unit", "raw")
 

@@ -35,7 +35,7 @@ import optax
 
 from conicgrad_jax import _numeric
 from conicgrad_jax import linalg
-from conicgrad_jax import tree_checks
+from conicgrad_jax import validation
 
 PyTree = Any
 
@@ -57,7 +57,7 @@ def stacked_gradient_transformation(
     aggregate: Callable[..., tuple[list, Any, jax.Array]],
     init_state: Callable[..., NamedTuple],
     *,
-    shared: tree_checks.SharedSpec = None,
+    shared: validation.SharedSpec = None,
     num_tasks: Optional[int] = None,
     expand_state: Optional[Callable[[NamedTuple, int, jnp.dtype], NamedTuple]] = None,
     init_needs_params: bool = False,
@@ -77,8 +77,8 @@ def stacked_gradient_transformation(
     init_needs_params: pass ``params`` to ``init_state`` (methods whose state
       holds buffers shaped like the stacked gradients).
   """
-  tree_checks.check_shared_spec(shared)
-  tree_checks.check_positive_int("num_tasks", num_tasks, allow_none=True)
+  validation.check_shared_spec(shared)
+  validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
 
   def strong(state):
     # Weakly-typed leaves (e.g. jnp.full with a Python fill) would change type
@@ -91,8 +91,8 @@ def stacked_gradient_transformation(
     return strong(init_state(num_tasks))
 
   def update_fn(task_grads, state, params=None, **extra_args):
-    flags = tree_checks.resolve_shared(shared, task_grads)
-    k, stacked = tree_checks.check_task_grads(task_grads, flags, params, num_tasks)
+    flags = validation.resolve_shared(shared, task_grads)
+    k, stacked = validation.check_task_grads(task_grads, flags, params, num_tasks)
     leaves, treedef = jax.tree_util.tree_flatten(task_grads)
     shared_leaves = [leaf for leaf, f in zip(leaves, flags) if f]
 
@@ -137,7 +137,7 @@ def gram_weighting_transformation(
     weigh: Weigh,
     init_state: Callable[[Optional[int]], NamedTuple],
     *,
-    shared: tree_checks.SharedSpec = None,
+    shared: validation.SharedSpec = None,
     num_tasks: Optional[int] = None,
     precision=_numeric.HIGHEST,
     expand_state: Optional[Callable[[NamedTuple, int, jnp.dtype], NamedTuple]] = None,
@@ -198,7 +198,7 @@ class WeightingMethodState(NamedTuple):
 def stateless_gram_method(
     weights_fn: Callable[..., tuple[jax.Array, jax.Array]],
     *,
-    shared: tree_checks.SharedSpec = None,
+    shared: validation.SharedSpec = None,
     num_tasks: Optional[int] = None,
     precision=_numeric.HIGHEST,
 ) -> optax.GradientTransformationExtraArgs:

@@ -1,0 +1,1 @@
+"""Convex solvers shared by several weightings: barrier method, cone dual, dual-cone QP."""
