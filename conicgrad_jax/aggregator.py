@@ -53,13 +53,35 @@ def placeholder_weights(num_tasks: Optional[int], dtype=jnp.float32):
   return jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
 
 
+def state_dtype(tree: PyTree) -> jnp.dtype:
+  """The dtype of a method's state: the solver dtype of ``tree``'s leaves (float32 if none).
+
+  float32 for float32/bfloat16/float16 parameters, float64 for float64 ones, so
+  the state keeps what the solver computed under ``jax_enable_x64``.
+  """
+  leaves = [l for l in jax.tree_util.tree_leaves(tree) if hasattr(l, "dtype")]
+  if not leaves:
+    return jnp.dtype(jnp.float32)
+  return _numeric.solver_dtype(jnp.result_type(*[l.dtype for l in leaves]))
+
+
+InitState = Callable[..., NamedTuple]
+"""``init_state(num_tasks, dtype)`` → the method's state (``num_tasks`` may be None).
+
+With ``init_needs_params`` it is ``init_state(num_tasks, dtype, params)``.
+The state is a NamedTuple with at least ``weights`` (length K, or 0 while K
+is unknown) and ``nonfinite_steps``. When K is only learnt at the first
+``update``, the adapter calls ``init_state(K, dtype)`` again and carries
+``nonfinite_steps`` over.
+"""
+
+
 def stacked_gradient_transformation(
     aggregate: Callable[..., tuple[list, Any, jax.Array]],
-    init_state: Callable[..., NamedTuple],
+    init_state: InitState,
     *,
     shared: validation.SharedSpec = None,
     num_tasks: Optional[int] = None,
-    expand_state: Optional[Callable[[NamedTuple, int, jnp.dtype], NamedTuple]] = None,
     init_needs_params: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """The shared machinery of every method: validation, heads, dtypes, non-finite policy.
@@ -69,11 +91,8 @@ def stacked_gradient_transformation(
       (shared_updates, new_state, finite)``: the update of each shared leaf
       (task axis contracted), the method's new state, and whether the inputs
       the method looked at were finite.
-    init_state: ``init_state(num_tasks)`` (or ``init_state(num_tasks, params)``
-      with ``init_needs_params``) returns the initial state, a NamedTuple with
-      ``weights`` (length K, or 0 until K is known) and ``nonfinite_steps``.
+    init_state: see :data:`InitState`.
     shared, num_tasks: as in :func:`gram_weighting_transformation`.
-    expand_state: turns a state made before K was known into one for K tasks.
     init_needs_params: pass ``params`` to ``init_state`` (methods whose state
       holds buffers shaped like the stacked gradients).
   """
@@ -86,20 +105,21 @@ def stacked_gradient_transformation(
     return jax.tree_util.tree_map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
 
   def init_fn(params):
+    dtype = state_dtype(params)
     if init_needs_params:
-      return strong(init_state(num_tasks, params))
-    return strong(init_state(num_tasks))
+      return strong(init_state(num_tasks, dtype, params))
+    return strong(init_state(num_tasks, dtype))
 
   def update_fn(task_grads, state, params=None, **extra_args):
     flags = validation.resolve_shared(shared, task_grads)
-    k, stacked = validation.check_task_grads(task_grads, flags, params, num_tasks)
+    k, stacked = validation.check_task_grads(task_grads, flags, params, num_tasks,
+                                             shared_given=shared is not None)
     leaves, treedef = jax.tree_util.tree_flatten(task_grads)
     shared_leaves = [leaf for leaf, f in zip(leaves, flags) if f]
 
     if state.weights.shape[0] == 0:
-      dtype = _numeric.solver_dtype(jnp.result_type(*[l.dtype for l in shared_leaves]))
-      state = strong(expand_state(state, k, dtype) if expand_state is not None
-                     else state._replace(weights=placeholder_weights(k, dtype)))
+      dtype = state_dtype(shared_leaves)
+      state = strong(init_state(k, dtype)._replace(nonfinite_steps=state.nonfinite_steps))
     elif state.weights.shape[0] != k:
       raise ValueError(
           f"The optimiser state was made for {state.weights.shape[0]} tasks "
@@ -135,12 +155,11 @@ def stacked_gradient_transformation(
 
 def gram_weighting_transformation(
     weigh: Weigh,
-    init_state: Callable[[Optional[int]], NamedTuple],
+    init_state: InitState,
     *,
     shared: validation.SharedSpec = None,
     num_tasks: Optional[int] = None,
     precision=_numeric.HIGHEST,
-    expand_state: Optional[Callable[[NamedTuple, int, jnp.dtype], NamedTuple]] = None,
     needs_gram: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds ``GradientTransformationExtraArgs(init, update)`` for a Gram weighting.
@@ -149,17 +168,14 @@ def gram_weighting_transformation(
     weigh: ``weigh(gram, state, **extra_args) -> new_state``; ``gram`` is the
       K×K Gram matrix of the shared leaves (float32 or float64) and
       ``new_state.weights`` the K combination weights.
-    init_state: ``init_state(num_tasks)`` returns the method's initial state
-      (with ``weights`` and ``nonfinite_steps`` fields).
+    init_state: ``init_state(num_tasks, dtype)`` returns the method's initial
+      state (see :data:`InitState`).
     shared: which leaves are shared: ``None`` (all), a pytree of bools shaped
       like the parameters, or a predicate ``(key_path, leaf) -> bool``.
     num_tasks: K, if known at construction; it fixes the state's shapes from
       ``init`` on (needed when the state is carried through ``lax.scan``).
       Otherwise the first ``update`` fixes it and ``jax.jit`` traces twice.
     precision: matmul precision of the Gram matrix and the combination.
-    expand_state: ``expand_state(state, K, dtype)`` turns a state made with
-      ``num_tasks=None`` into one for K tasks; by default the ``weights`` field
-      becomes uniform.
     needs_gram: ``False`` for weightings that ignore G (``weigh`` then gets
       ``gram=None``), which saves the O(K²m) Gram computation.
 
@@ -185,39 +201,53 @@ def gram_weighting_transformation(
     return updates, new_state, finite
 
   return stacked_gradient_transformation(aggregate, init_state, shared=shared,
-                                         num_tasks=num_tasks, expand_state=expand_state)
+                                         num_tasks=num_tasks)
 
 
-class WeightingMethodState(NamedTuple):
-  """State of a stateless Gram-weighting method: last weights, solver iterations, non-finite count."""
-  weights: jax.Array
+class SolverInfo(NamedTuple):
+  """What an iterative weighting reports: the Newton (or fixed-point) steps it took."""
   iterations: jax.Array
+
+
+def no_solver_info() -> SolverInfo:
+  """The ``aux`` of a closed-form weighting."""
+  return SolverInfo(jnp.zeros((), jnp.int32))
+
+
+class GramMethodState(NamedTuple):
+  """State of a stateless Gram-weighting method.
+
+  Attributes:
+    weights: the K combination weights of the last update.
+    info: the weighting's :class:`SolverInfo` of the last update.
+    nonfinite_steps: updates skipped because of NaN/Inf gradients.
+  """
+  weights: jax.Array
+  info: SolverInfo
   nonfinite_steps: jax.Array
 
 
 def stateless_gram_method(
-    weights_fn: Callable[..., tuple[jax.Array, jax.Array]],
+    weighting: Callable[..., tuple[jax.Array, SolverInfo]],
     *,
     shared: validation.SharedSpec = None,
     num_tasks: Optional[int] = None,
     precision=_numeric.HIGHEST,
 ) -> optax.GradientTransformationExtraArgs:
-  """A transformation from ``weights_fn(gram, **extra_args) -> (weights, iterations)``."""
+  """A transformation from ``weighting(gram, **extra_args) -> (weights, SolverInfo)``."""
 
-  def init_state(k):
-    return WeightingMethodState(placeholder_weights(k), jnp.zeros((), jnp.int32),
-                                jnp.zeros((), jnp.int32))
-
-  def expand_state(state, k, dtype):
-    del dtype
-    return init_state(k)._replace(nonfinite_steps=state.nonfinite_steps)
+  def init_state(k, dtype):
+    return GramMethodState(placeholder_weights(k, dtype), no_solver_info(),
+                           jnp.zeros((), jnp.int32))
 
   def weigh(gram, state, **extra_args):
-    weights, iterations = weights_fn(gram, **extra_args)
-    return state._replace(weights=weights, iterations=jnp.asarray(iterations, jnp.int32))
+    weights, info = weighting(gram, **extra_args)
+    if not isinstance(info, SolverInfo):  # interim: weightings returning bare iteration counts
+      info = SolverInfo(jnp.asarray(info, jnp.int32))
+    return state._replace(weights=weights, info=info)
 
   return gram_weighting_transformation(weigh, init_state, shared=shared, num_tasks=num_tasks,
-                                       precision=precision, expand_state=expand_state)
+                                       precision=precision)
 
 
 def require_losses(losses, num_tasks: int, method: str) -> jax.Array:

@@ -110,16 +110,26 @@ def resolve_shared(shared: SharedSpec, task_grads: PyTree) -> list[bool]:
 
 def check_task_grads(task_grads: PyTree, shared_flags: list[bool],
                      params: PyTree = None,
-                     num_tasks: Optional[int] = None) -> tuple[int, list[bool]]:
+                     num_tasks: Optional[int] = None,
+                     shared_given: bool = False) -> tuple[int, list[bool]]:
   """Validates a stacked task-gradient pytree; returns (K, stacked flags).
 
   Shared leaves must have shape (K, *param_shape). Task-specific leaves may be
   stacked the same way or, when ``params`` is given, already summed over tasks
   (shape ``param_shape``). ``stacked flags`` says which leaves carry a task axis.
+  When ``shared_given`` leaves some leaf task-specific, ``params`` is required:
+  without the parameters' shapes a summed head whose first dimension happens
+  to equal K could not be told from a stacked one.
   """
   paths_leaves, struct = jax.tree_util.tree_flatten_with_path(task_grads)
   if not paths_leaves:
     raise ValueError("`task_grads` has no leaves.")
+  if shared_given and params is None and not all(shared_flags):
+    head = next(path for (path, _), f in zip(paths_leaves, shared_flags) if not f)
+    raise ValueError(
+        f"`shared` makes leaf {path_str(head)} task-specific, so update() needs the "
+        "parameters to tell a stacked head gradient (K, *shape) from a summed one: "
+        "call update(task_grads, state, params).")
   for path, leaf in paths_leaves:
     if not is_array(leaf):
       raise ValueError(

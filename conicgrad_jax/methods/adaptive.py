@@ -40,16 +40,13 @@ def gradnorm(alpha: float = 1.5, *, lr: float = 0.025, shared: validation.Shared
   """
   inner = optax.adam(lr)
 
-  def init_state(k):
+  def init_state(k, dtype=jnp.float32):
     kk = k if k is not None else 0
     s = jnp.zeros((kk,), jnp.float32)
     return GradNormState(jnp.ones((kk,), jnp.float32), s, inner.init(s),
                          jnp.ones((kk,), jnp.float32), jnp.zeros((), jnp.int32),
                          jnp.zeros((), jnp.int32))
 
-  def expand_state(state, k, dtype):
-    del dtype
-    return init_state(k)._replace(nonfinite_steps=state.nonfinite_steps)
 
   def balance_loss(s, norms, ratio):
     k = s.shape[0]
@@ -76,8 +73,7 @@ def gradnorm(alpha: float = 1.5, *, lr: float = 0.025, shared: validation.Shared
                           initial_losses=initial, step=state.step + 1)
 
   return aggregator.gram_weighting_transformation(
-      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision,
-      expand_state=expand_state)
+      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision)
 
 
 # ------------------------------------------------------------------------- SDMGrad
@@ -120,13 +116,10 @@ def sdmgrad(lamda: float = 0.3, *, niter: int = 20, lr: float = 10.0,
   """
   validation.check_positive_int("niter", niter)
 
-  def init_state(k):
-    w = aggregator.placeholder_weights(k)
+  def init_state(k, dtype=jnp.float32):
+    w = aggregator.placeholder_weights(k, dtype)
     return SDMGradState(w, w, jnp.zeros((), jnp.int32))
 
-  def expand_state(state, k, dtype):
-    del dtype
-    return init_state(k)._replace(nonfinite_steps=state.nonfinite_steps)
 
   def aggregate(leaves, state, weight_grads=None, **_):
     k = state.weights.shape[0]
@@ -158,7 +151,7 @@ def sdmgrad(lamda: float = 0.3, *, niter: int = 20, lr: float = 10.0,
     return updates, state._replace(weights=weights, simplex_weights=w), finite
 
   return aggregator.stacked_gradient_transformation(
-      aggregate, init_state, shared=shared, num_tasks=num_tasks, expand_state=expand_state)
+      aggregate, init_state, shared=shared, num_tasks=num_tasks)
 
 
 # ------------------------------------------------------------- GSMGrad, GSMGrad-FA
@@ -171,15 +164,12 @@ class GSMGradState(NamedTuple):
   nonfinite_steps: jax.Array
 
 
-def _gsm_init(k):
+def _gsm_init(k, dtype=jnp.float32):
   kk = k if k is not None else 0
-  return GSMGradState(aggregator.placeholder_weights(k), jnp.zeros((kk,), jnp.float32),
+  return GSMGradState(aggregator.placeholder_weights(k, dtype), jnp.zeros((kk,), jnp.float32),
                       jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
 
-def _gsm_expand(state, k, dtype):
-  del dtype
-  return _gsm_init(k)._replace(nonfinite_steps=state.nonfinite_steps)
 
 
 def _check_gsm_options(lr, rho):
@@ -230,8 +220,7 @@ def gsmgrad(*, lr: float = 0.5, rho: float = 0.01, warm_start_steps: int = 100,
     return state._replace(weights=w, step=state.step + 1)
 
   return aggregator.gram_weighting_transformation(
-      weigh, _gsm_init, shared=shared, num_tasks=num_tasks, precision=precision,
-      expand_state=_gsm_expand)
+      weigh, _gsm_init, shared=shared, num_tasks=num_tasks, precision=precision)
 
 
 def gsmgrad_fa_loss(losses, weights):
@@ -281,5 +270,4 @@ def gsmgrad_fa(*, lr: float = 0.1, rho: float = 0.01,
     return state._replace(weights=w, prev_losses=losses, step=state.step + 1)
 
   return aggregator.gram_weighting_transformation(
-      weigh, _gsm_init, shared=shared, num_tasks=num_tasks, precision=precision,
-      expand_state=_gsm_expand, needs_gram=False)
+      weigh, _gsm_init, shared=shared, num_tasks=num_tasks, precision=precision, needs_gram=False)

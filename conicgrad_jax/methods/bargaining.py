@@ -41,13 +41,10 @@ def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: 
   validation.check_positive_int("update_weights_every", update_weights_every)
   validation.check_positive_int("max_iter", max_iter)
 
-  def init_state(k):
+  def init_state(k, dtype=jnp.float32):
     zero = jnp.zeros((), jnp.int32)
-    return NashMTLState(aggregator.placeholder_weights(k), zero, zero, zero)
+    return NashMTLState(aggregator.placeholder_weights(k, dtype), zero, zero, zero)
 
-  def expand_state(state, k, dtype):
-    del dtype
-    return init_state(k)._replace(nonfinite_steps=state.nonfinite_steps)
 
   def weigh(gram, state, **_):
     def solve(_):
@@ -60,8 +57,7 @@ def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: 
     return state._replace(weights=weights, iterations=iterations, step=state.step + 1)
 
   return aggregator.gram_weighting_transformation(
-      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision,
-      expand_state=expand_state)
+      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision)
 
 
 def fairgrad(alpha: float = 2.0, *, max_norm: float = 0.0, max_iter: int = 100,

@@ -122,14 +122,11 @@ def conicgrad(
         f"`preference` has shape {np.shape(preference)} but `num_tasks` is "
         f"{num_tasks}.")
 
-  def init_state(k):
-    return ConicGradState(weights=aggregator.placeholder_weights(k),
+  def init_state(k, dtype=jnp.float32):
+    return ConicGradState(weights=aggregator.placeholder_weights(k, dtype),
                           diagnostics=_initial_diagnostics(k),
                           nonfinite_steps=jnp.zeros((), jnp.int32))
 
-  def expand_state(state, k, dtype):
-    del dtype  # the state keeps float32 for logging
-    return init_state(k)._replace(nonfinite_steps=state.nonfinite_steps)
 
   def weigh(gram, state, **extra_args):
     del extra_args
@@ -140,4 +137,4 @@ def conicgrad(
 
   return aggregator.gram_weighting_transformation(
       weigh, init_state, shared=shared, num_tasks=num_tasks,
-      precision=precision, expand_state=expand_state)
+      precision=precision)

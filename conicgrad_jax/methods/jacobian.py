@@ -56,7 +56,7 @@ def graddrop(*, leak: float = 0.0, eps: float = _EPS, seed: int = 0,
     Gradient Sign Dropout", NeurIPS 2020.
   """
   validation.check_unit_interval("leak", leak, closed_right=True)
-  init_state, expand_state = stochastic.keyed_state(seed)
+  init_state = stochastic.keyed_state(seed)
 
   def aggregate(leaves, state, **_):
     key, *subs = jax.random.split(state.key, len(leaves) + 1)
@@ -73,7 +73,7 @@ def graddrop(*, leak: float = 0.0, eps: float = _EPS, seed: int = 0,
     return updates, state._replace(weights=weights, key=key), _all_finite(leaves)
 
   return aggregator.stacked_gradient_transformation(
-      aggregate, init_state, shared=shared, num_tasks=num_tasks, expand_state=expand_state)
+      aggregate, init_state, shared=shared, num_tasks=num_tasks)
 
 
 # --------------------------------------------------------------------------- MoCo
@@ -93,7 +93,7 @@ def _require_num_tasks(num_tasks, method):
 
 
 def _buffer_init(num_tasks, shared, initial_weights):
-  def init_state(k, params):
+  def init_state(k, dtype, params):
     if params is None:
       raise ValueError("This method builds its buffers from the parameters: call init(params).")
     flags = validation.resolve_shared(shared, params)

@@ -30,9 +30,6 @@ _EPS = 1e-8
 def _loss_method(init_extra, weigh_losses, method, *, shared, num_tasks, precision):
   """A transformation from ``weigh_losses(losses, state) -> state`` (no Gram matrix)."""
 
-  def expand_state(state, k, dtype):
-    del dtype
-    return init_extra(k)._replace(nonfinite_steps=state.nonfinite_steps)
 
   def weigh(gram, state, losses=None, **_):
     del gram
@@ -45,8 +42,7 @@ def _loss_method(init_extra, weigh_losses, method, *, shared, num_tasks, precisi
     return new_state._replace(weights=jnp.where(ok, new_state.weights, jnp.nan))
 
   return aggregator.gram_weighting_transformation(
-      weigh, init_extra, shared=shared, num_tasks=num_tasks, precision=precision,
-      expand_state=expand_state, needs_gram=False)
+      weigh, init_extra, shared=shared, num_tasks=num_tasks, precision=precision, needs_gram=False)
 
 
 def _zeros(k):
@@ -89,7 +85,7 @@ def uncertainty_weighting(*, lr: float = 0.025, init_log_scale: float = 0.0,
 
 
 def _learned_log_scales(inner, init, weights_of, grad_s, method, shared, num_tasks, precision):
-  def init_extra(k):
+  def init_extra(k, dtype=jnp.float32):
     s = jnp.full((k,) if k is not None else (0,), init, jnp.float32)
     return LearnedWeightsState(weights_of(s), s, inner.init(s), jnp.zeros((), jnp.int32))
 
@@ -151,7 +147,7 @@ def dwa(*, temperature: float = 2.0, window: int = 25, shared: validation.Shared
   """
   validation.check_positive_int("window", window)
 
-  def init_extra(k):
+  def init_extra(k, dtype=jnp.float32):
     kk = k if k is not None else 0
     return DWAState(jnp.full((kk,), 1.0 / max(kk, 1), jnp.float32),
                     jnp.ones((2 * window, kk), jnp.float32), jnp.zeros((), jnp.int32),
@@ -188,7 +184,7 @@ def gls(*, shared: validation.SharedSpec = None, num_tasks: Optional[int] = None
   References:
     Chennupati et al., "MultiNet++", CVPR Workshops 2019.
   """
-  def init_extra(k):
+  def init_extra(k, dtype=jnp.float32):
     return StatelessLossState(_zeros(k), jnp.zeros((), jnp.int32))
 
   def weigh(losses, state):
@@ -233,7 +229,7 @@ def stch(*, mu: float = 1.0, warmup_steps: int = 100, shared: validation.SharedS
   """
   validation.check_positive_int("warmup_steps", warmup_steps)
 
-  def init_extra(k):
+  def init_extra(k, dtype=jnp.float32):
     return STCHState(_zeros(k), jnp.zeros((), jnp.int32), _zeros(k), jnp.zeros((), jnp.int32),
                      jnp.zeros((), jnp.int32))
 
@@ -291,7 +287,7 @@ def famo(*, w_lr: float = 0.025, gamma: float = 0.001, min_losses: float = 0.0,
   """
   inner = optax.chain(optax.add_decayed_weights(gamma), optax.adam(w_lr))
 
-  def init_extra(k):
+  def init_extra(k, dtype=jnp.float32):
     xi = _zeros(k)
     return FAMOState(jax.nn.softmax(xi) if k else xi, xi, inner.init(xi), _zeros(k),
                      jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
@@ -372,7 +368,7 @@ def bilb4mtl(*, lamb: float = 0.05, lr: float = 1e-3, normalization: str = "iden
                      f"{normalization!r}.")
   inner = optax.adam(lr)
 
-  def init_extra(k):
+  def init_extra(k, dtype=jnp.float32):
     logits = _zeros(k)
     return LearnedLogitsState(jnp.full(logits.shape, 1.0 / max(logits.shape[0], 1)), logits,
                      inner.init(logits), jnp.ones(logits.shape, jnp.float32),

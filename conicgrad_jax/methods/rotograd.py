@@ -76,14 +76,11 @@ def rotograd(*, burn_in_period: int = 20, magnitude: bool = True,
   """
   validation.check_positive_int("burn_in_period", burn_in_period)
 
-  def init_state(k):
+  def init_state(k, dtype=jnp.float32):
     kk = k if k is not None else 0
     return RotoGradState(jnp.ones((kk,), jnp.float32), jnp.ones((kk,), jnp.float32),
                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
-  def expand_state(state, k, dtype):
-    del dtype
-    return init_state(k)._replace(nonfinite_steps=state.nonfinite_steps)
 
   def weigh(gram, state, **_):
     k = state.weights.shape[0]
@@ -99,8 +96,7 @@ def rotograd(*, burn_in_period: int = 20, magnitude: bool = True,
                           initial_norms=initial.astype(jnp.float32), step=state.step + 1)
 
   return aggregator.gram_weighting_transformation(
-      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision,
-      expand_state=expand_state)
+      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision)
 
 
 def rotation_matrices(generators: jax.Array) -> jax.Array:

@@ -71,19 +71,15 @@ def linear_scalarization(
       return jnp.asarray(weights, jnp.float32)
     return jnp.full((k,), 1.0 / k if reduction == "mean" else 1.0, jnp.float32)
 
-  def init_state(k):
+  def init_state(k, dtype=jnp.float32):
     return ScalarizationState(
         weights=fixed(k) if k is not None else jnp.zeros((0,), jnp.float32),
         nonfinite_steps=jnp.zeros((), jnp.int32))
 
-  def expand_state(state, k, dtype):
-    del dtype
-    return init_state(k)._replace(nonfinite_steps=state.nonfinite_steps)
 
   def weigh(gram, state, **extra_args):
     del gram, extra_args
     return state
 
   return aggregator.gram_weighting_transformation(
-      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision,
-      expand_state=expand_state, needs_gram=False)
+      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision, needs_gram=False)

@@ -22,29 +22,25 @@ class KeyedState(NamedTuple):
 
 
 def keyed_state(seed):
-  """``(init_state, expand_state)`` for a :class:`KeyedState` seeded with ``seed``."""
+  """``init_state`` of a :class:`KeyedState` seeded with ``seed``."""
   base_key = jax.random.PRNGKey(seed)
 
-  def init_state(k):
-    return KeyedState(aggregator.placeholder_weights(k), base_key, jnp.zeros((), jnp.int32))
+  def init_state(k, dtype=jnp.float32):
+    return KeyedState(aggregator.placeholder_weights(k, dtype), base_key, jnp.zeros((), jnp.int32))
 
-  def expand_state(state, k, dtype):
-    del dtype
-    return init_state(k)._replace(key=state.key, nonfinite_steps=state.nonfinite_steps)
 
-  return init_state, expand_state
+  return init_state
 
 
 def _keyed(seed, weigh_with_key, *, shared, num_tasks, precision, needs_gram):
-  init_state, expand_state = keyed_state(seed)
+  init_state = keyed_state(seed)
 
   def weigh(gram, state, **_):
     key, sub = jax.random.split(state.key)
     return state._replace(weights=weigh_with_key(gram, sub, state.weights.shape[0]), key=key)
 
   return aggregator.gram_weighting_transformation(
-      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision,
-      expand_state=expand_state, needs_gram=needs_gram)
+      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision, needs_gram=needs_gram)
 
 
 def pcgrad(*, seed: int = 0, shared: validation.SharedSpec = None,
@@ -105,14 +101,11 @@ def gradvac(*, beta: float = 0.5, eps: float = 1e-8, seed: int = 0,
   validation.check_unit_interval("beta", beta, closed_right=True)
   base_key = jax.random.PRNGKey(seed)
 
-  def init_state(k):
+  def init_state(k, dtype=jnp.float32):
     kk = k if k is not None else 0
-    return GradVacState(aggregator.placeholder_weights(k), base_key,
+    return GradVacState(aggregator.placeholder_weights(k, dtype), base_key,
                         jnp.zeros((kk, kk), jnp.float32), jnp.zeros((), jnp.int32))
 
-  def expand_state(state, k, dtype):
-    del dtype
-    return init_state(k)._replace(key=state.key, nonfinite_steps=state.nonfinite_steps)
 
   def weigh(gram, state, **_):
     key, sub = jax.random.split(state.key)
@@ -120,5 +113,4 @@ def gradvac(*, beta: float = 0.5, eps: float = 1e-8, seed: int = 0,
     return state._replace(weights=weights, key=key, targets=targets)
 
   return aggregator.gram_weighting_transformation(
-      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision,
-      expand_state=expand_state)
+      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision)

@@ -11,7 +11,8 @@ import pytest
 
 import conicgrad_jax as cg
 import reference_solvers as ref
-from conicgrad_jax.weighting import bargaining, cagrad, dual_cone, mgda, projection
+from conicgrad_jax.solvers import dual_cone
+from conicgrad_jax.weighting import bargaining, cagrad, mgda, projection
 
 J_PUBLISHED = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 
