@@ -250,6 +250,23 @@ def stateless_gram_method(
                                        precision=precision)
 
 
+class KeyedState(NamedTuple):
+  """State of a random method: the last weights, its PRNG key, the non-finite count."""
+  weights: jax.Array
+  key: jax.Array
+  nonfinite_steps: jax.Array
+
+
+def keyed_state(seed):
+  """``init_state`` of a :class:`KeyedState` seeded with ``seed``."""
+  base_key = jax.random.PRNGKey(seed)
+
+  def init_state(k, dtype=jnp.float32):
+    return KeyedState(placeholder_weights(k, dtype), base_key, jnp.zeros((), jnp.int32))
+
+  return init_state
+
+
 def require_losses(losses, num_tasks: int, method: str) -> jax.Array:
   """The ``losses=`` extra argument as a (K,) array, or a ValueError naming it."""
   if losses is None:

@@ -18,7 +18,7 @@ from conicgrad_jax import _numeric
 from conicgrad_jax import linalg
 from conicgrad_jax import aggregator
 from conicgrad_jax import validation
-from conicgrad_jax.methods import stochastic
+
 
 _EPS = 1e-8
 
@@ -56,7 +56,7 @@ def graddrop(*, leak: float = 0.0, eps: float = _EPS, seed: int = 0,
     Gradient Sign Dropout", NeurIPS 2020.
   """
   validation.check_unit_interval("leak", leak, closed_right=True)
-  init_state = stochastic.keyed_state(seed)
+  init_state = aggregator.keyed_state(seed)
 
   def aggregate(leaves, state, **_):
     key, *subs = jax.random.split(state.key, len(leaves) + 1)

@@ -14,26 +14,8 @@ from conicgrad_jax import validation
 from conicgrad_jax.weighting import surgery
 
 
-class KeyedState(NamedTuple):
-  """State of a random method: the last weights, its PRNG key, the non-finite count."""
-  weights: jax.Array
-  key: jax.Array
-  nonfinite_steps: jax.Array
-
-
-def keyed_state(seed):
-  """``init_state`` of a :class:`KeyedState` seeded with ``seed``."""
-  base_key = jax.random.PRNGKey(seed)
-
-  def init_state(k, dtype=jnp.float32):
-    return KeyedState(aggregator.placeholder_weights(k, dtype), base_key, jnp.zeros((), jnp.int32))
-
-
-  return init_state
-
-
 def _keyed(seed, weigh_with_key, *, shared, num_tasks, precision, needs_gram):
-  init_state = keyed_state(seed)
+  init_state = aggregator.keyed_state(seed)
 
   def weigh(gram, state, **_):
     key, sub = jax.random.split(state.key)
