@@ -33,13 +33,29 @@ def leaf_gram(leaf: jax.Array, precision=_numeric.HIGHEST) -> jax.Array:
       preferred_element_type=out_dtype)
 
 
-def gram_matrix(task_grads: PyTree, precision=_numeric.HIGHEST) -> jax.Array:
+def _shared_leaves(task_grads: PyTree, shared) -> list:
+  from conicgrad_jax import validation  # validation does not import linalg; keep it lazy anyway
+  validation.check_shared_spec(shared)
+  leaves = jax.tree_util.tree_leaves(task_grads)
+  if not leaves:
+    raise ValueError("`task_grads` has no leaves.")
+  if shared is None:
+    return leaves
+  flags = validation.resolve_shared(shared, task_grads)
+  return [leaf for leaf, f in zip(leaves, flags) if f]
+
+
+def gram_matrix(task_grads: PyTree, precision=_numeric.HIGHEST, *, shared=None) -> jax.Array:
   """G = J Jᵀ of a stacked task-gradient pytree, G_ij = Σ_leaves ⟨g_i, g_j⟩.
 
   Args:
     task_grads: pytree whose leaves all have the same leading task axis K.
     precision: matmul precision (``HIGHEST`` by default: TPU and GPU defaults
       would round float32 inputs to bfloat16/tf32).
+    shared: which leaves enter G, as the methods' ``shared`` option: ``None``
+      (all), a pytree of bools shaped like ``task_grads``, or a predicate
+      ``(key_path, leaf) -> bool``. The Gram matrix every Gram method sees is
+      ``gram_matrix(task_grads, shared=shared)`` with the method's ``shared``.
 
   Returns:
     A (K, K) array in at least float32 (float64 if any leaf is float64).
@@ -49,13 +65,54 @@ def gram_matrix(task_grads: PyTree, precision=_numeric.HIGHEST) -> jax.Array:
     >>> g = {"w": jnp.ones((2, 3, 4)), "b": jnp.ones((2, 4))}
     >>> gram_matrix(g)[0, 1].item()
     16.0
+    >>> gram_matrix(g, shared={"w": True, "b": False})[0, 1].item()
+    12.0
   """
-  leaves = jax.tree_util.tree_leaves(task_grads)
-  if not leaves:
-    raise ValueError("`task_grads` has no leaves.")
+  leaves = _shared_leaves(task_grads, shared)
   grams = [leaf_gram(leaf, precision) for leaf in leaves]
   dtype = jnp.result_type(*[g.dtype for g in grams])
   return sum(g.astype(dtype) for g in grams)
+
+
+def cross_gram_matrix(task_grads_a: PyTree, task_grads_b: PyTree, precision=_numeric.HIGHEST,
+                      *, shared=None) -> jax.Array:
+  """M = J_a J_bᵀ of two stacked task-gradient pytrees of one structure, M_ij = ⟨a_i, b_j⟩.
+
+  The cross-Gramian of two independent batches that double-sampling methods
+  (MoDo, SDMGrad) feed their weight update. ``shared`` as in
+  :func:`gram_matrix`, resolved on ``task_grads_a``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> a = {"w": jnp.array([[1.0, 0.0], [0.0, 2.0]])}
+    >>> b = {"w": jnp.array([[3.0, 1.0], [1.0, 1.0]])}
+    >>> cross_gram_matrix(a, b).tolist()
+    [[3.0, 1.0], [2.0, 2.0]]
+  """
+  a_leaves = _shared_leaves(task_grads_a, shared)
+  flags = None if shared is None else _flags(shared, task_grads_a)
+  b_all = jax.tree_util.tree_leaves(task_grads_b)
+  b_leaves = b_all if flags is None or len(b_all) == len(a_leaves) else [
+      leaf for leaf, f in zip(b_all, flags) if f]
+  if len(b_leaves) != len(a_leaves):
+    raise ValueError(f"`task_grads_b` has {len(b_leaves)} leaves where `task_grads_a` has "
+                     f"{len(a_leaves)} (shared) leaves.")
+  grams = []
+  for a, b in zip(a_leaves, b_leaves):
+    if a.shape[1:] != b.shape[1:]:
+      raise ValueError(f"Leaves of shapes {a.shape} and {b.shape} do not match (the task "
+                       "axis aside).")
+    axes = tuple(range(1, a.ndim))
+    grams.append(jax.lax.dot_general(
+        a, b, ((axes, axes), ((), ())), precision=precision,
+        preferred_element_type=_accumulation_dtype(jnp.result_type(a.dtype, b.dtype))))
+  dtype = jnp.result_type(*[g.dtype for g in grams])
+  return sum(g.astype(dtype) for g in grams)
+
+
+def _flags(shared, tree):
+  from conicgrad_jax import validation
+  return validation.resolve_shared(shared, tree)
 
 
 def combine_leaf(weights: jax.Array, leaf: jax.Array, out_dtype=None,

@@ -78,3 +78,23 @@ def test_upper_triangle_gram_equals_the_full_product(k, block):
   flat = J.reshape(k, -1).astype(np.float64)
   np.testing.assert_allclose(G, flat @ flat.T, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(G, G.T)
+
+
+def test_gram_matrix_on_shared_leaves_and_cross_gram():
+  from conicgrad_jax.linalg import cross_gram_matrix
+  rng = np.random.default_rng(3)
+  tree = {"enc": jnp.asarray(rng.standard_normal((3, 4, 2)), jnp.float32),
+          "head": jnp.asarray(rng.standard_normal((3, 5)), jnp.float32)}
+  J = np.asarray(tree["enc"]).reshape(3, -1)
+  expected = J @ J.T
+  by_tree = gram_matrix(tree, shared={"enc": True, "head": False})
+  by_predicate = gram_matrix(tree, shared=lambda path, leaf: "enc" in jax.tree_util.keystr(path))
+  np.testing.assert_allclose(np.asarray(by_tree), expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(by_predicate), expected, rtol=1e-5, atol=1e-5)
+  other = jax.tree_util.tree_map(lambda x: 2.0 * x + 1.0, tree)
+  J2 = np.asarray(other["enc"]).reshape(3, -1)
+  np.testing.assert_allclose(np.asarray(cross_gram_matrix(tree, other, shared={"enc": True,
+                                                                                "head": False})),
+                             J @ J2.T, rtol=1e-5, atol=1e-4)
+  with pytest.raises(ValueError, match="shared"):
+    gram_matrix(tree, shared={"enc": False, "head": False})
