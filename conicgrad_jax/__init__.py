@@ -60,6 +60,17 @@ from conicgrad_jax.aggregator import gram_weighting_transformation
 from conicgrad_jax.solvers.cone import ConicDiagnostics
 from conicgrad_jax.solvers.cone import conic_weighting
 from conicgrad_jax.solvers.cone import solve_cone_dual
+from conicgrad_jax.methods.cosmos import cosmos
+from conicgrad_jax.methods.cosmos import cosmos_loss
+from conicgrad_jax.methods.cr_mogm import cr_mogm
+from conicgrad_jax.methods.excess_mtl import excess_mtl
+from conicgrad_jax.methods.krum import krum
+from conicgrad_jax.methods.modo import modo
+from conicgrad_jax.methods.pbi import pbi
+from conicgrad_jax.methods.pbi import pbi_loss
+from conicgrad_jax.methods.scale_invariant_ls import scale_invariant_ls
+from conicgrad_jax.methods.scale_invariant_ls import scale_invariant_ls_loss
+from conicgrad_jax.methods.trimmed_mean import trimmed_mean
 
 __version__ = "0.1.0"
 
@@ -117,4 +128,15 @@ __all__ = [
     "ScalarizationState",
     "solve_cone_dual",
     "value_and_task_grads",
+    "cosmos",
+    "cosmos_loss",
+    "cr_mogm",
+    "excess_mtl",
+    "krum",
+    "modo",
+    "pbi",
+    "pbi_loss",
+    "scale_invariant_ls",
+    "scale_invariant_ls_loss",
+    "trimmed_mean",
 ]

@@ -14,6 +14,14 @@ from conicgrad_jax.methods import projection
 from conicgrad_jax.methods import rotograd as rotograd_m
 from conicgrad_jax.methods import scalarization
 from conicgrad_jax.methods import stochastic
+from conicgrad_jax.methods import cosmos as cosmos_m
+from conicgrad_jax.methods import cr_mogm as cr_mogm_m
+from conicgrad_jax.methods import excess_mtl as excess_mtl_m
+from conicgrad_jax.methods import krum as krum_m
+from conicgrad_jax.methods import modo as modo_m
+from conicgrad_jax.methods import pbi as pbi_m
+from conicgrad_jax.methods import scale_invariant_ls as scale_invariant_ls_m
+from conicgrad_jax.methods import trimmed_mean as trimmed_mean_m
 
 
 class MethodInfo(NamedTuple):
@@ -76,6 +84,15 @@ _METHODS = {
     "imtl_l": MethodInfo(loss_weighting.imtl_l, False, False, True, True, False),
     "famo": MethodInfo(loss_weighting.famo, False, False, True, True, False),
     "bilb4mtl": MethodInfo(loss_weighting.bilb4mtl, False, False, True, True, False),
+    "excess_mtl": MethodInfo(excess_mtl_m.excess_mtl, False, True, False, True, False),
+    "modo": MethodInfo(modo_m.modo, True, False, False, True, False),
+    "cr_mogm": MethodInfo(cr_mogm_m.cr_mogm, True, False, True, True, False),
+    "cosmos": MethodInfo(cosmos_m.cosmos, False, False, True, False, False),
+    "pbi": MethodInfo(pbi_m.pbi, False, False, True, False, False),
+    "scale_invariant_ls": MethodInfo(scale_invariant_ls_m.scale_invariant_ls, False, False, True,
+                                     False, False),
+    "krum": MethodInfo(krum_m.krum, True, False, False, False, False),
+    "trimmed_mean": MethodInfo(trimmed_mean_m.trimmed_mean, False, True, False, False, False),
 }
 
 
