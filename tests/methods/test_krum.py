@@ -1,0 +1,64 @@
+"""Krum / Multi-Krum against a brute-force score on the rows, robustness, and torchjd."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import conicgrad_jax as cg
+from conicgrad_jax.methods.krum import krum_weighting
+import torchjd_reference as tjd
+
+
+def _reference(J, f, n_selected):
+  k = J.shape[0]
+  d = np.linalg.norm(J[:, None, :] - J[None, :, :], axis=-1)
+  scores = [np.sort(np.delete(d[i], i))[:k - f - 2].sum() for i in range(k)]
+  w = np.zeros(k)
+  w[np.argsort(scores, kind="stable")[:n_selected]] = 1.0 / n_selected
+  return w
+
+
+@pytest.mark.parametrize("f,n_selected", [(0, 1), (1, 1), (1, 3)])
+def test_weights_match_brute_force_scores(f, n_selected):
+  rng = np.random.default_rng(f + 10 * n_selected)
+  Js = rng.standard_normal((6, 7, 5))
+  fn = jax.jit(jax.vmap(lambda g: krum_weighting(g, f, n_selected)[0]))
+  got = np.asarray(fn(jnp.asarray(np.einsum("bkm,blm->bkl", Js, Js), jnp.float32)))
+  for J, w in zip(Js, got):
+    np.testing.assert_allclose(w, _reference(J, f, n_selected), atol=1e-6)
+
+
+def test_excludes_the_outliers():
+  rng = np.random.default_rng(0)
+  honest = 1.0 + 0.1 * rng.standard_normal((5, 4))
+  J = np.concatenate([honest, 50.0 * rng.standard_normal((2, 4))])
+  tx = cg.krum(2, n_selected=3)
+  u, state = jax.jit(tx.update)({"w": jnp.asarray(J, jnp.float32)}, tx.init(None))
+  w = np.asarray(state.weights)
+  assert np.all(w[5:] == 0.0) and w.sum() == pytest.approx(1.0)
+  np.testing.assert_allclose(np.asarray(u["w"]), w @ J, rtol=1e-5)
+
+
+def test_options_are_validated():
+  with pytest.raises(ValueError, match="n_byzantine"):
+    cg.krum(-1)
+  with pytest.raises(ValueError, match="n_selected"):
+    cg.krum(0, n_selected=0)
+  with pytest.raises(ValueError, match="n_selected"):
+    cg.krum(0, n_selected=4, num_tasks=3)
+
+
+@pytest.mark.parametrize("f,n_selected", [(0, 1), (1, 2)])
+def test_matches_torchjd(f, n_selected):
+  torch, torchjd = tjd.require()
+  from torchjd.aggregation import Krum
+  rng = np.random.default_rng(7)
+  tx = cg.krum(f, n_selected=n_selected)
+  step = jax.jit(tx.update)
+  for _ in range(5):
+    J = tjd.random_jacobian(rng, 6, 9)
+    u, _ = step({"w": jnp.asarray(J, jnp.float32)}, tx.init(None))
+    ref = Krum(n_byzantine=f, n_selected=n_selected)(torch.tensor(J, dtype=torch.float64))
+    assert tjd.cosine(u["w"], ref.numpy()) >= 0.999
+    np.testing.assert_allclose(np.asarray(u["w"]), ref.numpy(), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,59 @@
+"""Trimmed mean against sorting in numpy, its kept-share weights, clipping, and torchjd."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import conicgrad_jax as cg
+import torchjd_reference as tjd
+
+
+def _reference(x, t):
+  k = x.shape[0]
+  return np.sort(x, axis=0)[t:k - t].mean(axis=0)
+
+
+@pytest.mark.parametrize("t", [0, 1, 2])
+def test_matches_numpy_on_a_pytree(t):
+  rng = np.random.default_rng(t)
+  g = {"a": rng.standard_normal((6, 3, 2)), "b": rng.standard_normal((6, 4))}
+  tx = cg.trimmed_mean(t)
+  u, state = jax.jit(tx.update)(jax.tree_util.tree_map(jnp.asarray, g), tx.init(None))
+  for name in g:
+    np.testing.assert_allclose(np.asarray(u[name]), _reference(g[name], t), rtol=1e-5,
+                               atol=1e-6)
+  w = np.asarray(state.weights)
+  assert w.sum() == pytest.approx(1.0) and np.all(w >= 0)
+  if t == 0:
+    np.testing.assert_allclose(w, 1.0 / 6)
+  # Each task's share: the fraction of the 10 coordinates where it was kept, over K − 2t.
+  kept = sum(((np.argsort(np.argsort(x, axis=0, kind="stable"), axis=0) >= t)
+              & (np.argsort(np.argsort(x, axis=0, kind="stable"), axis=0) < 6 - t))
+             .reshape(6, -1).sum(1) for x in g.values())
+  np.testing.assert_allclose(w, kept / (10 * (6 - 2 * t)), rtol=1e-6)
+
+
+def test_outlier_coordinates_are_dropped_and_small_k_is_the_mean():
+  J = np.array([[1.0, 0.0], [2.0, 1e6], [-1e6, 2.0], [3.0, 1.0]])
+  tx = cg.trimmed_mean(1)
+  u, _ = tx.update({"w": jnp.asarray(J, jnp.float32)}, tx.init(None))
+  np.testing.assert_allclose(np.asarray(u["w"]), [1.5, 1.5])
+  J2 = J[:2]                                        # K = 2 < 2t + 1: t clipped to 0
+  u, _ = tx.update({"w": jnp.asarray(J2, jnp.float32)}, tx.init(None))
+  np.testing.assert_allclose(np.asarray(u["w"]), J2.mean(0))
+  with pytest.raises(ValueError, match="trim_number"):
+    cg.trimmed_mean(-1)
+
+
+@pytest.mark.parametrize("t", [1, 2])
+def test_matches_torchjd(t):
+  torch, torchjd = tjd.require()
+  from torchjd.aggregation import TrimmedMean
+  rng = np.random.default_rng(t)
+  J = tjd.random_jacobian(rng, 7, 11)
+  tx = cg.trimmed_mean(t)
+  u, _ = tx.update({"w": jnp.asarray(J, jnp.float32)}, tx.init(None))
+  ref = TrimmedMean(trim_number=t)(torch.tensor(J)).numpy()
+  assert tjd.cosine(u["w"], ref) >= 0.999
+  np.testing.assert_allclose(np.asarray(u["w"]), ref, rtol=1e-5, atol=1e-6)
