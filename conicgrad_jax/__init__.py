@@ -71,6 +71,10 @@ from conicgrad_jax.methods.pbi import pbi_loss
 from conicgrad_jax.methods.scale_invariant_ls import scale_invariant_ls
 from conicgrad_jax.methods.scale_invariant_ls import scale_invariant_ls_loss
 from conicgrad_jax.methods.trimmed_mean import trimmed_mean
+from conicgrad_jax.diagnostics import ConflictDiagnostics
+from conicgrad_jax.diagnostics import conflict_diagnostics
+from conicgrad_jax.diagnostics import with_diagnostics
+from conicgrad_jax import diagnostics
 
 __version__ = "0.1.0"
 
@@ -139,4 +143,8 @@ __all__ = [
     "scale_invariant_ls",
     "scale_invariant_ls_loss",
     "trimmed_mean",
+    "ConflictDiagnostics",
+    "conflict_diagnostics",
+    "diagnostics",
+    "with_diagnostics",
 ]

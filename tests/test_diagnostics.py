@@ -1,0 +1,131 @@
+"""Conflict diagnostics against dense numpy on J, the opt-in wrapper, and its cost (shared G)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import conicgrad_jax as cg
+from conicgrad_jax import diagnostics as dg
+
+SHARED = {"enc": True, "head": False}
+DIAGNOSE = jax.jit(dg.conflict_diagnostics)
+
+
+def _grads(seed, k=4):
+  rng = np.random.default_rng(seed)
+  J = rng.standard_normal((k, 6))
+  J[1:] -= 0.7 * J[0]
+  return J, {"enc": jnp.asarray(J.reshape(k, 3, 2), jnp.float32),
+             "head": jnp.asarray(rng.standard_normal((k, 5)), jnp.float32)}
+
+
+def _reference(J, w):
+  norms = np.linalg.norm(J, axis=1)
+  cos = (J @ J.T) / np.outer(norms, norms)
+  gms = 2 * np.outer(norms, norms) / (norms[:, None] ** 2 + norms[None, :] ** 2)
+  iu = np.triu_indices(len(J), 1)
+  d = w @ J
+  g0 = J.mean(0)
+  return {"cosines": cos, "magnitude_similarity": gms,
+          "conflict_fraction": np.mean(cos[iu] < 0), "grad_norms": norms,
+          "update_norm": np.linalg.norm(d),
+          "update_cosines": J @ d / (norms * np.linalg.norm(d)),
+          "update_cosine_to_mean": g0 @ d / (np.linalg.norm(g0) * np.linalg.norm(d)),
+          "condition_number": np.linalg.cond(J @ J.T)}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_matches_dense_numpy(seed):
+  J, _ = _grads(seed)
+  w = np.random.default_rng(seed).uniform(0.1, 1.0, 4)
+  with jax.enable_x64(True):
+    d = dg.conflict_diagnostics(jnp.asarray(J @ J.T), jnp.asarray(w), jnp.arange(4.0))
+    d = jax.tree_util.tree_map(np.asarray, d)
+  for name, expected in _reference(J, w).items():
+    np.testing.assert_allclose(getattr(d, name), expected, rtol=1e-8, atol=1e-10, err_msg=name)
+  np.testing.assert_array_equal(d.losses, np.arange(4.0))
+
+
+def test_degenerate_gram_gives_finite_diagnostics():
+  G = jnp.zeros((3, 3)).at[0, 0].set(1.0)                   # two zero gradients
+  d = DIAGNOSE(G)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in d[:-1])
+  assert float(d.condition_number) > 1e6                    # singular: ~1/eps
+  assert float(DIAGNOSE(jnp.zeros((3, 3))).condition_number) == 1.0
+  assert float(dg.conflict_diagnostics(jnp.ones((1, 1))).conflict_fraction) == 0.0
+
+
+def test_as_dict_is_flat_floats_and_drops_missing_losses():
+  J, _ = _grads(0, k=3)
+  d = DIAGNOSE(jnp.asarray(J @ J.T, jnp.float32), jnp.array([0.2, 0.3, 0.5]))
+  out = dg.as_dict(d, ["a", "b", "c"])
+  assert all(isinstance(v, float) for v in out.values())
+  assert out["weight/c"] == pytest.approx(0.5) and "loss/a" not in out
+  assert out["cos/a-c"] == pytest.approx(float(d.cosines[0, 2]))
+  assert len([k for k in out if k.startswith("cos/")]) == 3
+  with pytest.raises(ValueError, match="task_names"):
+    dg.as_dict(d, ["a"])
+
+
+@pytest.mark.parametrize("name", ["conicgrad", "cr_mogm"])
+def test_wrapper_keeps_the_update_and_logs_the_step(name):
+  J, g = _grads(1)
+  params = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape[1:]), g)
+  losses = jnp.array([1.0, 2.0, 0.5, 1.5])
+  method = cg.methods()[name].factory(shared=SHARED, num_tasks=4)
+  tx = dg.with_diagnostics(method, shared=SHARED, num_tasks=4)
+  state = tx.init(params)
+  assert state.diagnostics.cosines.shape == (4, 4)
+  u, state = jax.jit(tx.update)(g, state, params, losses=losses)
+  u_ref, s_ref = jax.jit(method.update)(g, method.init(params), params, losses=losses)
+  for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(u_ref)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  w = np.asarray(s_ref.weights, np.float64)
+  ref = _reference(J, w)
+  d = state.diagnostics
+  for field in ("cosines", "update_cosines", "update_cosine_to_mean", "conflict_fraction"):
+    np.testing.assert_allclose(np.asarray(getattr(d, field)), ref[field], rtol=1e-4, atol=1e-5)
+  # The update-angle fields describe the actual update on the shared leaves.
+  d_enc = np.asarray(u["enc"]).ravel()
+  np.testing.assert_allclose(np.asarray(d.update_cosines),
+                             J @ d_enc / (np.linalg.norm(J, axis=1) * np.linalg.norm(d_enc)),
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(d.losses), np.asarray(losses))
+  np.testing.assert_array_equal(np.asarray(state.weights), np.asarray(s_ref.weights))
+
+
+def test_skipped_step_keeps_diagnostics_and_state_scans():
+  _, g = _grads(2)
+  params = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape[1:]), g)
+  tx = dg.with_diagnostics(cg.mgda(shared=SHARED, num_tasks=4), shared=SHARED, num_tasks=4)
+
+  def body(state, grads):
+    _, state = tx.update(grads, state, params)
+    return state, state.diagnostics.conflict_fraction
+
+  bad = jax.tree_util.tree_map(lambda x: x, g)
+  bad["enc"] = bad["enc"].at[0, 0, 0].set(jnp.inf)
+  seq = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), g, bad)
+  state, fractions = jax.jit(lambda s: jax.lax.scan(body, s, seq))(tx.init(params))
+  assert int(state.nonfinite_steps) == 1
+  assert np.all(np.isfinite(np.asarray(state.diagnostics.cosines)))
+  assert float(fractions[1]) == float(fractions[0])
+
+
+def _consumers(hlo, name):
+  return sum(1 for line in hlo.splitlines() if name in line and "parameter(" not in line
+             and not line.lstrip().startswith("ENTRY"))
+
+
+def test_wrapper_shares_the_gram_contraction_in_the_compiled_program():
+  """XLA CSE: the diagnostics add no pass over the task gradients (cost independent of m)."""
+  g = {"a": jnp.ones((4, 4099)), "b": jnp.ones((4, 7, 3))}
+  counts = []
+  for wrap in (False, True):
+    tx = cg.mgda(num_tasks=4)
+    if wrap:
+      tx = dg.with_diagnostics(tx, num_tasks=4)
+    hlo = jax.jit(tx.update).lower(g, tx.init(None)).compile().as_text()
+    counts.append((_consumers(hlo, "task_grads__a__"), _consumers(hlo, "task_grads__b__")))
+  assert counts[0] == counts[1], counts
