@@ -75,6 +75,7 @@ from conicgrad_jax.diagnostics import ConflictDiagnostics
 from conicgrad_jax.diagnostics import conflict_diagnostics
 from conicgrad_jax.diagnostics import with_diagnostics
 from conicgrad_jax import diagnostics
+from conicgrad_jax import dashboard
 
 __version__ = "0.1.0"
 
@@ -145,6 +146,7 @@ __all__ = [
     "trimmed_mean",
     "ConflictDiagnostics",
     "conflict_diagnostics",
+    "dashboard",
     "diagnostics",
     "with_diagnostics",
 ]

@@ -1,0 +1,56 @@
+"""The dashboard draws a logged history; the conflict-dashboard example runs end to end (small)."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import conicgrad_jax as cg
+from conicgrad_jax import dashboard
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+
+pytest.importorskip("matplotlib")
+
+
+def _history(t=6, k=3):
+  rng = np.random.default_rng(0)
+  diagnose = jax.jit(cg.conflict_diagnostics)
+  out = []
+  for s in range(t):
+    J = rng.standard_normal((k, 5))
+    out.append(diagnose(jnp.asarray(J @ J.T, jnp.float32), jnp.full(k, 1 / k),
+                                       jnp.linspace(1.0, 2.0, k) / (s + 1)))
+  return out
+
+
+def test_stack_history_and_png(tmp_path):
+  history = _history()
+  stacked = dashboard.stack_history(history)
+  assert stacked.cosines.shape == (6, 3, 3) and stacked.weights.shape == (6, 3)
+  again = dashboard.stack_history(stacked)                 # an already stacked history
+  np.testing.assert_array_equal(again.losses, stacked.losses)
+  path = tmp_path / "d.png"
+  fig = dashboard.plot_dashboard(history, str(path), task_names=["a", "b", "c"], title="t")
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+  assert len(fig.axes) >= 6
+  with pytest.raises(ValueError, match="task_names"):
+    dashboard.plot_dashboard(history, task_names=["a"])
+  with pytest.raises(ValueError, match="empty"):
+    dashboard.stack_history([])
+  with pytest.raises(ValueError, match="losses"):
+    dashboard.plot_dashboard(history, losses=np.ones((2, 3)))
+
+
+def test_conflict_dashboard_example_runs_small(tmp_path):
+  import conflict_dashboard
+  out = tmp_path / "dash.png"
+  history = conflict_dashboard.main(["--steps", "3", "--batch", "16", "--n-train", "64",
+                                     "--out", str(out), "--quiet"])
+  assert len(history) == 3 and out.stat().st_size > 20_000
+  last = cg.diagnostics.as_dict(history[-1], conflict_dashboard.TASKS)
+  assert all(np.isfinite(v) for v in last.values())
+  assert -1.0 <= last["cos/left-right"] <= 1.0 and last["loss/left"] > 0
