@@ -41,6 +41,17 @@ def stack_history(history) -> ConflictDiagnostics:
                                for i in range(len(ConflictDiagnostics._fields))])
 
 
+def running_mean(y, window: int):
+  """Trailing mean over ``window`` steps along axis 0 (shorter at the start)."""
+  y = np.asarray(y, np.float64)
+  if window <= 1:
+    return y
+  c = np.cumsum(np.nan_to_num(y), axis=0)
+  shifted = np.concatenate([np.zeros((window,) + y.shape[1:]), c[:-window]], axis=0)[:len(y)]
+  counts = np.minimum(np.arange(1, len(y) + 1), window).reshape((-1,) + (1,) * (y.ndim - 1))
+  return (c - shifted) / counts
+
+
 def _pyplot():
   try:
     import matplotlib
@@ -54,7 +65,7 @@ def _pyplot():
 
 def plot_dashboard(history, path: Optional[str] = None, *,
                    task_names: Optional[Sequence[str]] = None, losses=None, steps=None,
-                   title: Optional[str] = None, dpi: int = 110):
+                   title: Optional[str] = None, smooth: Optional[int] = None, dpi: int = 110):
   """Draws the dashboard of a logged history; writes it to ``path`` (PNG) if given.
 
   Args:
@@ -67,6 +78,10 @@ def plot_dashboard(history, path: Optional[str] = None, *,
       diagnostics (their panel is left empty when none were logged).
     steps: optional (T,) step numbers for the x axis (0..T−1 by default).
     title: the figure's title.
+    smooth: window of the trailing running mean drawn over the raw (faint)
+      per-step curves; ``None`` picks T // 40, 1 draws the raw curves only.
+      The conflict fraction is drawn as its running mean (with K = 2 it is
+      0 or 1 per step).
     dpi: resolution of the saved PNG.
 
   Returns:
@@ -83,12 +98,20 @@ def plot_dashboard(history, path: Optional[str] = None, *,
   if loss.shape != (t, k):
     raise ValueError(f"`losses` has shape {loss.shape}; expected ({t}, {k}).")
   colors = plt.get_cmap("tab10")
+  window = max(1, t // 40) if smooth is None else int(smooth)
+
+  def lines(ax, y, color, label, **kw):
+    if window > 1:
+      ax.plot(x, y, color=color, lw=0.6, alpha=0.3, **kw)
+      ax.plot(x, running_mean(y, window), color=color, lw=1.4, label=label, **kw)
+    else:
+      ax.plot(x, y, color=color, lw=1.2, label=label, **kw)
 
   fig, axes = plt.subplots(3, 2, figsize=(12, 10.5), constrained_layout=True)
   ax = axes[0, 0]
   if np.any(np.isfinite(loss)):
     for i, n in enumerate(names):
-      ax.plot(x, loss[:, i], color=colors(i % 10), lw=1.2, label=n)
+      lines(ax, loss[:, i], colors(i % 10), n)
     if np.all(loss[np.isfinite(loss)] > 0):
       ax.set_yscale("log")
     ax.legend(fontsize=8, ncol=min(k, 4))
@@ -99,7 +122,7 @@ def plot_dashboard(history, path: Optional[str] = None, *,
 
   ax = axes[0, 1]
   for i, n in enumerate(names):
-    ax.plot(x, h.weights[:, i], color=colors(i % 10), lw=1.2, label=n)
+    lines(ax, h.weights[:, i], colors(i % 10), n)
   ax.set_title("combination weights")
   ax.set_xlabel("step")
   ax.legend(fontsize=8, ncol=min(k, 4))
@@ -120,39 +143,38 @@ def plot_dashboard(history, path: Optional[str] = None, *,
   ax = axes[1, 1]
   angles = np.degrees(np.arccos(np.clip(h.update_cosines, -1.0, 1.0)))
   for i, n in enumerate(names):
-    ax.plot(x, angles[:, i], color=colors(i % 10), lw=1.0, label=f"to {n}")
-  ax.plot(x, np.degrees(np.arccos(np.clip(h.update_cosine_to_mean, -1.0, 1.0))), color="k",
-          lw=1.2, ls="--", label="to mean g0")
+    lines(ax, angles[:, i], colors(i % 10), f"to {n}")
+  lines(ax, np.degrees(np.arccos(np.clip(h.update_cosine_to_mean, -1.0, 1.0))), "k",
+        "to mean g0", ls="--")
   ax.axhline(90.0, color="grey", lw=0.8, ls=":")
   ax.set_ylim(0, 180)
-  ax.set_title("angle of the update to each task gradient (> 90°: that task gets worse)")
+  ax.set_title("update-to-task angles (> 90°: that task gets worse)")
   ax.set_ylabel("degrees")
   ax.set_xlabel("step")
   ax.legend(fontsize=8, ncol=2)
 
   ax = axes[2, 0]
   for i, n in enumerate(names):
-    ax.plot(x, h.grad_norms[:, i], color=colors(i % 10), lw=1.0, label=f"‖g_{n}‖")
+    lines(ax, h.grad_norms[:, i], colors(i % 10), f"‖g_{n}‖")
   if np.all(h.grad_norms > 0):
     ax.set_yscale("log")
   ax.set_xlabel("step")
   ax.set_title("task-gradient norms; magnitude similarity (right axis)")
-  ax.legend(fontsize=8, ncol=2, loc="lower left")
+  ax.legend(fontsize=8, ncol=2, loc="lower right", framealpha=0.9)
   if len(iu[0]):
     ax2 = ax.twinx()
-    ax2.plot(x, h.magnitude_similarity[:, iu[0], iu[1]].mean(axis=1), color="k", lw=1.0,
-             ls="--")
+    lines(ax2, h.magnitude_similarity[:, iu[0], iu[1]].mean(axis=1), "k", None, ls="--")
     ax2.set_ylim(0, 1.05)
     ax2.set_ylabel("mean magnitude similarity")
 
   ax = axes[2, 1]
-  ax.plot(x, h.conflict_fraction, color="tab:red", lw=1.0)
+  ax.plot(x, running_mean(h.conflict_fraction, max(window, 1)), color="tab:red", lw=1.4)
   ax.set_ylim(-0.02, 1.02)
   ax.set_ylabel("fraction of conflicting pairs", color="tab:red")
   ax.set_xlabel("step")
-  ax.set_title("conflicts and the Gram matrix's condition number")
+  ax.set_title("conflicting pairs (running mean) and cond(G)")
   ax2 = ax.twinx()
-  ax2.plot(x, h.condition_number, color="tab:blue", lw=1.0)
+  lines(ax2, h.condition_number, "tab:blue", None)
   ax2.set_yscale("log")
   ax2.set_ylabel("cond(G)", color="tab:blue")
 

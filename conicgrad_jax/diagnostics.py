@@ -238,8 +238,7 @@ def with_diagnostics(method: optax.GradientTransformation, *,
   def init_fn(params):
     inner = method.init(params)
     k = num_tasks if num_tasks is not None else (inner.weights.shape[0] or None)
-    dtype = jnp.dtype(inner.weights.dtype) if inner.weights.dtype != jnp.int32 else jnp.float32
-    dtype = _numeric.solver_dtype(dtype)
+    dtype = _numeric.solver_dtype(inner.weights.dtype)
     return DiagnosticsState(inner, empty_diagnostics(k, dtype))
 
   def update_fn(task_grads, state, params=None, **extra_args):

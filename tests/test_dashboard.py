@@ -54,3 +54,10 @@ def test_conflict_dashboard_example_runs_small(tmp_path):
   last = cg.diagnostics.as_dict(history[-1], conflict_dashboard.TASKS)
   assert all(np.isfinite(v) for v in last.values())
   assert -1.0 <= last["cos/left-right"] <= 1.0 and last["loss/left"] > 0
+
+
+def test_running_mean_is_the_trailing_window_mean():
+  y = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]])
+  expected = np.array([[0.0, 1.0], [1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+  np.testing.assert_allclose(dashboard.running_mean(y, 2), expected)
+  np.testing.assert_array_equal(dashboard.running_mean(y, 1), y)

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 
 from conicgrad_jax import _numeric
+from conicgrad_jax import aggregator
 from conicgrad_jax import linalg
 from conicgrad_jax import validation
 
@@ -30,9 +31,10 @@ class CRMOGMState(NamedTuple):
   nonfinite_steps: jax.Array
 
 
-def cr_mogm_weighting(previous: jax.Array, raw: jax.Array, *, alpha: float = 0.9) -> jax.Array:
-  r"""λ_t = α λ_{t−1} + (1 − α) λ̂_t."""
-  return alpha * previous + (1.0 - alpha) * raw
+def cr_mogm_weighting(previous: jax.Array, raw: jax.Array, *,
+                      alpha: float = 0.9) -> tuple[jax.Array, aggregator.SolverInfo]:
+  r"""``(λ_t, SolverInfo)`` with λ_t = α λ_{t−1} + (1 − α) λ̂_t."""
+  return alpha * previous + (1.0 - alpha) * raw, aggregator.no_solver_info()
 
 
 def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: float = 0.9,
@@ -127,7 +129,7 @@ def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: floa
       prev = first_prev
       kept = raw
     skipped = inner_state.nonfinite_steps > state.inner.nonfinite_steps
-    weights = jnp.where(skipped, kept, cr_mogm_weighting(prev, raw, alpha=alpha))
+    weights = jnp.where(skipped, kept, cr_mogm_weighting(prev, raw, alpha=alpha)[0])
 
     flags = validation.resolve_shared(shared, task_grads)
     leaves, treedef = jax.tree_util.tree_flatten(task_grads)
