@@ -62,3 +62,13 @@ def test_matches_torchjd(f, n_selected):
     ref = Krum(n_byzantine=f, n_selected=n_selected)(torch.tensor(J, dtype=torch.float64))
     assert tjd.cosine(u["w"], ref.numpy()) >= 0.999
     np.testing.assert_allclose(np.asarray(u["w"]), ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_torchjd_published_values():
+  """torchjd's test values: Krum(n_byzantine=1, n_selected=4) on its J_Krum (row 2 adversarial)."""
+  J = np.array([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0], [75.0, -666.0, 23.0], [1.0, 2.0, 3.0],
+                [2.0, 0.0, 1.0]])
+  tx = cg.krum(1, n_selected=4)
+  u, state = tx.update({"w": jnp.asarray(J, jnp.float32)}, tx.init(None))
+  np.testing.assert_allclose(np.asarray(u["w"]), [1.25, 0.75, 1.5], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(state.weights), [0.25, 0.25, 0.0, 0.25, 0.25])

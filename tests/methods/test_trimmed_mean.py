@@ -57,3 +57,11 @@ def test_matches_torchjd(t):
   ref = TrimmedMean(trim_number=t)(torch.tensor(J)).numpy()
   assert tjd.cosine(u["w"], ref) >= 0.999
   np.testing.assert_allclose(np.asarray(u["w"]), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_torchjd_published_values():
+  """torchjd's test values: TrimmedMean(trim_number=1) on its J_TrimmedMean."""
+  J = np.array([[1e11, 3.0], [1.0, -1e11], [-1e10, 1e10], [2.0, 2.0]])
+  tx = cg.trimmed_mean(1)
+  u, _ = tx.update({"w": jnp.asarray(J, jnp.float32)}, tx.init(None))
+  np.testing.assert_allclose(np.asarray(u["w"]), [1.5, 2.5], rtol=1e-6)
