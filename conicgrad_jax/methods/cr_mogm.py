@@ -75,11 +75,13 @@ def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: floa
     wrapped method.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
-    >>> tx = cr_mogm(alpha=0.5)
+    >>> tx = cr_mogm(alpha=0.5, num_tasks=2)
+    >>> step = jax.jit(tx.update)
     >>> state = tx.init(None)
-    >>> _, state = tx.update({"w": jnp.array([[1.0, 0.0], [0.0, 1.0]])}, state)
-    >>> _, state = tx.update({"w": jnp.array([[1.0, 0.0], [0.0, 3.0]])}, state)
+    >>> _, state = step({"w": jnp.array([[1.0, 0.0], [0.0, 1.0]])}, state)
+    >>> _, state = step({"w": jnp.array([[1.0, 0.0], [0.0, 3.0]])}, state)
     >>> [round(float(x), 3) for x in state.weights]   # ½(½, ½) + ½(0.9, 0.1)
     [0.7, 0.3]
 
