@@ -242,8 +242,6 @@ def stateless_gram_method(
 
   def weigh(gram, state, **extra_args):
     weights, info = weighting(gram, **extra_args)
-    if not isinstance(info, SolverInfo):  # interim: weightings returning bare iteration counts
-      info = SolverInfo(jnp.asarray(info, jnp.int32))
     return state._replace(weights=weights, info=info)
 
   return gram_weighting_transformation(weigh, init_state, shared=shared, num_tasks=num_tasks,

@@ -5,15 +5,23 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from conicgrad_jax.methods import adaptive
-from conicgrad_jax.methods import bargaining
+from conicgrad_jax.methods import aligned_mtl as aligned_mtl_m
+from conicgrad_jax.methods import cagrad as cagrad_m
+from conicgrad_jax.methods import config as config_m
 from conicgrad_jax.methods import conicgrad as conicgrad_m
+from conicgrad_jax.methods import dualproj as dualproj_m
+from conicgrad_jax.methods import fairgrad as fairgrad_m
+from conicgrad_jax.methods import gradvac as gradvac_m
+from conicgrad_jax.methods import imtl_g as imtl_g_m
 from conicgrad_jax.methods import jacobian
 from conicgrad_jax.methods import loss_weighting
-from conicgrad_jax.methods import min_norm
-from conicgrad_jax.methods import projection
+from conicgrad_jax.methods import mgda as mgda_m
+from conicgrad_jax.methods import nash_mtl as nash_mtl_m
+from conicgrad_jax.methods import pcgrad as pcgrad_m
 from conicgrad_jax.methods import rotograd as rotograd_m
 from conicgrad_jax.methods import scalarization
 from conicgrad_jax.methods import stochastic
+from conicgrad_jax.methods import upgrad as upgrad_m
 
 
 class MethodInfo(NamedTuple):
@@ -23,7 +31,9 @@ class MethodInfo(NamedTuple):
     factory: returns the ``optax.GradientTransformationExtraArgs``.
     gram_weighting: its weights are a function of the Gram matrix alone.
     needs_jacobian: it needs the task gradients themselves, not only G.
-    needs_losses: ``update`` needs ``losses=`` (or may use them).
+    needs_losses: ``update`` needs ``losses=`` with its default options
+      (some methods use them only with certain options, e.g. MGDA's "loss"
+      normalisations).
     stateful: its state carries more than logs between steps.
     random: it draws random numbers (key kept in its state).
   """
@@ -49,17 +59,17 @@ _METHODS = {
     "linear_scalarization": MethodInfo(scalarization.linear_scalarization, False, False, False,
                                        False, False),
     "rlw": MethodInfo(stochastic.rlw, False, False, False, False, True),
-    "mgda": MethodInfo(min_norm.mgda, True, False, True, False, False),
-    "cagrad": MethodInfo(min_norm.cagrad, True, False, False, False, False),
-    "upgrad": MethodInfo(min_norm.upgrad, True, False, False, False, False),
-    "dualproj": MethodInfo(min_norm.dualproj, True, False, False, False, False),
-    "nash_mtl": MethodInfo(bargaining.nash_mtl, True, False, False, True, False),
-    "fairgrad": MethodInfo(bargaining.fairgrad, True, False, False, False, False),
-    "imtl_g": MethodInfo(projection.imtl_g, True, False, False, False, False),
-    "aligned_mtl": MethodInfo(projection.aligned_mtl, True, False, False, False, False),
-    "config": MethodInfo(projection.config, True, False, False, False, False),
-    "pcgrad": MethodInfo(stochastic.pcgrad, True, False, False, False, True),
-    "gradvac": MethodInfo(stochastic.gradvac, True, False, False, True, True),
+    "mgda": MethodInfo(mgda_m.mgda, True, False, False, False, False),
+    "cagrad": MethodInfo(cagrad_m.cagrad, True, False, False, False, False),
+    "upgrad": MethodInfo(upgrad_m.upgrad, True, False, False, False, False),
+    "dualproj": MethodInfo(dualproj_m.dualproj, True, False, False, False, False),
+    "nash_mtl": MethodInfo(nash_mtl_m.nash_mtl, True, False, False, True, False),
+    "fairgrad": MethodInfo(fairgrad_m.fairgrad, True, False, False, False, False),
+    "imtl_g": MethodInfo(imtl_g_m.imtl_g, True, False, False, False, False),
+    "aligned_mtl": MethodInfo(aligned_mtl_m.aligned_mtl, True, False, False, False, False),
+    "config": MethodInfo(config_m.config, True, False, False, False, False),
+    "pcgrad": MethodInfo(pcgrad_m.pcgrad, True, False, False, False, True),
+    "gradvac": MethodInfo(gradvac_m.gradvac, True, False, False, True, True),
     "gradnorm": MethodInfo(adaptive.gradnorm, True, False, True, True, False),
     "sdmgrad": MethodInfo(adaptive.sdmgrad, True, False, False, True, False),
     "gsmgrad": MethodInfo(adaptive.gsmgrad, True, False, False, True, False),
