@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from conicgrad_jax.methods import adaptive
 from conicgrad_jax.methods import bargaining
 from conicgrad_jax.methods import conicgrad as conicgrad_m
-from conicgrad_jax.methods import jacobian
-from conicgrad_jax.methods import loss_weighting
 from conicgrad_jax.methods import min_norm
 from conicgrad_jax.methods import projection
-from conicgrad_jax.methods import rotograd as rotograd_m
-from conicgrad_jax.methods import scalarization
 from conicgrad_jax.methods import stochastic
+from conicgrad_jax.methods.bilb4mtl import bilb4mtl
+from conicgrad_jax.methods.db_mtl import db_mtl
+from conicgrad_jax.methods.dwa import dwa
+from conicgrad_jax.methods.famo import famo
+from conicgrad_jax.methods.gls import gls
+from conicgrad_jax.methods.graddrop import graddrop
+from conicgrad_jax.methods.gradnorm import gradnorm
+from conicgrad_jax.methods.gsmgrad import gsmgrad
+from conicgrad_jax.methods.gsmgrad_fa import gsmgrad_fa
+from conicgrad_jax.methods.imtl_l import imtl_l
+from conicgrad_jax.methods.linear_scalarization import linear_scalarization
+from conicgrad_jax.methods.moco import moco
+from conicgrad_jax.methods.rlw import rlw
+from conicgrad_jax.methods.rotograd import rotograd
+from conicgrad_jax.methods.sdmgrad import sdmgrad
+from conicgrad_jax.methods.stch import stch
+from conicgrad_jax.methods.uncertainty_weighting import uncertainty_weighting
 
 
 class MethodInfo(NamedTuple):
@@ -46,9 +58,8 @@ class MethodInfo(NamedTuple):
 
 _METHODS = {
     "conicgrad": MethodInfo(conicgrad_m.conicgrad, True, False, False, False, False),
-    "linear_scalarization": MethodInfo(scalarization.linear_scalarization, False, False, False,
-                                       False, False),
-    "rlw": MethodInfo(stochastic.rlw, False, False, False, False, True),
+    "linear_scalarization": MethodInfo(linear_scalarization, False, False, False, False, False),
+    "rlw": MethodInfo(rlw, False, False, False, False, True),
     "mgda": MethodInfo(min_norm.mgda, True, False, True, False, False),
     "cagrad": MethodInfo(min_norm.cagrad, True, False, False, False, False),
     "upgrad": MethodInfo(min_norm.upgrad, True, False, False, False, False),
@@ -60,22 +71,21 @@ _METHODS = {
     "config": MethodInfo(projection.config, True, False, False, False, False),
     "pcgrad": MethodInfo(stochastic.pcgrad, True, False, False, False, True),
     "gradvac": MethodInfo(stochastic.gradvac, True, False, False, True, True),
-    "gradnorm": MethodInfo(adaptive.gradnorm, True, False, True, True, False),
-    "sdmgrad": MethodInfo(adaptive.sdmgrad, True, False, False, True, False),
-    "gsmgrad": MethodInfo(adaptive.gsmgrad, True, False, False, True, False),
-    "gsmgrad_fa": MethodInfo(adaptive.gsmgrad_fa, False, False, True, True, False),
-    "rotograd": MethodInfo(rotograd_m.rotograd, True, False, False, True, False),
-    "graddrop": MethodInfo(jacobian.graddrop, False, True, False, False, True),
-    "moco": MethodInfo(jacobian.moco, False, True, True, True, False),
-    "db_mtl": MethodInfo(jacobian.db_mtl, False, True, True, True, False),
-    "uncertainty_weighting": MethodInfo(loss_weighting.uncertainty_weighting, False, False,
-                                        True, True, False),
-    "dwa": MethodInfo(loss_weighting.dwa, False, False, True, True, False),
-    "gls": MethodInfo(loss_weighting.gls, False, False, True, False, False),
-    "stch": MethodInfo(loss_weighting.stch, False, False, True, True, False),
-    "imtl_l": MethodInfo(loss_weighting.imtl_l, False, False, True, True, False),
-    "famo": MethodInfo(loss_weighting.famo, False, False, True, True, False),
-    "bilb4mtl": MethodInfo(loss_weighting.bilb4mtl, False, False, True, True, False),
+    "gradnorm": MethodInfo(gradnorm, True, False, True, True, False),
+    "sdmgrad": MethodInfo(sdmgrad, True, False, False, True, False),
+    "gsmgrad": MethodInfo(gsmgrad, True, False, False, True, False),
+    "gsmgrad_fa": MethodInfo(gsmgrad_fa, False, False, True, True, False),
+    "rotograd": MethodInfo(rotograd, True, False, False, True, False),
+    "graddrop": MethodInfo(graddrop, False, True, False, False, True),
+    "moco": MethodInfo(moco, False, True, True, True, False),
+    "db_mtl": MethodInfo(db_mtl, False, True, True, True, False),
+    "uncertainty_weighting": MethodInfo(uncertainty_weighting, False, False, True, True, False),
+    "dwa": MethodInfo(dwa, False, False, True, True, False),
+    "gls": MethodInfo(gls, False, False, True, False, False),
+    "stch": MethodInfo(stch, False, False, True, True, False),
+    "imtl_l": MethodInfo(imtl_l, False, False, True, True, False),
+    "famo": MethodInfo(famo, False, False, True, True, False),
+    "bilb4mtl": MethodInfo(bilb4mtl, False, False, True, True, False),
 }
 
 

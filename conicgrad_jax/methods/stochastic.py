@@ -1,4 +1,4 @@
-"""Methods with randomness, their PRNG key in the optax state: PCGrad, GradVac and RLW."""
+"""Methods with randomness, their PRNG key in the optax state: PCGrad and GradVac."""
 
 from __future__ import annotations
 
@@ -14,17 +14,6 @@ from conicgrad_jax import validation
 from conicgrad_jax.weighting import surgery
 
 
-def _keyed(seed, weigh_with_key, *, shared, num_tasks, precision, needs_gram):
-  init_state = aggregator.keyed_state(seed)
-
-  def weigh(gram, state, **_):
-    key, sub = jax.random.split(state.key)
-    return state._replace(weights=weigh_with_key(gram, sub, state.weights.shape[0]), key=key)
-
-  return aggregator.gram_weighting_transformation(
-      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision, needs_gram=needs_gram)
-
-
 def pcgrad(*, seed: int = 0, shared: validation.SharedSpec = None,
            num_tasks: Optional[int] = None,
            precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
@@ -36,27 +25,14 @@ def pcgrad(*, seed: int = 0, shared: validation.SharedSpec = None,
   References:
     Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020.
   """
-  return _keyed(seed, lambda gram, key, k: surgery.pcgrad_weighting(gram, key), shared=shared,
-                num_tasks=num_tasks, precision=precision, needs_gram=True)
+  init_state = aggregator.keyed_state(seed)
 
+  def weigh(gram, state, **_):
+    key, sub = jax.random.split(state.key)
+    return state._replace(weights=surgery.pcgrad_weighting(gram, sub), key=key)
 
-def rlw(*, seed: int = 0, shared: validation.SharedSpec = None,
-        num_tasks: Optional[int] = None,
-        precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
-  r"""Random loss weighting: w = softmax(z), z ~ N(0, I_K) drawn afresh each step.
-
-  Weights sum to 1 (no ×K), as in the Nash-MTL, LibMTL and torchjd code. No
-  Gram matrix is computed.
-
-  References:
-    Lin et al., "Reasonable Effectiveness of Random Weighting", TMLR 2022.
-  """
-  def draw(gram, key, k):
-    del gram
-    return jax.nn.softmax(jax.random.normal(key, (k,), jnp.float32))
-
-  return _keyed(seed, draw, shared=shared, num_tasks=num_tasks, precision=precision,
-                needs_gram=False)
+  return aggregator.gram_weighting_transformation(
+      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision)
 
 
 class GradVacState(NamedTuple):
