@@ -37,13 +37,18 @@ def test_missing_or_bad_losses_are_errors_and_nan_is_skipped(name):
 
 @pytest.mark.parametrize("name", OWN_METHODS)
 def test_state_floats_follow_the_parameters_dtype_under_x64(name):
-  """float64 parameters: the weights (and every float in the state) are float64, before and after."""
+  """float64 parameters: every float in the state is float64, at init and after an update.
+
+  The update is traced, not compiled (``eval_shape``): a scan or loop carry whose
+  dtype changed would fail there.
+  """
   with jax.enable_x64(True):
     params = {"w": jnp.zeros(3, jnp.float64)}
     tx = cg.methods()[name].factory(num_tasks=2)
     grads = {"w": jnp.asarray([[1.0, 0.5, 0.0], [0.0, 1.0, 2.0]], jnp.float64)}
     state = tx.init(params)
-    _, new = tx.update(grads, state, params, losses=jnp.array([1.0, 2.0], jnp.float64))
+    _, new = jax.eval_shape(lambda g, s: tx.update(g, s, params, losses=jnp.ones(2, jnp.float64)),
+                            grads, state)
     for s in (state, new):
       assert s.weights.dtype == jnp.float64, name
       floats = [l.dtype for l in jax.tree_util.tree_leaves(s)
