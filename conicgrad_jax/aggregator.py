@@ -204,6 +204,44 @@ def gram_weighting_transformation(
                                          num_tasks=num_tasks)
 
 
+def loss_weighting_transformation(
+    weigh_losses: Callable[[jax.Array, Any], Any],
+    init_state: InitState,
+    method: str,
+    *,
+    shared: validation.SharedSpec = None,
+    num_tasks: Optional[int] = None,
+    precision=_numeric.HIGHEST,
+) -> optax.GradientTransformationExtraArgs:
+  """Builds the transformation of a weighting computed from the task losses alone.
+
+  Args:
+    weigh_losses: ``weigh_losses(losses, state) -> new_state``; ``losses`` is
+      the (K,) ``losses=`` extra argument of ``update`` (at least float32) and
+      ``new_state.weights`` the K combination weights. No Gram matrix is
+      computed.
+    init_state: ``init_state(num_tasks, dtype)`` (see :data:`InitState`).
+    method: the method's name, used in the error raised when ``update`` is
+      called without ``losses=`` or with the wrong shape.
+    shared, num_tasks, precision: as in :func:`gram_weighting_transformation`.
+
+  Returns:
+    The transformation; ``update(task_grads, state, params=None, losses=...)``
+    ignores other keyword arguments. Non-finite losses skip the step like
+    non-finite gradients do (zero update, state kept, ``nonfinite_steps`` + 1).
+  """
+
+  def weigh(gram, state, losses=None, **_):
+    del gram
+    losses = require_losses(losses, state.weights.shape[0], method)
+    new_state = weigh_losses(losses, state)
+    finite = jnp.all(jnp.isfinite(losses))
+    return new_state._replace(weights=jnp.where(finite, new_state.weights, jnp.nan))
+
+  return gram_weighting_transformation(weigh, init_state, shared=shared, num_tasks=num_tasks,
+                                       precision=precision, needs_gram=False)
+
+
 class SolverInfo(NamedTuple):
   """What an iterative weighting reports: the Newton (or fixed-point) steps it took."""
   iterations: jax.Array
@@ -242,8 +280,6 @@ def stateless_gram_method(
 
   def weigh(gram, state, **extra_args):
     weights, info = weighting(gram, **extra_args)
-    if not isinstance(info, SolverInfo):  # interim: weightings returning bare iteration counts
-      info = SolverInfo(jnp.asarray(info, jnp.int32))
     return state._replace(weights=weights, info=info)
 
   return gram_weighting_transformation(weigh, init_state, shared=shared, num_tasks=num_tasks,

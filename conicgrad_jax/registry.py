@@ -4,24 +4,43 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from conicgrad_jax.methods import adaptive
-from conicgrad_jax.methods import bargaining
-from conicgrad_jax.methods import conicgrad as conicgrad_m
-from conicgrad_jax.methods import jacobian
-from conicgrad_jax.methods import loss_weighting
-from conicgrad_jax.methods import min_norm
-from conicgrad_jax.methods import projection
-from conicgrad_jax.methods import rotograd as rotograd_m
-from conicgrad_jax.methods import scalarization
-from conicgrad_jax.methods import stochastic
-from conicgrad_jax.methods import cosmos as cosmos_m
-from conicgrad_jax.methods import cr_mogm as cr_mogm_m
-from conicgrad_jax.methods import excess_mtl as excess_mtl_m
-from conicgrad_jax.methods import krum as krum_m
-from conicgrad_jax.methods import modo as modo_m
-from conicgrad_jax.methods import pbi as pbi_m
-from conicgrad_jax.methods import scale_invariant_ls as scale_invariant_ls_m
-from conicgrad_jax.methods import trimmed_mean as trimmed_mean_m
+from conicgrad_jax.methods.aligned_mtl import aligned_mtl
+from conicgrad_jax.methods.bilb4mtl import bilb4mtl
+from conicgrad_jax.methods.cagrad import cagrad
+from conicgrad_jax.methods.config import config
+from conicgrad_jax.methods.conicgrad import conicgrad
+from conicgrad_jax.methods.db_mtl import db_mtl
+from conicgrad_jax.methods.dualproj import dualproj
+from conicgrad_jax.methods.dwa import dwa
+from conicgrad_jax.methods.fairgrad import fairgrad
+from conicgrad_jax.methods.famo import famo
+from conicgrad_jax.methods.gls import gls
+from conicgrad_jax.methods.graddrop import graddrop
+from conicgrad_jax.methods.gradnorm import gradnorm
+from conicgrad_jax.methods.gradvac import gradvac
+from conicgrad_jax.methods.gsmgrad import gsmgrad
+from conicgrad_jax.methods.gsmgrad_fa import gsmgrad_fa
+from conicgrad_jax.methods.imtl_g import imtl_g
+from conicgrad_jax.methods.imtl_l import imtl_l
+from conicgrad_jax.methods.linear_scalarization import linear_scalarization
+from conicgrad_jax.methods.mgda import mgda
+from conicgrad_jax.methods.moco import moco
+from conicgrad_jax.methods.nash_mtl import nash_mtl
+from conicgrad_jax.methods.pcgrad import pcgrad
+from conicgrad_jax.methods.rlw import rlw
+from conicgrad_jax.methods.rotograd import rotograd
+from conicgrad_jax.methods.sdmgrad import sdmgrad
+from conicgrad_jax.methods.stch import stch
+from conicgrad_jax.methods.uncertainty_weighting import uncertainty_weighting
+from conicgrad_jax.methods.upgrad import upgrad
+from conicgrad_jax.methods.cosmos import cosmos
+from conicgrad_jax.methods.cr_mogm import cr_mogm
+from conicgrad_jax.methods.excess_mtl import excess_mtl
+from conicgrad_jax.methods.krum import krum
+from conicgrad_jax.methods.modo import modo
+from conicgrad_jax.methods.pbi import pbi
+from conicgrad_jax.methods.scale_invariant_ls import scale_invariant_ls
+from conicgrad_jax.methods.trimmed_mean import trimmed_mean
 
 
 class MethodInfo(NamedTuple):
@@ -53,46 +72,43 @@ class MethodInfo(NamedTuple):
 
 
 _METHODS = {
-    "conicgrad": MethodInfo(conicgrad_m.conicgrad, True, False, False, False, False),
-    "linear_scalarization": MethodInfo(scalarization.linear_scalarization, False, False, False,
-                                       False, False),
-    "rlw": MethodInfo(stochastic.rlw, False, False, False, False, True),
-    "mgda": MethodInfo(min_norm.mgda, True, False, True, False, False),
-    "cagrad": MethodInfo(min_norm.cagrad, True, False, False, False, False),
-    "upgrad": MethodInfo(min_norm.upgrad, True, False, False, False, False),
-    "dualproj": MethodInfo(min_norm.dualproj, True, False, False, False, False),
-    "nash_mtl": MethodInfo(bargaining.nash_mtl, True, False, False, True, False),
-    "fairgrad": MethodInfo(bargaining.fairgrad, True, False, False, False, False),
-    "imtl_g": MethodInfo(projection.imtl_g, True, False, False, False, False),
-    "aligned_mtl": MethodInfo(projection.aligned_mtl, True, False, False, False, False),
-    "config": MethodInfo(projection.config, True, False, False, False, False),
-    "pcgrad": MethodInfo(stochastic.pcgrad, True, False, False, False, True),
-    "gradvac": MethodInfo(stochastic.gradvac, True, False, False, True, True),
-    "gradnorm": MethodInfo(adaptive.gradnorm, True, False, True, True, False),
-    "sdmgrad": MethodInfo(adaptive.sdmgrad, True, False, False, True, False),
-    "gsmgrad": MethodInfo(adaptive.gsmgrad, True, False, False, True, False),
-    "gsmgrad_fa": MethodInfo(adaptive.gsmgrad_fa, False, False, True, True, False),
-    "rotograd": MethodInfo(rotograd_m.rotograd, True, False, False, True, False),
-    "graddrop": MethodInfo(jacobian.graddrop, False, True, False, False, True),
-    "moco": MethodInfo(jacobian.moco, False, True, True, True, False),
-    "db_mtl": MethodInfo(jacobian.db_mtl, False, True, True, True, False),
-    "uncertainty_weighting": MethodInfo(loss_weighting.uncertainty_weighting, False, False,
-                                        True, True, False),
-    "dwa": MethodInfo(loss_weighting.dwa, False, False, True, True, False),
-    "gls": MethodInfo(loss_weighting.gls, False, False, True, False, False),
-    "stch": MethodInfo(loss_weighting.stch, False, False, True, True, False),
-    "imtl_l": MethodInfo(loss_weighting.imtl_l, False, False, True, True, False),
-    "famo": MethodInfo(loss_weighting.famo, False, False, True, True, False),
-    "bilb4mtl": MethodInfo(loss_weighting.bilb4mtl, False, False, True, True, False),
-    "excess_mtl": MethodInfo(excess_mtl_m.excess_mtl, False, True, False, True, False),
-    "modo": MethodInfo(modo_m.modo, True, False, False, True, False),
-    "cr_mogm": MethodInfo(cr_mogm_m.cr_mogm, True, False, True, True, False),
-    "cosmos": MethodInfo(cosmos_m.cosmos, False, False, True, False, False),
-    "pbi": MethodInfo(pbi_m.pbi, False, False, True, False, False),
-    "scale_invariant_ls": MethodInfo(scale_invariant_ls_m.scale_invariant_ls, False, False, True,
-                                     False, False),
-    "krum": MethodInfo(krum_m.krum, True, False, False, False, False),
-    "trimmed_mean": MethodInfo(trimmed_mean_m.trimmed_mean, False, True, False, False, False),
+    "conicgrad": MethodInfo(conicgrad, True, False, False, False, False),
+    "linear_scalarization": MethodInfo(linear_scalarization, False, False, False, False, False),
+    "rlw": MethodInfo(rlw, False, False, False, False, True),
+    "mgda": MethodInfo(mgda, True, False, False, False, False),
+    "cagrad": MethodInfo(cagrad, True, False, False, False, False),
+    "upgrad": MethodInfo(upgrad, True, False, False, False, False),
+    "dualproj": MethodInfo(dualproj, True, False, False, False, False),
+    "nash_mtl": MethodInfo(nash_mtl, True, False, False, True, False),
+    "fairgrad": MethodInfo(fairgrad, True, False, False, False, False),
+    "imtl_g": MethodInfo(imtl_g, True, False, False, False, False),
+    "aligned_mtl": MethodInfo(aligned_mtl, True, False, False, False, False),
+    "config": MethodInfo(config, True, False, False, False, False),
+    "pcgrad": MethodInfo(pcgrad, True, False, False, False, True),
+    "gradvac": MethodInfo(gradvac, True, False, False, True, True),
+    "gradnorm": MethodInfo(gradnorm, True, False, True, True, False),
+    "sdmgrad": MethodInfo(sdmgrad, True, False, False, True, False),
+    "gsmgrad": MethodInfo(gsmgrad, True, False, False, True, False),
+    "gsmgrad_fa": MethodInfo(gsmgrad_fa, False, False, True, True, False),
+    "rotograd": MethodInfo(rotograd, True, False, False, True, False),
+    "graddrop": MethodInfo(graddrop, False, True, False, False, True),
+    "moco": MethodInfo(moco, False, True, True, True, False),
+    "db_mtl": MethodInfo(db_mtl, False, True, True, True, False),
+    "uncertainty_weighting": MethodInfo(uncertainty_weighting, False, False, True, True, False),
+    "dwa": MethodInfo(dwa, False, False, True, True, False),
+    "gls": MethodInfo(gls, False, False, True, False, False),
+    "stch": MethodInfo(stch, False, False, True, True, False),
+    "imtl_l": MethodInfo(imtl_l, False, False, True, True, False),
+    "famo": MethodInfo(famo, False, False, True, True, False),
+    "bilb4mtl": MethodInfo(bilb4mtl, False, False, True, True, False),
+    "excess_mtl": MethodInfo(excess_mtl, False, True, False, True, False),
+    "modo": MethodInfo(modo, True, False, False, True, False),
+    "cr_mogm": MethodInfo(cr_mogm, True, False, False, True, False),
+    "cosmos": MethodInfo(cosmos, False, False, True, False, False),
+    "pbi": MethodInfo(pbi, False, False, True, False, False),
+    "scale_invariant_ls": MethodInfo(scale_invariant_ls, False, False, True, False, False),
+    "krum": MethodInfo(krum, True, False, False, False, False),
+    "trimmed_mean": MethodInfo(trimmed_mean, False, True, False, False, False),
 }
 
 

@@ -95,7 +95,7 @@ def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: floa
   """
   validation.check_unit_interval("alpha", alpha, closed_right=True)
   if inner is None:
-    from conicgrad_jax.methods.min_norm import mgda
+    from conicgrad_jax.methods.mgda import mgda
     inner = mgda(shared=shared, num_tasks=num_tasks, precision=precision)
   elif not (hasattr(inner, "init") and hasattr(inner, "update")):
     raise ValueError("`inner` must be an optax transformation of this library (e.g. upgrad()), "

@@ -44,56 +44,102 @@ _EPS = 1e-15
 
 
 class RotoGradState(NamedTuple):
-  """State of :func:`rotograd`: the weights C/n_k, the reference norms n⁰, step."""
+  """State of :func:`rotograd`.
+
+  Attributes:
+    weights: the weights C/n_k of the last update (1 with ``magnitude=False``).
+    initial_norms: the reference norms n⁰.
+    step: updates taken.
+    nonfinite_steps: updates skipped because of NaN/Inf gradients.
+  """
   weights: jax.Array
   initial_norms: jax.Array
   step: jax.Array
   nonfinite_steps: jax.Array
 
 
+def rotograd_weighting(gram: jax.Array, state: RotoGradState, *, burn_in_period: int = 20,
+                       magnitude: bool = True) -> tuple[jax.Array, RotoGradState]:
+  r"""The magnitude weights C/n_k from diag(G) and the reference norms in ``state``.
+
+  n_k = √G_kk; n⁰ is re-recorded at steps 0 and ``burn_in_period``;
+  ρ = n/n⁰, α = ρ/Σρ, C = Σ_k α_k n_k. With ``magnitude=False`` the weights
+  are 1. Returns ``(weights, new_state)``.
+  """
+  k = state.weights.shape[0]
+  dtype = state.weights.dtype
+  if not magnitude:
+    weights = jnp.ones((k,), dtype)
+    return weights, state._replace(weights=weights, step=state.step + 1)
+  norms = jnp.maximum(jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0)), _EPS).astype(dtype)
+  reset = (state.step == 0) | (state.step == burn_in_period)
+  initial = jnp.where(reset, norms, state.initial_norms)
+  ratios = norms / initial
+  alphas = ratios / jnp.maximum(jnp.sum(ratios), _EPS)
+  weights = jnp.sum(alphas * norms) / norms
+  return weights, state._replace(weights=weights, initial_norms=initial, step=state.step + 1)
+
+
 def rotograd(*, burn_in_period: int = 20, magnitude: bool = True,
              shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
-  r"""RotoGrad's magnitude homogenisation as an optax transformation.
+  r"""RotoGrad's magnitude homogenisation: every task's gradient rescaled to one common norm.
 
-  Shared update Σ_k (C/n_k) g_k with n_k = ‖g_k‖, C = Σ_k α_k n_k,
-  α = ρ/Σρ, ρ_k = n_k/n_k⁰ (see the module docstring). ``magnitude=False``
-  gives the rotation-only variant (plain sum). The initial norms n⁰ are
-  recorded at step 0 and again at step ``burn_in_period`` (reference default
-  20). Task-specific leaves get the sum of their task gradients. Train the
-  rotations with :func:`rotation_loss` (or the Flax module
-  :class:`conicgrad_jax.nn.RotoGradRotations`).
+  With n_k = ‖g_k‖, the convergence ratios ρ_k = n_k/n_k⁰ and α = ρ/Σρ,
+
+  .. math::
+
+     d = \sum_k \frac{C}{n_k}\, g_k, \qquad C = \sum_k \alpha_k n_k,
+
+  so each task contributes a gradient of norm C and tasks that converge
+  slowly (large ρ_k) pull C towards their own norm. The weights depend only
+  on diag(G). Train the rotations with :func:`rotation_loss` (or the Flax
+  module :class:`conicgrad_jax.nn.RotoGradRotations`); see the module
+  docstring.
+
+  Args:
+    burn_in_period: the step at which the reference norms n⁰ are recorded
+      again (they are first recorded at step 0); 20, as the reference.
+    magnitude: ``False`` gives the rotation-only variant (plain sum).
+    shared: which leaves are shared: ``None`` (all), a pytree of bools shaped
+      like the parameters, or a predicate ``(key_path, leaf) -> bool``;
+      task-specific leaves receive the plain sum of their task gradients.
+    num_tasks: K, to fix the state's shapes at ``init`` (needed to carry the
+      state through ``lax.scan``); otherwise the first ``update`` fixes it.
+    precision: matmul precision of the Gram matrix and the combination.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`RotoGradState`. ``update(task_grads, state, params=None)``
+    needs no extra arguments and ignores any. Feed it the representation
+    gradients (``make_task_update(mode="representation")``) to follow the
+    paper.
 
   Example:
     >>> import jax.numpy as jnp
-    >>> tx = rotograd()
+    >>> import conicgrad_jax as cg
+    >>> tx = cg.rotograd()
     >>> u, s = tx.update({"z": jnp.array([[3.0, 0.0], [0.0, 1.0]])}, tx.init(None))
-    >>> [round(float(x), 3) for x in u["z"]]   # both tasks rescaled to norm C = 2
+    >>> [round(float(x), 3) + 0.0 for x in u["z"]]   # both tasks rescaled to norm C = 2
     [2.0, 2.0]
 
   References:
-    Javaloy & Valera, "RotoGrad: Gradient Homogenization in Multitask Learning", ICLR 2022.
+    Javaloy & Valera, "RotoGrad: Gradient Homogenization in Multitask
+    Learning", ICLR 2022; the authors' ``rotograd`` package (v0.1.x).
+
+  Deviations: given parameter-level task gradients instead of
+  representation gradients it homogenises their norms (a variant; the
+  paper works on the representation).
   """
   validation.check_positive_int("burn_in_period", burn_in_period)
 
   def init_state(k, dtype=jnp.float32):
-    kk = k if k is not None else 0
-    return RotoGradState(jnp.ones((kk,), jnp.float32), jnp.ones((kk,), jnp.float32),
+    return RotoGradState(jnp.ones((k or 0,), dtype), jnp.ones((k or 0,), dtype),
                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
-
   def weigh(gram, state, **_):
-    k = state.weights.shape[0]
-    if not magnitude:
-      return state._replace(weights=jnp.ones((k,), jnp.float32), step=state.step + 1)
-    norms = jnp.maximum(jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0)), _EPS)
-    reset = (state.step == 0) | (state.step == burn_in_period)
-    initial = jnp.where(reset, norms, state.initial_norms.astype(norms.dtype))
-    ratios = norms / initial
-    alphas = ratios / jnp.maximum(jnp.sum(ratios), _EPS)
-    common = jnp.sum(alphas * norms)
-    return state._replace(weights=(common / norms).astype(jnp.float32),
-                          initial_norms=initial.astype(jnp.float32), step=state.step + 1)
+    return rotograd_weighting(gram, state, burn_in_period=burn_in_period,
+                              magnitude=magnitude)[1]
 
   return aggregator.gram_weighting_transformation(
       weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision)

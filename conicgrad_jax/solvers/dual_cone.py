@@ -1,8 +1,7 @@
-"""UPGrad and DualProj (Quinton & Rey, torchjd): projections onto the dual cone of the task gradients."""
+"""Projections onto the dual cone {x : Jx ≥ 0} of the task gradients (UPGrad, DualProj; torchjd)."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from conicgrad_jax import _numeric
@@ -33,26 +32,3 @@ def dual_cone_projection_weights(p_hat, u, *, tol=None, max_iter=100):
                                  max_iter=max_iter)
   z = barrier.polish_quadratic(f, res.x, res.gap_bound, simplex=False)
   return z + u, res.iterations
-
-
-def upgrad_weighting(gram, preference=None, *, norm_eps=NORM_EPS, reg_eps=REG_EPS, tol=None,
-                     max_iter=100):
-  r"""UPGrad: w = Σ_i v*(p_i e_i), the sum of each (preference-scaled) gradient's dual-cone projection.
-
-  Preference p defaults to 1/K (torchjd's mean), so the update is the mean of
-  the projected task gradients. Returns (weights, total iterations).
-  """
-  p_hat = regularized_gram(gram, norm_eps, reg_eps)
-  k = p_hat.shape[0]
-  p = _numeric.as_preference(preference, k, p_hat.dtype)
-  v, iterations = jax.vmap(lambda u: dual_cone_projection_weights(p_hat, u, tol=tol,
-                                                                  max_iter=max_iter))(jnp.diag(p))
-  return jnp.sum(v, axis=0), jnp.sum(iterations)
-
-
-def dualproj_weighting(gram, preference=None, *, norm_eps=NORM_EPS, reg_eps=REG_EPS, tol=None,
-                       max_iter=100):
-  r"""DualProj: w = v*(p), the dual-cone projection of the preference-weighted mean gradient."""
-  p_hat = regularized_gram(gram, norm_eps, reg_eps)
-  p = _numeric.as_preference(preference, p_hat.shape[0], p_hat.dtype)
-  return dual_cone_projection_weights(p_hat, p, tol=tol, max_iter=max_iter)

@@ -1,4 +1,4 @@
-"""linear_scalarization: fixed weights, no Gram matrix."""
+"""linear_scalarization: fixed weights, no Gram matrix, the published value."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +6,15 @@ import numpy as np
 import pytest
 
 from conicgrad_jax import linear_scalarization
+
+J_PUBLISHED = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+
+
+def test_published_value():
+  """torchjd's documented ``Mean`` output on its example Jacobian (sum of rows / 2)."""
+  tx = linear_scalarization()
+  u, _ = jax.jit(tx.update)({"w": jnp.asarray(J_PUBLISHED, jnp.float32)}, tx.init(None))
+  np.testing.assert_allclose(np.asarray(u["w"]), [1.0, 1.0, 1.0], atol=1e-3)
 
 
 def test_mean_sum_and_preference():

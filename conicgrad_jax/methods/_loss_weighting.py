@@ -1,0 +1,60 @@
+"""Pieces shared by the loss weightings: option checks and learned log-scales (UW, IMTL-L).
+
+UW and IMTL-L both keep K learned log-scales s in their state and move them
+by one step of their own optimiser on ∂(scalarised loss)/∂s per update; the
+two differ only in the scalarisation and in the weights as a function of s.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from conicgrad_jax import validation
+
+
+def check_positive(name: str, value, *, allow_zero: bool = False):
+  """Raises ValueError naming ``name`` unless ``value`` is a finite number > 0 (≥ 0).
+
+  Traced values (``optax.inject_hyperparams``) are accepted unchecked.
+  """
+  v = validation.concrete_float(value)
+  if v is None:
+    if not (validation.is_array(value) or isinstance(value, numbers.Number)):
+      raise ValueError(f"`{name}` must be a number, got {type(value).__name__}.")
+    return
+  ok = math.isfinite(v) and (v >= 0.0 if allow_zero else v > 0.0)
+  if not ok:
+    kind = "non-negative" if allow_zero else "positive"
+    raise ValueError(f"`{name}` must be a finite {kind} number, got {value!r}.")
+
+
+def log_scale_init(state_type, optimizer: optax.GradientTransformation, init_log_scale: float,
+                   weights_of: Callable[[jax.Array], jax.Array]):
+  """``init_state(k, dtype)`` of a ``state_type(weights, log_scales, inner_state, nonfinite_steps)``."""
+
+  def init_state(k, dtype=jnp.float32):
+    s = jnp.full((0 if k is None else k,), init_log_scale, dtype)
+    return state_type(weights_of(s), s, optimizer.init(s), jnp.zeros((), jnp.int32))
+
+  return init_state
+
+
+def log_scale_step(loss: Callable[[jax.Array, jax.Array], jax.Array],
+                   weights_of: Callable[[jax.Array], jax.Array], losses: jax.Array, state,
+                   optimizer: optax.GradientTransformation):
+  """Weights from the current log-scales s, then one optimiser step on ∂loss(losses, s)/∂s.
+
+  Returns ``(weights, new_state)``.
+  """
+  s = state.log_scales
+  weights = weights_of(s)
+  grad = jax.grad(loss, argnums=1)(losses.astype(s.dtype), s)
+  updates, inner_state = optimizer.update(grad, state.inner_state, s)
+  return weights, state._replace(weights=weights, log_scales=optax.apply_updates(s, updates),
+                                 inner_state=inner_state)

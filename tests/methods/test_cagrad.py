@@ -1,0 +1,47 @@
+"""cagrad: the worst-task improvement within a ball around g0 (cvxpy reference), contract."""
+
+import cvxpy as cp
+import jax
+import numpy as np
+import pytest
+
+import _common
+import conicgrad_jax as cg
+import reference_solvers as ref
+from conicgrad_jax.methods import cagrad as cagrad_m
+
+SEEDS = range(4)
+C = 0.5
+
+
+def test_published_values():
+  _common.check_published(cg.cagrad, [0.1835, 1.2041, 1.2041], c=0.5, rescale=0)
+
+
+def test_cagrad_solves_its_ball_problem():
+  Js = [_common.random_J(seed) for seed in SEEDS]
+  weigh = jax.jit(jax.vmap(lambda G: cagrad_m.cagrad_weighting(G, C, rescale=0)))
+  ws, _ = _common.x64(weigh, np.stack([J @ J.T for J in Js]))
+  for J, w in zip(Js, ws):
+    d = J.T @ w
+    g0 = J.mean(0)
+    x = cp.Variable(J.shape[1])
+    t = cp.Variable()
+    ref.solve_tight(cp.Problem(cp.Maximize(t), [J @ x >= t,
+                                                cp.norm(x - g0) <= C * np.linalg.norm(g0)]))
+    np.testing.assert_allclose(d, x.value, atol=1e-4 * np.linalg.norm(g0))
+
+
+def test_options_are_validated():
+  with pytest.raises(ValueError, match="rescale"):
+    cg.cagrad(rescale=3)
+  with pytest.raises(ValueError, match="`c`"):
+    cg.cagrad(1.5)
+
+
+def test_degenerate_inputs_give_finite_updates():
+  _common.check_degenerate_inputs(cg.cagrad)
+
+
+def test_optax_contract():
+  _common.check_optax_contract(cg.cagrad)

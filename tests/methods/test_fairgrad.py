@@ -1,0 +1,50 @@
+"""fairgrad: the α-fair fixed point G w = w^(−1/α) for several α, contract."""
+
+import jax
+import numpy as np
+import pytest
+
+import _common
+import conicgrad_jax as cg
+from conicgrad_jax.methods import fairgrad as fairgrad_m
+from conicgrad_jax.solvers import power_condition
+
+SEEDS = range(4)
+ALPHAS = (1.0, 2.0, 4.0)
+
+
+def test_published_values():
+  _common.check_published(cg.fairgrad, [0.0766, 0.9985, 0.9985], alpha=1.0)
+
+
+@jax.jit
+@jax.vmap
+def _weigh_all_alphas(G):
+  return [fairgrad_m.fairgrad_weighting(G, a)[0] for a in ALPHAS]
+
+
+def test_fairgrad_fixed_points():
+  Js = [_common.random_J(seed, k=4, m=9) for seed in SEEDS]
+  Gs = np.stack([J @ J.T for J in Js])
+  per_alpha = _common.x64(_weigh_all_alphas, Gs)
+  for i, G in enumerate(Gs):
+    # The documented regularisation: G + RIDGE·‖G‖_F·I (a rank-deficient G has no solution).
+    G_reg = G + power_condition.RIDGE * np.linalg.norm(G) * np.eye(4)
+    for a, ws in zip(ALPHAS, per_alpha):
+      w = ws[i]
+      np.testing.assert_allclose(G_reg @ w, w ** (-1.0 / a), rtol=1e-8)
+
+
+def test_options_are_validated():
+  with pytest.raises(ValueError, match="alpha"):
+    cg.fairgrad(0.0)
+  with pytest.raises(ValueError, match="max_norm"):
+    cg.fairgrad(max_norm=-1.0)
+
+
+def test_degenerate_inputs_give_finite_updates():
+  _common.check_degenerate_inputs(cg.fairgrad)
+
+
+def test_optax_contract():
+  _common.check_optax_contract(cg.fairgrad)

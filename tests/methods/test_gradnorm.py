@@ -1,0 +1,41 @@
+"""gradnorm: weights that equalise the weighted gradient norms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import conicgrad_jax as cg
+from conicgrad_jax.methods import gradnorm as gradnorm_m
+from loss_runs import at, run_losses
+
+
+def test_gradnorm_equalises_weighted_gradient_norms():
+  J = np.array([[1.0, 0.0, 0.0], [0.0, 4.0, 0.0]])      # norms 1 and 4
+  g = {"w": jnp.asarray(J, jnp.float32)}
+  states = run_losses(cg.gradnorm(alpha=1.5, lr=0.05, num_tasks=2), [[1.0, 1.0]] * 401, grads=g,
+                      history=True)
+  np.testing.assert_allclose(np.asarray(at(states, 0).weights), 1.0)   # first step: plain sum
+  w = np.asarray(at(states, -1).weights)                 # equal training rates: r = 1
+  assert w.sum() == pytest.approx(2.0, rel=1e-5)         # K·softmax
+  assert w[0] * 1.0 == pytest.approx(w[1] * 4.0, rel=0.1)
+
+
+def test_weighting_step_is_adam_on_the_balance_loss():
+  gram = jnp.diag(jnp.array([1.0, 16.0]))
+  opt = optax.sgd(0.1)
+  s = jnp.array([0.2, -0.1])
+  state = gradnorm_m.GradNormState(jnp.ones(2), s, opt.init(s), jnp.array([2.0, 1.0]),
+                                   jnp.ones((), jnp.int32), jnp.zeros((), jnp.int32))
+  losses = jnp.array([1.0, 1.0])
+  w, new = gradnorm_m.gradnorm_weighting(gram, losses, state, opt, alpha=1.0)
+  np.testing.assert_allclose(np.asarray(w), 2 * np.asarray(jax.nn.softmax(s)), rtol=1e-6)
+  ratio = np.array([0.5, 1.0]) / 0.75                    # (l/l⁰)/mean(l/l⁰)
+  grad = jax.grad(gradnorm_m.gradnorm_balance_loss)(s, jnp.array([1.0, 4.0]),
+                                                   jnp.asarray(ratio), 1.0)
+  np.testing.assert_allclose(np.asarray(new.logits), np.asarray(s - 0.1 * grad), rtol=1e-5)
+  # The balance loss's minimum: G_i = Ḡ r_i^α.
+  gw = 2 * np.asarray(jax.nn.softmax(s)) * np.array([1.0, 4.0])
+  value = float(gradnorm_m.gradnorm_balance_loss(s, jnp.array([1.0, 4.0]), jnp.asarray(ratio), 1.0))
+  assert value == pytest.approx(np.abs(gw - gw.mean() * ratio).sum(), rel=1e-5)

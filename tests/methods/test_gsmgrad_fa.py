@@ -1,0 +1,50 @@
+"""gsmgrad_fa: the loss-difference weight step and its scalarisation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import conicgrad_jax as cg
+
+
+def test_gsmgrad_fa_uses_the_loss_decrease_as_the_weight_gradient():
+  tx = cg.gsmgrad_fa(lr=0.2, rho=0.1)
+  g = {"w": jnp.eye(3)}
+  u, s = tx.update(g, tx.init(None), losses=jnp.array([3.0, 2.0, 1.0]))
+  np.testing.assert_allclose(np.asarray(s.weights), 1 / 3, atol=1e-7)   # first step: uniform
+  u, s = tx.update(g, s, losses=jnp.array([1.0, 1.9, 1.0]))
+  delta = np.array([2.0, 0.1, 0.0])
+  w = np.full(3, 1 / 3)
+  expected = np.asarray(cg._numeric.project_simplex(
+      jnp.asarray(w - 0.2 * (delta / np.linalg.norm(delta) + 0.1 * w), jnp.float32)))
+  np.testing.assert_allclose(np.asarray(s.weights), expected, atol=1e-6)
+  assert expected[0] < expected[1]          # the task that improved most loses weight
+  np.testing.assert_allclose(np.asarray(u["w"]), expected, atol=1e-6)
+
+
+def test_gsmgrad_fa_loss_difference_estimates_gw():
+  """After an SGD step x − α Σ w_i g_i, (l_prev − l)/α ≈ G w (the paper's first-order estimate)."""
+  rng = np.random.default_rng(0)
+  A = rng.standard_normal((3, 5))
+  losses = lambda x: 0.5 * jnp.sum((x[None, :] - jnp.asarray(A, jnp.float32)) ** 2, axis=1)
+  x = jnp.zeros(5)
+  J = jax.jacrev(losses)(x)
+  w = jnp.array([0.2, 0.5, 0.3])
+  alpha = 1e-3
+  delta = (losses(x) - losses(x - alpha * (w @ J))) / alpha
+  np.testing.assert_allclose(np.asarray(delta), np.asarray(J @ J.T @ w), rtol=5e-3)
+
+
+def test_gsmgrad_fa_loss_is_the_weighted_sum():
+  w = jnp.array([0.25, 0.75])
+  l = jnp.array([2.0, 4.0])
+  assert float(cg.gsmgrad_fa_loss(l, w)) == pytest.approx(3.5)
+  np.testing.assert_allclose(np.asarray(jax.grad(cg.gsmgrad_fa_loss)(l, w)), [0.25, 0.75])
+
+
+def test_gsmgrad_fa_options_are_validated():
+  with pytest.raises(ValueError, match="rho"):
+    cg.gsmgrad_fa(rho=-1.0)
+  with pytest.raises(ValueError, match="lr"):
+    cg.gsmgrad_fa(lr=0.0)

@@ -1,0 +1,35 @@
+"""imtl_g: equal projections of the update on every unit task gradient, contract."""
+
+import jax
+import numpy as np
+import pytest
+
+import _common
+import conicgrad_jax as cg
+from conicgrad_jax.methods import imtl_g as imtl_g_m
+
+SEEDS = range(4)
+
+
+def test_published_values():
+  _common.check_published(cg.imtl_g, [0.0767, 1.0, 1.0])
+
+
+def test_imtl_g_equal_projections():
+  Js = [_common.random_J(seed) for seed in SEEDS]
+  ws, info = _common.x64(jax.jit(jax.vmap(imtl_g_m.imtl_g_weighting)),
+                         np.stack([J @ J.T for J in Js]))
+  assert np.all(info.iterations == 0)                  # closed form
+  for J, w in zip(Js, ws):
+    d = J.T @ w
+    proj = (J / np.linalg.norm(J, axis=1, keepdims=True)) @ d
+    np.testing.assert_allclose(proj, proj[0], rtol=1e-8)
+    assert w.sum() == pytest.approx(1.0)
+
+
+def test_degenerate_inputs_give_finite_updates():
+  _common.check_degenerate_inputs(cg.imtl_g)
+
+
+def test_optax_contract():
+  _common.check_optax_contract(cg.imtl_g)

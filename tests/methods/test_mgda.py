@@ -1,0 +1,76 @@
+"""mgda: the min-norm point of the task gradients' convex hull (KKT, cvxpy), normalisations, contract."""
+
+import cvxpy as cp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import _common
+import conicgrad_jax as cg
+import reference_solvers as ref
+from conicgrad_jax.methods import mgda as mgda_m
+
+SEEDS = range(5)
+
+
+def test_published_values():
+  _common.check_published(cg.mgda, [0.0, 1.0, 1.0])
+
+
+def test_mgda_kkt_and_cvxpy():
+  Js = [_common.random_J(seed) for seed in SEEDS]
+  Gs = np.stack([J @ J.T for J in Js])
+  ws, _ = _common.x64(jax.jit(jax.vmap(mgda_m.mgda_weighting)), Gs)
+  for seed, J, G, w in zip(SEEDS, Js, Gs, ws):
+    grad = G @ w
+    assert np.all(w >= -1e-10) and w.sum() == pytest.approx(1.0), seed
+    assert np.all(grad >= w @ grad - 1e-8), seed                     # KKT: (Gw)_i ≥ wᵀGw
+    assert np.all(np.abs(grad - w @ grad)[w > 1e-6] <= 1e-8), seed   # with equality on the support
+    x = cp.Variable(J.shape[0], nonneg=True)
+    ref.solve_tight(cp.Problem(cp.Minimize(cp.sum_squares(J.T @ x)), [cp.sum(x) == 1]))
+    np.testing.assert_allclose(J.T @ w, J.T @ x.value, atol=1e-6)
+
+
+@jax.jit
+def _normalised_and_reference(G, losses, G_refs):
+  """The three normalisations of G, and plain MGDA on the matching normalised Gram matrices."""
+  ws = [mgda_m.mgda_weighting(G, losses, normalization=n)[0] for n in ("l2", "loss", "loss+")]
+  refs, _ = jax.vmap(mgda_m.mgda_weighting)(G_refs)
+  return jnp.stack(ws), refs
+
+
+def test_mgda_normalizations_use_losses():
+  J = _common.random_J(1)
+  losses = np.array([1.0, 2.0, 0.5, 3.0])
+  norms = np.linalg.norm(J, axis=1)
+  scaled = [J / n[:, None] for n in (norms, losses, losses * norms)]
+  ws, w_refs = _common.x64(_normalised_and_reference, J @ J.T, losses,
+                           np.stack([Jn @ Jn.T for Jn in scaled]))
+  np.testing.assert_allclose(ws, w_refs, atol=1e-6)
+  with pytest.raises(ValueError, match="losses"):
+    mgda_m.mgda_weighting(jnp.eye(2), None, normalization="loss")
+  tx = cg.mgda("loss")
+  g = {"w": jnp.asarray(J, jnp.float32)}
+  update = jax.jit(tx.update)
+  u, _ = update(g, tx.init(None), losses=jnp.asarray(losses))
+  assert np.all(np.isfinite(np.asarray(u["w"])))
+  with pytest.raises(ValueError, match="losses"):      # "loss" cannot run without them
+    update(g, tx.init(None))
+
+
+def test_options_are_validated():
+  with pytest.raises(ValueError, match="normalization"):
+    cg.mgda("bogus")
+  with pytest.raises(ValueError, match="max_iter"):
+    cg.mgda(max_iter=0)
+
+
+def test_degenerate_inputs_give_finite_updates():
+  # Runs without losses: only the "loss"/"loss+" normalisations need them.
+  assert not cg.methods()["mgda"].needs_losses
+  _common.check_degenerate_inputs(cg.mgda)
+
+
+def test_optax_contract():
+  _common.check_optax_contract(cg.mgda)

@@ -1,0 +1,43 @@
+"""moco: the tracked Jacobian and weights against a NumPy transcription of the update."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import conicgrad_jax as cg
+
+
+def _numpy_moco(Js, losses, beta=0.5, bs=0.5, gamma=0.1, gs=0.5):
+  y = np.zeros_like(Js[0])
+  lam = np.full(Js[0].shape[0], 1.0 / Js[0].shape[0])
+  for t, (J, l) in enumerate(zip(Js, losses), start=1):
+    g_hat = J / (np.linalg.norm(J, axis=1, keepdims=True) + 1e-8) * l[:, None]
+    y = y - beta / t ** bs * (y - g_hat)
+    lam = lam - gamma / t ** gs * (y @ y.T) @ lam
+    lam = np.exp(lam) / np.exp(lam).sum()
+  return y.T @ lam
+
+
+def test_moco_matches_the_numpy_reference():
+  rng = np.random.default_rng(7)
+  Js = [rng.standard_normal((3, 2, 4)) for _ in range(3)]
+  losses = [rng.uniform(0.5, 2.0, 3) for _ in range(3)]
+  params = {"w": jnp.zeros((2, 4))}
+  tx = cg.moco(num_tasks=3)
+  state = tx.init(params)
+  for J, l in zip(Js, losses):
+    u, state = tx.update({"w": jnp.asarray(J, jnp.float32)}, state, params,
+                         losses=jnp.asarray(l, jnp.float32))
+  expected = _numpy_moco([J.reshape(3, -1) for J in Js], losses)
+  np.testing.assert_allclose(np.asarray(u["w"]).ravel(), expected, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="num_tasks"):
+    cg.moco()
+
+
+def test_options_are_validated():
+  with pytest.raises(ValueError, match="gamma"):
+    cg.moco(gamma=0.0, num_tasks=2)
+  with pytest.raises(ValueError, match="rho"):
+    cg.moco(rho=-1.0, num_tasks=2)
+  with pytest.raises(ValueError, match="init"):
+    cg.moco(num_tasks=2).init(None)

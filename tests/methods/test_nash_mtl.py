@@ -1,0 +1,82 @@
+"""nash_mtl: the bargaining fixed point Gα = 1/α, weight reuse between recomputations, contract."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import _common
+import conicgrad_jax as cg
+from conicgrad_jax.methods import nash_mtl as nash_mtl_m
+from conicgrad_jax.solvers import power_condition
+
+SEEDS = range(4)
+
+
+def test_published_values():
+  _common.check_published(cg.nash_mtl, [0.0542, 0.7061, 0.7061])
+
+
+def test_nash_fixed_point():
+  Js = [_common.random_J(seed, k=4, m=9) for seed in SEEDS]
+  Gs = np.stack([J @ J.T for J in Js])
+  weigh = jax.jit(jax.vmap(lambda G: nash_mtl_m.nash_mtl_weighting(G, max_norm=0.0)))
+  alphas, _ = _common.x64(weigh, Gs)
+  for G, alpha in zip(Gs, alphas):
+    # The documented regularisation: G + RIDGE·‖G‖_F·I (a rank-deficient G has no solution).
+    G_reg = G + power_condition.RIDGE * np.linalg.norm(G) * np.eye(4)
+    assert np.all(alpha > 0)
+    np.testing.assert_allclose(G_reg @ alpha, 1.0 / alpha, rtol=1e-8)
+    np.testing.assert_allclose(G @ alpha, 1.0 / alpha, rtol=1e-3)
+
+
+@jax.jit
+def _clipped_and_not(G):
+  return (nash_mtl_m.nash_mtl_weighting(G, max_norm=0.1)[0],
+          nash_mtl_m.nash_mtl_weighting(G, max_norm=10.0)[0])
+
+
+def test_max_norm_clips_the_update():
+  # At the fixed point ‖d‖² = αᵀGα = Σ_i α_i/α_i = K, whatever the gradients' scale.
+  J = _common.random_J(0, k=3, m=5)
+  G = J @ J.T
+  clipped, free = _common.x64(_clipped_and_not, G)
+  assert np.linalg.norm(J.T @ clipped) == pytest.approx(0.1, rel=1e-6)
+  assert np.linalg.norm(J.T @ free) == pytest.approx(np.sqrt(3), rel=1e-3)   # √3 < 10: kept
+  np.testing.assert_allclose(clipped / np.linalg.norm(clipped), free / np.linalg.norm(free),
+                             rtol=1e-8)
+
+
+def test_weights_are_reused_between_recomputations():
+  tx = cg.nash_mtl(update_weights_every=2, max_norm=0.0)
+  step = jax.jit(tx.update)
+  gs = [{"w": jnp.asarray(_common.random_J(s, k=3, m=5), jnp.float32)} for s in range(3)]
+  state = tx.init(None)
+  weights, iterations = [], []
+  for g in gs:
+    _, state = step(g, state)
+    weights.append(np.asarray(state.weights))
+    iterations.append(int(state.info.iterations))
+  np.testing.assert_array_equal(weights[1], weights[0])     # step 1 reuses step 0's weights
+  assert not np.allclose(weights[2], weights[1])            # step 2 recomputes
+  assert iterations[0] > 0 and iterations[1] == 0 and iterations[2] > 0
+  assert int(state.step) == 3
+
+
+def test_options_are_validated():
+  with pytest.raises(ValueError, match="update_weights_every"):
+    cg.nash_mtl(update_weights_every=0)
+  with pytest.raises(ValueError, match="max_norm"):
+    cg.nash_mtl(max_norm=-1.0)
+
+
+def test_state_keeps_float64_under_x64():
+  _common.check_state_dtypes_follow_params(cg.nash_mtl)
+
+
+def test_degenerate_inputs_give_finite_updates():
+  _common.check_degenerate_inputs(cg.nash_mtl)
+
+
+def test_optax_contract():
+  _common.check_optax_contract(cg.nash_mtl)

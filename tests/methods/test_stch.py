@@ -1,0 +1,38 @@
+"""stch: 1/l during the warm-up, then the smooth Tchebycheff weights around the nadir."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import conicgrad_jax as cg
+from loss_runs import at, run_losses
+
+
+def test_stch_warmup_then_smooth_tchebycheff():
+  warm = 4
+  seq = [np.array([1.0, 4.0]), np.array([1.0, 4.0]), np.array([2.0, 2.0]), np.array([4.0, 2.0])]
+  l = np.array([1.5, 3.0])
+  states = run_losses(cg.stch(warmup_steps=warm, mu=0.5, num_tasks=2), seq + [l], history=True)
+  state = at(states, 0)
+  np.testing.assert_allclose(np.asarray(state.weights), 1.0 / seq[0], rtol=1e-6)
+  state = at(states, len(seq))
+  nadir = (seq[2] + seq[3]) / 2                       # mean over the warm-up's second half
+  x = np.log(l / nadir)
+  soft = np.exp(x / 0.5) / np.exp(x / 0.5).sum()
+  np.testing.assert_allclose(np.asarray(state.weights), 2 * soft / l, rtol=1e-5)
+
+
+def test_weights_are_the_gradient_of_stch_loss():
+  l, nadir = jnp.array([1.5, 3.0]), jnp.array([2.0, 1.0])
+  x = np.log(np.asarray(l) / np.asarray(nadir))
+  soft = np.exp(x) / np.exp(x).sum()
+  np.testing.assert_allclose(np.asarray(jax.grad(cg.stch_loss)(l, nadir)), 2 * soft / l,
+                             rtol=1e-5)
+
+
+def test_options_are_validated():
+  with pytest.raises(ValueError, match="mu"):
+    cg.stch(mu=-1.0)
+  with pytest.raises(ValueError, match="warmup_steps"):
+    cg.stch(warmup_steps=0)

@@ -1,0 +1,42 @@
+"""upgrad: every task's directional derivative along the update is ≥ 0 (up to reg_eps), contract."""
+
+import jax
+import numpy as np
+import pytest
+
+import _common
+import conicgrad_jax as cg
+from conicgrad_jax.methods import upgrad as upgrad_m
+from conicgrad_jax.solvers import dual_cone
+
+SEEDS = range(4)
+
+
+def test_published_values():
+  _common.check_published(cg.upgrad, [0.2929, 1.9004, 1.9004])
+
+
+def test_update_lies_in_the_dual_cone():
+  Js = [_common.random_J(seed) for seed in SEEDS]
+  Gs = np.stack([J @ J.T for J in Js])
+  ws, _ = _common.x64(jax.jit(jax.vmap(upgrad_m.upgrad_weighting)), Gs)
+  for J, G, w in zip(Js, Gs, ws):
+    d = J.T @ w
+    # In the dual cone up to the regularisation: KKT of min vᵀ(Ĝ + εI)v gives
+    # (G v)_i ≥ −ε·trace(G)·v_i (torchjd's reg_eps, ε = 1e-4).
+    assert np.all(J @ d >= -dual_cone.REG_EPS * np.trace(G) * np.abs(w) - 1e-9)
+
+
+def test_options_are_validated():
+  with pytest.raises(ValueError, match="preference"):
+    cg.upgrad(preference=[1.0, -1.0])
+  with pytest.raises(ValueError, match="reg_eps"):
+    cg.upgrad(reg_eps=-1.0)
+
+
+def test_degenerate_inputs_give_finite_updates():
+  _common.check_degenerate_inputs(cg.upgrad)
+
+
+def test_optax_contract():
+  _common.check_optax_contract(cg.upgrad)
