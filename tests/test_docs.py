@@ -9,10 +9,15 @@ need to see gets it from a hidden prelude, an HTML comment placed before it::
     -->
 
 (blocks that are not meant to run are fenced as ```text or ```bash).
+
+The pages run in one separate process (``python tests/test_docs.py PAGE...``) with XLA's
+backend optimisations off: the blocks check behaviour, not speed, and compiling them
+unoptimised takes about half the time.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -20,8 +25,6 @@ import subprocess
 import sys
 
 import pytest
-
-import conicgrad_jax as cg
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -42,11 +45,33 @@ def _page_id(page):
 RUNNABLE = [page for page in PAGES if code_blocks(page)]
 
 
-@pytest.mark.parametrize("page", RUNNABLE, ids=_page_id)
-def test_code_blocks_run(page):
+def run_page(page: pathlib.Path) -> None:
   namespace = {"__name__": "__docs__"}
   for i, code in enumerate(code_blocks(page)):
     exec(compile(code, f"{_page_id(page)}[block {i}]", "exec"), namespace)  # noqa: S102
+
+
+@pytest.fixture(scope="module")
+def page_errors():
+  """Runs every page once in a fresh process; page id -> traceback ('' when it ran)."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+                       "--xla_backend_optimization_level=0")
+  result = subprocess.run([sys.executable, __file__] + [str(p) for p in RUNNABLE],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+  reports = [json.loads(line[len(_REPORT):]) for line in result.stdout.splitlines()
+             if line.startswith(_REPORT)]
+  assert reports, result.stderr[-3000:]
+  return dict(reports)
+
+
+_REPORT = "DOCS-PAGE "
+
+
+@pytest.mark.parametrize("page", RUNNABLE, ids=_page_id)
+def test_code_blocks_run(page, page_errors):
+  assert _page_id(page) in page_errors, "the page did not run"
+  assert not page_errors[_page_id(page)], page_errors[_page_id(page)]
 
 
 def test_block_extraction_sees_blocks_and_preludes_in_order(tmp_path):
@@ -64,6 +89,7 @@ def test_readme_is_short_and_keeps_the_quick_start_commands():
 
 
 def test_every_method_has_an_api_page_in_the_nav_and_a_readme_line():
+  import conicgrad_jax as cg
   names = set(cg.methods())
   pages = {p.stem for p in (DOCS / "api" / "methods").glob("*.md")}
   assert pages == names
@@ -85,3 +111,15 @@ def test_docs_build_without_warnings(tmp_path):
       capture_output=True, text=True, env=env, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert (tmp_path / "site" / "api" / "methods" / "conicgrad" / "index.html").exists()
+
+
+if __name__ == "__main__":
+  import traceback
+  for arg in sys.argv[1:]:
+    page = pathlib.Path(arg)
+    try:
+      run_page(page)
+      error = ""
+    except Exception:  # noqa: BLE001 (reported to the test)
+      error = traceback.format_exc()
+    print(_REPORT + json.dumps([_page_id(page), error]), flush=True)
