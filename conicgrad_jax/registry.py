@@ -50,7 +50,9 @@ class MethodInfo(NamedTuple):
     factory: returns the ``optax.GradientTransformationExtraArgs``.
     gram_weighting: its weights are a function of the Gram matrix alone.
     needs_jacobian: it needs the task gradients themselves, not only G.
-    needs_losses: ``update`` needs ``losses=`` (or may use them).
+    needs_losses: ``update`` needs ``losses=`` with the factory's default
+      options (some methods use them only with certain options, e.g. MGDA's
+      "loss" normalisations, and are not flagged).
     stateful: its state carries more than logs between steps.
     random: it draws random numbers (key kept in its state).
   """

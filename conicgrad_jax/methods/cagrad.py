@@ -93,11 +93,11 @@ def cagrad(c: float = 0.4, *, rescale: int = 1, shared: validation.SharedSpec = 
     extra arguments.
 
   Example:
-    >>> import jax.numpy as jnp
+    >>> import jax, jax.numpy as jnp
     >>> import conicgrad_jax as cg
     >>> tx = cg.cagrad(0.5, rescale=0)
     >>> task_grads = {"w": jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])}
-    >>> updates, _ = tx.update(task_grads, tx.init(None))
+    >>> updates, _ = jax.jit(tx.update)(task_grads, tx.init(None))
     >>> [round(float(x), 2) for x in updates["w"]]
     [0.18, 1.2, 1.2]
 

@@ -75,11 +75,11 @@ def fairgrad(alpha: float = 2.0, *, max_norm: float = 0.0, max_iter: int = 100,
     extra arguments.
 
   Example:
-    >>> import jax.numpy as jnp
+    >>> import jax, jax.numpy as jnp
     >>> import conicgrad_jax as cg
     >>> tx = cg.fairgrad(alpha=2.0)
     >>> task_grads = {"w": jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])}
-    >>> _, state = tx.update(task_grads, tx.init(None))
+    >>> _, state = jax.jit(tx.update)(task_grads, tx.init(None))
     >>> gram = task_grads["w"] @ task_grads["w"].T
     >>> w = state.weights
     >>> bool(jnp.allclose(gram @ w, w ** -0.5, rtol=1e-3))

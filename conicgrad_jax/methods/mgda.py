@@ -113,11 +113,11 @@ def mgda(normalization: str = "none", *, shared: validation.SharedSpec = None,
     Newton steps).
 
   Example:
-    >>> import jax.numpy as jnp
+    >>> import jax, jax.numpy as jnp
     >>> import conicgrad_jax as cg
     >>> tx = cg.mgda()
     >>> task_grads = {"w": jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])}
-    >>> updates, state = tx.update(task_grads, tx.init(None))
+    >>> updates, state = jax.jit(tx.update)(task_grads, tx.init(None))
     >>> [abs(round(float(x), 3)) for x in updates["w"]]
     [0.0, 1.0, 1.0]
     >>> [round(float(w), 2) for w in state.weights]

@@ -87,11 +87,11 @@ def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: 
     :class:`NashMTLState`. ``update`` needs no extra arguments.
 
   Example:
-    >>> import jax.numpy as jnp
+    >>> import jax, jax.numpy as jnp
     >>> import conicgrad_jax as cg
     >>> tx = cg.nash_mtl(max_norm=0.0)
     >>> task_grads = {"w": jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])}
-    >>> _, state = tx.update(task_grads, tx.init(None))
+    >>> _, state = jax.jit(tx.update)(task_grads, tx.init(None))
     >>> gram = task_grads["w"] @ task_grads["w"].T
     >>> bool(jnp.allclose(gram @ state.weights, 1.0 / state.weights, rtol=1e-3))
     True

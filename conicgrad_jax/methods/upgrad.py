@@ -85,11 +85,11 @@ def upgrad(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
     extra arguments.
 
   Example:
-    >>> import jax.numpy as jnp
+    >>> import jax, jax.numpy as jnp
     >>> import conicgrad_jax as cg
     >>> tx = cg.upgrad()
     >>> task_grads = {"w": jnp.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])}
-    >>> updates, _ = tx.update(task_grads, tx.init(None))
+    >>> updates, _ = jax.jit(tx.update)(task_grads, tx.init(None))
     >>> [round(float(x), 2) for x in updates["w"]]
     [0.29, 1.9, 1.9]
 
