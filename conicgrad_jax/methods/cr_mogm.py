@@ -86,7 +86,7 @@ def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: floa
     [0.7, 0.3]
 
   References:
-    Zhou, Zhang, Liu, Zhang & Liu, "On the Convergence of Stochastic
+    Zhou, Zhang, Jiang, Zhong, Gu & Zhu, "On the Convergence of Stochastic
     Multi-Objective Gradient Manipulation and Beyond", NeurIPS 2022;
     torchjd 0.18 ``CRMOGMWeighting`` (same recursion and λ₀ rule).
 

@@ -103,7 +103,8 @@ def excess_mtl(robust_step_size: float = 1.0, *, n_warmup_steps: int = 0,
     True
 
   References:
-    He, Zhou, Wang & Zhao, "Robust Multi-Task Learning with Excess Risks",
+    He, Zhou, Zhang, Yun, Xu, Zeng, Chilimbi & Zhao, "Robust Multi-Task
+    Learning with Excess Risks",
     ICML 2024; torchjd 0.18 ``ExcessMTLWeighting``; LibMTL ``ExcessMTL``.
 
   Deviations: weights on the simplex (torchjd and the paper; LibMTL and the
