@@ -61,6 +61,12 @@ from conicgrad_jax.solvers.cone import ConicDiagnostics
 from conicgrad_jax.solvers.cone import conic_weighting
 from conicgrad_jax.solvers.cone import solve_cone_dual
 
+from conicgrad_jax.methods.mtac_ca import MTACState
+from conicgrad_jax.methods.mtac_ca import mtac_ca
+from conicgrad_jax.methods.mtac_ca import mtac_ca_weighting
+from conicgrad_jax.methods.mtac_fc import mtac_fc
+from conicgrad_jax.methods.mtac_fc import mtac_fc_weighting
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -117,4 +123,9 @@ __all__ = [
     "ScalarizationState",
     "solve_cone_dual",
     "value_and_task_grads",
+    "MTACState",
+    "mtac_ca",
+    "mtac_ca_weighting",
+    "mtac_fc",
+    "mtac_fc_weighting",
 ]

@@ -10,6 +10,8 @@ from conicgrad_jax.methods import conicgrad as conicgrad_m
 from conicgrad_jax.methods import jacobian
 from conicgrad_jax.methods import loss_weighting
 from conicgrad_jax.methods import min_norm
+from conicgrad_jax.methods import mtac_ca as mtac_ca_m
+from conicgrad_jax.methods import mtac_fc as mtac_fc_m
 from conicgrad_jax.methods import projection
 from conicgrad_jax.methods import rotograd as rotograd_m
 from conicgrad_jax.methods import scalarization
@@ -76,6 +78,9 @@ _METHODS = {
     "imtl_l": MethodInfo(loss_weighting.imtl_l, False, False, True, True, False),
     "famo": MethodInfo(loss_weighting.famo, False, False, True, True, False),
     "bilb4mtl": MethodInfo(loss_weighting.bilb4mtl, False, False, True, True, False),
+    # MTAC-CA with steps=1 and no weight_grads is gsmgrad(warm_start_steps=1).
+    "mtac_ca": MethodInfo(mtac_ca_m.mtac_ca, True, False, False, True, False),
+    "mtac_fc": MethodInfo(mtac_fc_m.mtac_fc, True, False, False, True, False),
 }
 
 
