@@ -26,7 +26,10 @@ each task's floor. Metric: the task's return over the last tenth of training
 (mean return of the episodes that end there), normalised as
 n_k = (R_k − R_random,k) / (R_STL,k − R_random,k) (1 = the single-task PPO,
 0 = random). Δm% = (1/K) Σ_k (1 − n_k)·100 (the supervised suite's Δm% on the
-normalised returns; lower is better) and the mean rank over tasks.
+normalised returns; lower is better) and the mean rank over tasks. A task whose
+single-task baseline does not beat random (e.g. the heavy Acrobot within a short
+budget) cannot be normalised: it is reported in raw returns and left out of
+Δm% and the ranks.
 """
 
 from __future__ import annotations
@@ -372,53 +375,86 @@ class _Names(NamedTuple):
   name: str
 
 
+def learnt(stl_raw, random) -> np.ndarray:
+  """Tasks whose single-task baseline beats random (by 1 return unit and 1 % of |R_random|).
+
+  Elsewhere the normalisation divides by (almost) zero: such a task is left out
+  of Δm% and the ranks and reported in raw returns.
+  """
+  stl_raw, random = np.asarray(stl_raw, float), np.asarray(random, float)
+  return stl_raw - random > np.maximum(1.0, 0.01 * np.abs(random))
+
+
 def summarise(names, results, method_names, seeds, random):
-  """Normalised returns, Δm% and mean ranks (``supervised.summarise`` on normalised returns)."""
+  """Normalised returns, Δm% and mean ranks (``supervised.summarise`` on normalised returns).
+
+  Only tasks the STL baseline learnt (:func:`learnt`) enter the normalised
+  columns, Δm% and the ranks; every task's raw returns are kept.
+  """
   k = len(names)
   stl_raw = np.array([np.mean([results[f"stl_{i}", s]["final_return"][0] for s in seeds])
                       for i in range(k)])
+  ok = learnt(stl_raw, random)
+  idx = np.flatnonzero(ok)
+  rnd, ref = np.asarray(random, float)[idx], stl_raw[idx]
   norm = {}
   for m in method_names:
     for s in seeds:
-      norm[m, s] = {"test_metrics": normalise(results[m, s]["final_return"], random,
-                                              stl_raw).tolist(),
+      norm[m, s] = {"test_metrics": normalise(np.asarray(results[m, s]["final_return"])[idx],
+                                              rnd, ref).tolist(),
                     "time_per_step_s": results[m, s]["wall_time_per_run_s"]}
-  for i in range(k):
+  for j, i in enumerate(idx):
     for s in seeds:
-      n = normalise(results[f"stl_{i}", s]["final_return"][0], random[i], stl_raw[i])
-      row = [np.nan] * k
-      row[i] = float(n)
-      norm[f"stl_{i}", s] = {"test_metrics": row, "time_per_step_s": None}
-  task = _Names(tuple(names), (True,) * k, "normalised return", "mtrl")
+      row = [np.nan] * len(idx)
+      row[j] = float(normalise(results[f"stl_{i}", s]["final_return"][0], rnd[j], ref[j]))
+      norm[f"stl_{j}", s] = {"test_metrics": row, "time_per_step_s": None}
+  task = _Names(tuple(names[i] for i in idx), (True,) * len(idx), "normalised return", "mtrl")
   summary = supervised.summarise(task, norm, method_names, seeds)
+  sem = lambda a: (a.std(0, ddof=1) / np.sqrt(len(a))) if len(a) > 1 else np.zeros(a.shape[1:])
   for m in method_names:
     raw = np.array([results[m, s]["final_return"] for s in seeds])
     row = summary["methods"][m]
     row["raw_return_mean"] = raw.mean(0).tolist()
+    row["raw_return_sem"] = sem(raw).tolist()
     row["wall_time_per_run_s"] = row.pop("time_per_step_s")
     row.pop("time_per_step_in_runs_s", None)
     row.pop("time_ratio_to_ls", None)
   stl_time = [float(np.median([results[f"stl_{i}", s]["wall_time_per_run_s"] for s in seeds]))
               for i in range(k)]
-  summary.update({"stl_raw_return": stl_raw.tolist(), "random_return": list(random),
+  stl_all = np.array([[results[f"stl_{i}", s]["final_return"][0] for i in range(k)]
+                      for s in seeds])
+  summary.update({"stl_raw_return": stl_raw.tolist(), "stl_raw_return_sem": sem(stl_all).tolist(),
+                  "random_return": list(random), "normalised_tasks": [names[i] for i in idx],
                   "stl_wall_time_per_run_s": stl_time})
   summary.pop("stl")
   return summary
 
 
 def markdown_table(names, summary) -> str:
-  head = ("| method | " + " | ".join(names) + " | mean normalised | Δm% ↓ | mean rank ↓ | "
+  """Normalised return (mean ± s.e.) per learnt task, raw return for the others."""
+  ok = [n in summary["normalised_tasks"] for n in names]
+  cols = [n if o else f"{n} (raw; STL ≈ random, not normalised)" for n, o in zip(names, ok)]
+  head = ("| method | " + " | ".join(cols) + " | mean normalised | Δm% ↓ | mean rank ↓ | "
           "s/run |")
   lines = [head, "|" + "---|" * (len(names) + 5)]
-  lines.append("| random (raw return) | " + " | ".join(f"{v:.1f}" for v in summary["random_return"])
-               + " | 0 | — | — | — |")
+  lines.append("| random policy (raw return) | "
+               + " | ".join(f"{v:.1f}" for v in summary["random_return"]) + " | 0 | — | — | — |")
   lines.append("| STL PPO (raw return) | "
-               + " | ".join(f"{v:.1f}" for v in summary["stl_raw_return"])
-               + " | 1 | 0 | — | " + "/".join(f"{t:.3g}" for t in summary["stl_wall_time_per_run_s"])
+               + " | ".join(f"{v:.1f} ± {e:.1f}" for v, e in zip(summary["stl_raw_return"],
+                                                           summary["stl_raw_return_sem"]))
+               + " | 1 | 0 | — | " + " / ".join(f"{t:.3g}"
+                                               for t in summary["stl_wall_time_per_run_s"])
                + " |")
   order = sorted(summary["methods"].items(), key=lambda kv: kv[1]["delta_m_pct"])
   for m, r in order:
-    cells = [f"{mu:.2f} ± {se:.2f}" for mu, se in zip(r["mean"], r["sem"])]
+    normed = iter(zip(r["mean"], r["sem"]))
+    cells = []
+    for o, mu_raw, se_raw in zip(ok, r["raw_return_mean"], r["raw_return_sem"]):
+      if o:
+        mu, se = next(normed)
+        cells.append(f"{mu:.2f} ± {se:.2f}")
+      else:
+        cells.append(f"{mu_raw:.1f} ± {se_raw:.1f}")
     lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(r['mean']):.2f} | "
                  f"{r['delta_m_pct']:.1f} ± {r['delta_m_sem']:.1f} | {r['mean_rank']:.1f} | "
                  f"{r['wall_time_per_run_s']:.3g} |")

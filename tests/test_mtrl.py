@@ -64,6 +64,20 @@ def test_delta_m_and_ranks_on_normalised_returns_by_hand():
   assert table.count("\n") == 5 and "| a |" in table
 
 
+def test_tasks_the_baseline_did_not_learn_are_reported_raw_and_left_out():
+  random = [0.0, -500.0]
+  results = {("stl_0", 0): _result([200.0]), ("stl_1", 0): _result([-500.0]),
+             ("a", 0): _result([100.0, -200.0]), ("b", 0): _result([200.0, -500.0])}
+  s = mtrl.summarise(["c", "d"], results, ["a", "b"], [0], random)
+  assert s["normalised_tasks"] == ["c"]
+  assert s["methods"]["a"]["delta_m_pct"] == pytest.approx(50.0)    # task c only
+  assert s["methods"]["b"]["mean_rank"] == pytest.approx(1.0)
+  assert s["methods"]["a"]["raw_return_mean"] == pytest.approx([100.0, -200.0])
+  assert "-200.0" in mtrl.markdown_table(["c", "d"], s)
+  np.testing.assert_array_equal(mtrl.learnt([10.0, -499.5, -480.0], [0.0, -500.0, -500.0]),
+                                [True, False, True])
+
+
 def test_runs_resume_from_the_store(tmp_path, monkeypatch):
   calls = []
 
