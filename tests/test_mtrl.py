@@ -74,8 +74,9 @@ def test_tasks_the_baseline_did_not_learn_are_reported_raw_and_left_out():
   assert s["methods"]["b"]["mean_rank"] == pytest.approx(1.0)
   assert s["methods"]["a"]["raw_return_mean"] == pytest.approx([100.0, -200.0])
   assert "-200.0" in mtrl.markdown_table(["c", "d"], s)
-  np.testing.assert_array_equal(mtrl.learnt([10.0, -499.5, -480.0], [0.0, -500.0, -500.0]),
-                                [True, False, True])
+  np.testing.assert_array_equal(
+      mtrl.learnt([10.0, -499.5, -480.0, -300.0], [0.0, -500.0, -500.0, -500.0]),
+      [True, False, False, True])
 
 
 def test_runs_resume_from_the_store(tmp_path, monkeypatch):
