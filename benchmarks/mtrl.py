@@ -71,6 +71,12 @@ class EnvTask(NamedTuple):
   obs_dim: int
 
 
+# Gym's "solved" return thresholds (reward_threshold of CartPole-v1 and Acrobot-v1),
+# used for the variants too: the secondary score that needs no baseline.
+SOLVED = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0, "CartPole-long-weak": 475.0,
+          "Acrobot-heavy": -100.0}
+
+
 def task_family():
   """The four tasks: CartPole-v1, Acrobot-v1, long-pole weak-force CartPole, heavy Acrobot."""
   import gymnax
@@ -389,11 +395,14 @@ def learnt(stl_raw, random) -> np.ndarray:
   return stl_raw - random > np.maximum(1.0, 0.1 * np.abs(random))
 
 
-def summarise(names, results, method_names, seeds, random):
+def summarise(names, results, method_names, seeds, random, solved=None):
   """Normalised returns, Δm% and mean ranks (``supervised.summarise`` on normalised returns).
 
   Only tasks the STL baseline learnt (:func:`learnt`) enter the normalised
-  columns, Δm% and the ranks; every task's raw returns are kept.
+  columns, Δm% and the ranks; every task's raw returns are kept. With
+  ``solved`` (a return per task), every run also gets the secondary score
+  mean_k (R_k − R_random,k)/(solved_k − R_random,k) over all tasks, and each
+  method its mean and rank on it.
   """
   k = len(names)
   stl_raw = np.array([np.mean([results[f"stl_{i}", s]["final_return"][0] for s in seeds])
@@ -427,6 +436,23 @@ def summarise(names, results, method_names, seeds, random):
               for i in range(k)]
   stl_all = np.array([[results[f"stl_{i}", s]["final_return"][0] for i in range(k)]
                       for s in seeds])
+  if solved is not None:
+    def score(m, s_):
+      return float(np.mean(normalise(results[m, s_]["final_return"], random, solved)))
+
+    means = {}
+    for m in method_names:
+      v = np.array([score(m, s_) for s_ in seeds])
+      summary["methods"][m]["solved_score"] = float(v.mean())
+      summary["methods"][m]["solved_score_sem"] = float(sem(v[:, None])[0])
+      means[m] = v.mean()
+    order = sorted(means, key=lambda m: -means[m])
+    for r, m in enumerate(order):
+      summary["methods"][m]["solved_score_rank"] = r + 1
+    stl_scores = [[float(normalise(results[f"stl_{i}", s_]["final_return"][0], random[i],
+                                   solved[i])) for s_ in seeds] for i in range(k)]
+    summary["stl_solved_score"] = float(np.mean(stl_scores))
+    summary["solved_return"] = list(solved)
   summary.update({"stl_raw_return": stl_raw.tolist(), "stl_raw_return_sem": sem(stl_all).tolist(),
                   "random_return": list(random), "normalised_tasks": [names[i] for i in idx],
                   "stl_wall_time_per_run_s": stl_time})
@@ -462,6 +488,28 @@ def markdown_table(names, summary) -> str:
     lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(r['mean']):.2f} | "
                  f"{r['delta_m_pct']:.1f} ± {r['delta_m_sem']:.1f} | {r['mean_rank']:.1f} | "
                  f"{r['wall_time_per_run_s']:.3g} |")
+  return "\n".join(lines)
+
+
+def raw_table(names, summary) -> str:
+  """Raw returns of every task (mean ± s.e.) and the solved-threshold score, when computed."""
+  has = "solved_score" in next(iter(summary["methods"].values()))
+  head = "| method | " + " | ".join(names) + (" | score vs solved ↑ | rank |" if has else " |")
+  lines = [head, "|" + "---|" * (len(names) + 1 + 2 * has)]
+  lines.append("| random policy | " + " | ".join(f"{v:.1f}" for v in summary["random_return"])
+               + (" | 0 | — |" if has else " |"))
+  if has:
+    lines.append("| solved (Gym threshold) | "
+                 + " | ".join(f"{v:.0f}" for v in summary["solved_return"]) + " | 1 | — |")
+  lines.append("| STL PPO | " + " | ".join(
+      f"{v:.1f} ± {e:.1f}" for v, e in zip(summary["stl_raw_return"], summary["stl_raw_return_sem"]))
+      + (f" | {summary['stl_solved_score']:.2f} | — |" if has else " |"))
+  key = (lambda kv: -kv[1]["solved_score"]) if has else (lambda kv: kv[1]["delta_m_pct"])
+  for m, r in sorted(summary["methods"].items(), key=key):
+    cells = [f"{mu:.1f} ± {se:.1f}" for mu, se in zip(r["raw_return_mean"], r["raw_return_sem"])]
+    tail = (f" | {r['solved_score']:.2f} ± {r['solved_score_sem']:.2f} | "
+            f"{r['solved_score_rank']} |") if has else " |"
+    lines.append(f"| {m} | " + " | ".join(cells) + tail)
   return "\n".join(lines)
 
 
@@ -607,13 +655,17 @@ def main(argv=None):
   results = run_all(tasks, methods, seeds, cfg, runs, baselines=not args.runs_only)
   if args.runs_only or any(r is None for r in results.values()):
     return None
-  summary = summarise(names, results, methods, seeds, random)
+  summary = summarise(names, results, methods, seeds, random,
+                      solved=[SOLVED[n] for n in names])
   with open(os.path.join(args.out, f"{tag}.json"), "w") as f:
     json.dump({"benchmark": "mtrl", "quick": args.quick, "tasks": names,
                "protocol": {**cfg._asdict(), "steps_per_task": cfg.steps_per_task},
                "seeds": list(seeds), "machine": timing.machine(), **summary}, f, indent=1)
   plot(names, results, methods, seeds, cfg, summary, os.path.join(args.out, f"{tag}.png"))
-  table = markdown_table(names, summary)
+  table = (markdown_table(names, summary)
+           + "\n\nRaw returns (last tenth of training, mean ± s.e. over seeds); score vs "
+           "solved = mean over the tasks of (R − R_random)/(R_solved − R_random):\n\n"
+           + raw_table(names, summary))
   with open(os.path.join(args.out, f"{tag}.md"), "w") as f:
     f.write(table + "\n")
   print(table)

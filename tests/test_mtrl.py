@@ -109,3 +109,15 @@ def test_quick_benchmark_writes_its_outputs(tmp_path):
   # A random CartPole policy lasts about 22 steps.
   assert 15.0 < data["random_return"][0] < 30.0
   assert np.all(np.isfinite([r["delta_m_pct"] for r in summary["methods"].values()]))
+
+
+def test_solved_score_uses_every_task():
+  random, solved = [0.0, -500.0], [400.0, -100.0]
+  results = {("stl_0", 0): _result([200.0]), ("stl_1", 0): _result([-500.0]),
+             ("a", 0): _result([100.0, -300.0]), ("b", 0): _result([200.0, -500.0])}
+  s = mtrl.summarise(["c", "d"], results, ["a", "b"], [0], random, solved=solved)
+  assert s["methods"]["a"]["solved_score"] == pytest.approx((0.25 + 0.5) / 2)
+  assert s["methods"]["b"]["solved_score"] == pytest.approx(0.25)
+  assert s["methods"]["a"]["solved_score_rank"] == 1
+  assert s["stl_solved_score"] == pytest.approx(0.25)
+  assert "| b | 200.0 ± 0.0 | -500.0 ± 0.0 | 0.25 ± 0.00 | 2 |" in mtrl.raw_table(["c", "d"], s)
