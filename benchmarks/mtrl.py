@@ -525,6 +525,7 @@ def plot(names, results, method_names, seeds, cfg: Config, summary, path):
   x = (np.arange(cfg.iterations) + 1) * cfg.num_envs * cfg.num_steps
   fig, axes = plt.subplots(1, k + 1, figsize=(4.2 * (k + 1), 4.0))
   cmap = plt.get_cmap("tab20")
+  colours = [cmap(j) for j in range(20) if j not in (6, 7)]   # red is ConicGrad's
   window = max(1, cfg.iterations // 40)
   smooth = lambda c: np.array([np.nanmean(c[max(0, j - window + 1):j + 1]) for j in range(len(c))])
   series = [(m, [results[m, s]["curve"] for s in seeds], None) for m in method_names]
@@ -533,7 +534,8 @@ def plot(names, results, method_names, seeds, cfg: Config, summary, path):
     for n, (m, curves, _) in enumerate(series):
       c = np.array([smooth(np.asarray(cv, float)[:, i]) for cv in curves])
       mu, se = np.nanmean(c, 0), np.nanstd(c, 0) / np.sqrt(len(seeds))
-      style = dict(color="tab:red", lw=2) if m == "conicgrad" else dict(color=cmap(n), lw=1)
+      style = (dict(color="tab:red", lw=2) if m == "conicgrad"
+               else dict(color=colours[n % len(colours)], lw=1))
       ax.plot(x, mu, label=m, **style)
       ax.fill_between(x, mu - se, mu + se, alpha=0.15, color=style["color"])
     c = np.array([smooth(np.asarray(results[f"stl_{i}", s]["curve"], float)[:, 0]) for s in seeds])
@@ -665,7 +667,11 @@ def main(argv=None):
   table = (markdown_table(names, summary)
            + "\n\nRaw returns (last tenth of training, mean ± s.e. over seeds); score vs "
            "solved = mean over the tasks of (R − R_random)/(R_solved − R_random):\n\n"
-           + raw_table(names, summary))
+           + raw_table(names, summary)
+           + "\n\ns/run: seconds per run from the steady-state chunk calls (the third and "
+           "later; seeds vmapped together, batch time / seeds), measured during the runs "
+           "under whatever else the machine was running: compare them only between runs "
+           "made side by side on a quiet machine.")
   with open(os.path.join(args.out, f"{tag}.md"), "w") as f:
     f.write(table + "\n")
   print(table)
