@@ -250,7 +250,7 @@ def test_registry_kinds():
   assert registry["gsmgrad"].gram_weighting and registry["gsmgrad"].stateful
   assert registry["gsmgrad_fa"].needs_losses and not registry["gsmgrad_fa"].gram_weighting
   assert registry["rotograd"].gram_weighting and registry["rotograd"].stateful
-  assert len(registry) == 29
+  assert len(registry) == 31
   assert registry["famo"].loss_only and registry["rlw"].loss_only
   assert not registry["gradnorm"].loss_only and not registry["graddrop"].loss_only
 
