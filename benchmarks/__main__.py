@@ -12,6 +12,7 @@ BENCHMARKS = {
     "methods": "benchmarks.methods",
     "multifashion": "benchmarks.multifashion",
     "multimnist": "benchmarks.multimnist",
+    "mtrl": "benchmarks.mtrl",
     "perf": "benchmarks.perf",
     "qm9": "benchmarks.qm9",
     "toy": "benchmarks.toy",

@@ -77,6 +77,12 @@ from conicgrad_jax.diagnostics import with_diagnostics
 from conicgrad_jax import diagnostics
 from conicgrad_jax import dashboard
 
+from conicgrad_jax.methods.mtac_ca import MTACState
+from conicgrad_jax.methods.mtac_ca import mtac_ca
+from conicgrad_jax.methods.mtac_ca import mtac_ca_weighting
+from conicgrad_jax.methods.mtac_fc import mtac_fc
+from conicgrad_jax.methods.mtac_fc import mtac_fc_weighting
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -149,4 +155,9 @@ __all__ = [
     "dashboard",
     "diagnostics",
     "with_diagnostics",
+    "MTACState",
+    "mtac_ca",
+    "mtac_ca_weighting",
+    "mtac_fc",
+    "mtac_fc_weighting",
 ]

@@ -38,6 +38,8 @@ from conicgrad_jax.methods.cr_mogm import cr_mogm
 from conicgrad_jax.methods.excess_mtl import excess_mtl
 from conicgrad_jax.methods.krum import krum
 from conicgrad_jax.methods.modo import modo
+from conicgrad_jax.methods.mtac_ca import mtac_ca
+from conicgrad_jax.methods.mtac_fc import mtac_fc
 from conicgrad_jax.methods.pbi import pbi
 from conicgrad_jax.methods.scale_invariant_ls import scale_invariant_ls
 from conicgrad_jax.methods.trimmed_mean import trimmed_mean
@@ -111,6 +113,8 @@ _METHODS = {
     "scale_invariant_ls": MethodInfo(scale_invariant_ls, False, False, True, False, False),
     "krum": MethodInfo(krum, True, False, False, False, False),
     "trimmed_mean": MethodInfo(trimmed_mean, False, True, False, False, False),
+    "mtac_ca": MethodInfo(mtac_ca, True, False, False, True, False),
+    "mtac_fc": MethodInfo(mtac_fc, True, False, False, True, False),
 }
 
 

@@ -46,10 +46,11 @@ def test_registry_kinds():
   assert registry["gsmgrad"].gram_weighting and registry["gsmgrad"].stateful
   assert registry["gsmgrad_fa"].needs_losses and not registry["gsmgrad_fa"].gram_weighting
   assert registry["rotograd"].gram_weighting and registry["rotograd"].stateful
-  assert len(registry) == 37
+  assert len(registry) == 39
   assert registry["krum"].gram_weighting and registry["modo"].stateful
   assert registry["cr_mogm"].gram_weighting and registry["cr_mogm"].stateful
   assert registry["excess_mtl"].needs_jacobian and registry["trimmed_mean"].needs_jacobian
   assert all(registry[n].loss_only for n in ("cosmos", "pbi", "scale_invariant_ls"))
+  assert registry["mtac_ca"].gram_weighting and registry["mtac_ca"].stateful
   assert registry["famo"].loss_only and registry["rlw"].loss_only
   assert not registry["gradnorm"].loss_only and not registry["graddrop"].loss_only

@@ -1,0 +1,123 @@
+"""The multi-task RL benchmark's pieces: task family, network split, normalisation, Δm%, resuming."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnax")
+
+from benchmarks import mtrl            # noqa: E402
+from benchmarks import store as store_m  # noqa: E402
+
+
+def test_task_family_has_the_four_variants():
+  tasks = mtrl.task_family()
+  assert [t.name for t in tasks] == ["CartPole-v1", "Acrobot-v1", "CartPole-long-weak",
+                                     "Acrobot-heavy"]
+  assert [t.num_actions for t in tasks] == [2, 3, 2, 3]
+  base, long_ = tasks[0].params, tasks[2].params
+  assert (long_.length, long_.force_mag) == (1.0, 5.0)
+  assert long_.polemass_length == pytest.approx(long_.masspole * long_.length)
+  assert (base.length, base.force_mag) == (0.5, 10.0)
+  assert (tasks[1].params.link_mass_2, tasks[3].params.link_mass_2) == (1.0, 2.0)
+
+
+def test_trunk_is_shared_and_each_task_has_its_heads():
+  tasks = mtrl.task_family()
+  params = mtrl.init_params(jax.random.PRNGKey(0), tasks, 4, 8)
+  flags = [mtrl.is_shared(p, l) for p, l in jax.tree_util.tree_flatten_with_path(params)[0]]
+  assert sum(flags) == 4                                   # two dense layers' w and b
+  x = mtrl.features(np.zeros((5, 4), np.float32), 2, 4)  # CartPole obs, task 2 of 4
+  assert x.shape == (5, mtrl.OBS_DIM + 4) and np.all(np.asarray(x[:, mtrl.OBS_DIM + 2]) == 1)
+  logits, value = mtrl.forward(params, 1, x)
+  assert logits.shape == (5, 3) and value.shape == (5,)
+
+
+def test_normalisation_maps_random_to_zero_and_stl_to_one():
+  n = mtrl.normalise([[-500.0, 30.0], [-100.0, 130.0]], [-500.0, 30.0], [-100.0, 230.0])
+  np.testing.assert_allclose(n, [[0.0, 0.0], [1.0, 0.5]])
+
+
+def _result(final, t=2.0):
+  return {"final_return": final, "wall_time_per_run_s": t}
+
+
+def test_delta_m_and_ranks_on_normalised_returns_by_hand():
+  random = [0.0, -500.0]
+  results = {("stl_0", 0): _result([100.0]), ("stl_0", 1): _result([300.0]),   # STL mean 200
+             ("stl_1", 0): _result([-100.0]), ("stl_1", 1): _result([-100.0]),
+             ("a", 0): _result([200.0, -300.0]), ("a", 1): _result([100.0, -300.0]),
+             ("b", 0): _result([0.0, -100.0]), ("b", 1): _result([0.0, -100.0])}
+  s = mtrl.summarise(["c", "d"], results, ["a", "b"], [0, 1], random)
+  a, b = s["methods"]["a"], s["methods"]["b"]
+  np.testing.assert_allclose(a["mean"], [0.75, 0.5])       # (150/200, 200/400)
+  np.testing.assert_allclose(b["mean"], [0.0, 1.0])
+  # Δm% = mean_k (1 − n_k)·100 per seed, then averaged: a: (0+50)/2, (50+50)/2 → 37.5
+  assert a["delta_m_pct"] == pytest.approx(37.5)
+  assert b["delta_m_pct"] == pytest.approx(50.0)
+  assert a["mean_rank"] == pytest.approx(1.5) and b["mean_rank"] == pytest.approx(1.5)
+  assert s["stl_raw_return"] == pytest.approx([200.0, -100.0])
+  assert a["wall_time_per_run_s"] == pytest.approx(2.0)
+  table = mtrl.markdown_table(["c", "d"], s)
+  assert table.count("\n") == 5 and "| a |" in table
+
+
+def test_tasks_the_baseline_did_not_learn_are_reported_raw_and_left_out():
+  random = [0.0, -500.0]
+  results = {("stl_0", 0): _result([200.0]), ("stl_1", 0): _result([-500.0]),
+             ("a", 0): _result([100.0, -200.0]), ("b", 0): _result([200.0, -500.0])}
+  s = mtrl.summarise(["c", "d"], results, ["a", "b"], [0], random)
+  assert s["normalised_tasks"] == ["c"]
+  assert s["methods"]["a"]["delta_m_pct"] == pytest.approx(50.0)    # task c only
+  assert s["methods"]["b"]["mean_rank"] == pytest.approx(1.0)
+  assert s["methods"]["a"]["raw_return_mean"] == pytest.approx([100.0, -200.0])
+  assert "-200.0" in mtrl.markdown_table(["c", "d"], s)
+  np.testing.assert_array_equal(
+      mtrl.learnt([10.0, -499.5, -480.0, -300.0], [0.0, -500.0, -500.0, -500.0]),
+      [True, False, False, True])
+
+
+def test_runs_resume_from_the_store(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_train(tasks, ids, k, method, seeds, cfg):
+    calls.append((method, tuple(seeds)))
+    return [{"seed": s, "final_return": [1.0] * len(tasks)} for s in seeds]
+
+  monkeypatch.setattr(mtrl, "train", fake_train)
+  tasks = mtrl.task_family()[:2]
+  runs = store_m.RunStore(str(tmp_path), "mtrl")
+  first = mtrl.run_all(tasks, ["conicgrad"], [0, 1], mtrl.Config(), runs)
+  assert calls == [("stl", (0, 1)), ("stl", (0, 1)), ("conicgrad", (0, 1))]
+  (tmp_path / "mtrl_runs" / "conicgrad_seed1.json").unlink()      # one seed lost
+  again = mtrl.run_all(tasks, ["conicgrad"], [0, 1], mtrl.Config(), store_m.RunStore(
+      str(tmp_path), "mtrl"))
+  assert calls[3:] == [("conicgrad", (1,))]                      # only the missing seed reruns
+  assert again[("stl_0", 0)] == first[("stl_0", 0)]
+  assert again[("conicgrad", 1)]["method"] == "conicgrad"
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_its_outputs(tmp_path):
+  summary = mtrl.main(["--quick", "--out", str(tmp_path)])
+  assert set(summary["methods"]) == set(mtrl.QUICK_METHODS)
+  data = json.loads((tmp_path / "mtrl_quick.json").read_text())
+  assert data["tasks"] == ["CartPole-v1", "CartPole-long-weak"]
+  assert (tmp_path / "mtrl_quick.png").exists() and (tmp_path / "mtrl_quick.md").exists()
+  # A random CartPole policy lasts about 22 steps.
+  assert 15.0 < data["random_return"][0] < 30.0
+  assert np.all(np.isfinite([r["delta_m_pct"] for r in summary["methods"].values()]))
+
+
+def test_solved_score_uses_every_task():
+  random, solved = [0.0, -500.0], [400.0, -100.0]
+  results = {("stl_0", 0): _result([200.0]), ("stl_1", 0): _result([-500.0]),
+             ("a", 0): _result([100.0, -300.0]), ("b", 0): _result([200.0, -500.0])}
+  s = mtrl.summarise(["c", "d"], results, ["a", "b"], [0], random, solved=solved)
+  assert s["methods"]["a"]["solved_score"] == pytest.approx((0.25 + 0.5) / 2)
+  assert s["methods"]["b"]["solved_score"] == pytest.approx(0.25)
+  assert s["methods"]["a"]["solved_score_rank"] == 1
+  assert s["stl_solved_score"] == pytest.approx(0.25)
+  assert "| b | 200.0 ± 0.0 | -500.0 ± 0.0 | 0.25 ± 0.00 | 2 |" in mtrl.raw_table(["c", "d"], s)
