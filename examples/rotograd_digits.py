@@ -89,7 +89,7 @@ def train(steps: int = 300, batch_size: int = 128, lr: float = 3e-3, seed: int =
   opt_state = optimizer.init(params)
   method = cg.rotograd(num_tasks=2)
   init, train_step = make_train_step(graphdef, optimizer, method)
-  task_state = task.init(params)
+  task_state = init(params)
 
   rng = np.random.default_rng(seed)
   history = []
