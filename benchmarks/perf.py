@@ -425,6 +425,8 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--parts", default=",".join(PARTS))
   parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+  parser.add_argument("--keep-other-parts", action="store_true",
+                      help="keep the rows of the parts not run from the existing JSON in --out")
   args = parser.parse_args(argv)
   parts = args.parts.split(",")
   for p in parts:
@@ -450,6 +452,13 @@ def main(argv=None):
     rows += solver_part(4, 5, 1) if q else solver_part(10, 40, 3)
   name = "perf_quick" if q else "perf"
   os.makedirs(args.out, exist_ok=True)
+  existing = os.path.join(args.out, f"{name}.json")
+  if args.keep_other_parts and os.path.exists(existing):
+    with open(existing) as f:
+      old = json.load(f)["rows"]
+    ran = {"compile" if p == "solver" else p for p in parts} | (
+        {"warm_start"} if "solver" in parts else set())
+    rows = [r for r in old if r["part"] not in ran] + rows
   machine = timing.machine()
   with open(os.path.join(args.out, f"{name}.json"), "w") as f:
     json.dump({"benchmark": "perf", "quick": q, "machine": machine, "rows": rows}, f, indent=2)
