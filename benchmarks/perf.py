@@ -11,19 +11,19 @@ Three parts, each timed in interleaved rounds (medians; ratios within one run):
   CPU) and ours, with the largest difference between the two answers.
   Needs the ``perf`` extra; skipped with a note when torchjd is missing.
 * ``task_grads``: ``value_and_task_grads`` with ``strategy="loop"`` (K VJP
-  calls) against ``"vmap"`` on the CelebA-like CNN (width 0.5, batch 16) for
-  K ∈ {2, 10, 40}: step time and compile time.
+  calls) against ``"vmap"`` on the CelebA-like CNN (width 0.25, batch 8) for
+  K ∈ {2, 6, 10}: step time and compile time.
 * ``modes``: a full training step (task gradients, method, Adam, apply) for
   linear scalarisation and ConicGrad in each mode of ``make_task_update``
   (stacked by loop and by vmap, chunked and gramian unrolled, representation,
   the reuse step alone, amortised with a host schedule and with
   ``lax.cond``): time per step and XLA temporary memory of the compiled step,
   as ratios to linear scalarisation and to the stacked step, and compile
-  times. On a small CNN (K = 10) also the loop-bodied forms (chunks in
-  ``lax.map``, Gram columns in ``lax.scan``, the stacked ``lax.cond``
-  step), which XLA:CPU runs many times slower; on the 40-task CelebA-like CNN
-  (5.2M shared parameters, batch 8) the CPU defaults only. Amortised modes are
-  timed over whole cycles of N steps.
+  times, on the CelebA-like CNN at width 0.25 with K = 6 tasks, batch 8,
+  N = 4; also the loop-bodied forms (chunks in ``lax.map``, Gram columns in
+  ``lax.scan``, the stacked ``lax.cond`` step), which XLA:CPU runs many
+  times slower. Amortised modes are timed over whole cycles of N steps.
+  (``modes_part`` takes K, width, batch and N for larger set-ups.)
 * ``solver``: compile time of ``jax.jit(method.update)`` at K = 10 on a
   two-leaf pytree (ConicGrad with and without warm start, MGDA, UPGrad,
   IMTL-G, linear scalarisation; wall and process-CPU seconds), and
@@ -440,16 +440,14 @@ def main(argv=None):
   if "torchjd" in parts:
     rows += torchjd_part((2, 10), 100_000, 2) if q else torchjd_part((2, 10, 40), 1_000_000, 5)
   if "task_grads" in parts:
-    rows += task_grads_part((2, 4), 0.25, 2, 1) if q else task_grads_part((2, 10, 40), 0.5, 16, 3)
+    rows += task_grads_part((2, 4), 0.25, 2, 1) if q else task_grads_part((2, 6, 10), 0.25, 8, 5)
   if "modes" in parts:
     if q:
       rows += modes_part(4, 0.25, 2, 1, 4, full_grid=True, label="quick")
     else:
-      rows += modes_part(10, 0.25, 8, 5, 4, full_grid=True, label="small CNN")
-      rows += modes_part(40, models.WIDTHS["5.2M"], 8, 3, 10, full_grid=False,
-                         label="CelebA-like CNN")
+      rows += modes_part(6, 0.25, 8, 5, 4, full_grid=True, label="small CNN")
   if "solver" in parts:
-    rows += solver_part(4, 5, 1) if q else solver_part(10, 40, 3)
+    rows += solver_part(4, 5, 1) if q else solver_part(10, 40, 2)
   name = "perf_quick" if q else "perf"
   os.makedirs(args.out, exist_ok=True)
   existing = os.path.join(args.out, f"{name}.json")

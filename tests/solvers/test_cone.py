@@ -330,3 +330,35 @@ def test_rank_deficient_gram_with_vanishing_dual_vector_gives_a_unit_direction()
     u, diag = _solve(J, 0.5)
     assert np.linalg.norm(J.T @ u) == pytest.approx(1.0, abs=1e-8)
     assert ref.certified_gap(J, 0.5, diag.simplex_weights, J.T @ u) <= 1e-6
+
+
+_warm64 = jax.jit(lambda G, c, ws: solve_cone_dual(G, c, warm_start=ws))
+
+
+def test_warm_start_gives_the_certified_answer_from_good_and_bad_starts():
+  """A nearby previous solution is accepted after the crossover alone; an unrelated one
+  falls back to the interior-point phase. Both answers match the SOCP reference."""
+  from conicgrad_jax.solvers.cone import WarmStart
+  rng = np.random.default_rng(11)
+  with jax.enable_x64(True):
+    for i in range(6):
+      J = ref.random_instance(rng, conflict=bool(i % 2))
+      c = 0.3
+      G = jnp.asarray(J @ J.T)
+      u0, d0 = _warm64(G, c, WarmStart(jnp.zeros(len(J)), jnp.zeros(len(J)), jnp.asarray(False)))
+      J2 = J + 1e-3 * rng.standard_normal(J.shape)
+      G2 = jnp.asarray(J2 @ J2.T)
+      d_ref, value_ref = ref.cap_primal(J2, c)
+      scale = np.sqrt(np.max(np.sum(J2 * J2, 1)))
+      near = WarmStart(u0, d0.simplex_weights, jnp.asarray(True))
+      far = WarmStart(jnp.asarray(rng.standard_normal(len(J))),
+                      jnp.asarray(rng.dirichlet(np.ones(len(J)))), jnp.asarray(True))
+      for start in (near, far):
+        u, d = _warm64(G2, c, start)
+        assert abs(float(d.value) - value_ref) <= 1e-6 * scale
+        assert float(d.residual) <= 1e-9
+        cos = (J2.T @ np.asarray(u)) @ J2.mean(0) / np.linalg.norm(J2.T @ np.asarray(u)) \
+            / np.linalg.norm(J2.mean(0))
+        assert cos >= c - 1e-9
+      _, d_near = _warm64(G2, c, near)
+      assert int(d_near.iterations) <= 10 < int(d0.iterations)
