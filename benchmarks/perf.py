@@ -22,13 +22,15 @@ Three parts, each timed in interleaved rounds (medians; ratios within one run):
   times, on the CelebA-like CNN at width 0.25 with K = 6 tasks, batch 8,
   N = 4; also the loop-bodied forms (chunks in ``lax.map``, Gram columns in
   ``lax.scan``, the stacked ``lax.cond`` step), which XLA:CPU runs many
-  times slower. Amortised modes are timed over whole cycles of N steps.
-  (``modes_part`` takes K, width, batch and N for larger set-ups.)
+  times slower; and the CPU defaults alone on a 3-task CNN over 15 rounds.
+  Amortised modes are timed over whole cycles of N steps. (``modes_part``
+  takes K, width, batch and N for larger set-ups, e.g. the 40-task 5.2M
+  model of ``celeba_scaling``.)
 * ``solver``: compile time of ``jax.jit(method.update)`` at K = 10 on a
   two-leaf pytree (ConicGrad with and without warm start, MGDA, UPGrad,
   IMTL-G, linear scalarisation; wall and process-CPU seconds), and
-  ConicGrad's Newton steps per training step over 40 steps of the CNN, with
-  and without warm start.
+  ConicGrad's Newton steps per training step over 100 steps of the CNN
+  (batches of 32 from one fixed data set), with and without warm start.
 
 Writes ``perf.json``, ``perf.png`` and the tables ``perf.md`` (``perf_quick.*``
 with ``--quick``).
@@ -446,8 +448,9 @@ def main(argv=None):
       rows += modes_part(4, 0.25, 2, 1, 4, full_grid=True, label="quick")
     else:
       rows += modes_part(6, 0.25, 8, 5, 4, full_grid=True, label="small CNN")
+      rows += modes_part(3, 0.25, 8, 15, 4, full_grid=False, label="3-task CNN, 15 rounds")
   if "solver" in parts:
-    rows += solver_part(4, 5, 1) if q else solver_part(10, 40, 2)
+    rows += solver_part(4, 5, 1) if q else solver_part(10, 100, 2)
   name = "perf_quick" if q else "perf"
   os.makedirs(args.out, exist_ok=True)
   existing = os.path.join(args.out, f"{name}.json")
