@@ -118,30 +118,29 @@ def _direction_from_weights(gram_n, q, p, n0, c, w):
   return u, valid
 
 
-def _cap_margin(norms, p, n0, u):
-  """A bound on the rounding error of cos(Jₙᵀu, g0) computed from the Gram matrix.
+def cap_rounding_bound(norms, p, n0, u):
+  """A bound on the rounding error of cos(Jₙᵀu, g0) that comes from G's own rounding.
 
   An entry G_ij of a Gram matrix given in the solver's dtype is off by up to
-  eps·‖g_i‖‖g_j‖, so uᵀGp/‖g0‖ is off by up to
-  eps·(Σ_i |u_i|‖g_i‖)(Σ_j p_j‖g_j‖)/‖g0‖; four times that is kept as margin.
+  eps·‖g_i‖‖g_j‖, so uᵀGp/‖g0‖ — the cosine the solver enforces — is off by
+  up to eps·(Σ_i |u_i|‖g_i‖)(Σ_j p_j‖g_j‖)/‖g0‖ from the cosine of the exact
+  gradients. For well-spread task gradients this is a few eps; for nearly
+  opposite ones (large |u|) it is what float32 can promise.
   """
   eps = jnp.finfo(u.dtype).eps
-  return 4.0 * eps * jnp.dot(jnp.abs(u), norms) * jnp.dot(p, norms) / n0
+  return eps * jnp.dot(jnp.abs(u), norms) * jnp.dot(p, norms) / n0
 
 
-def _into_cap(gram_n, q, p, n0, c, norms, u):
-  """Moves d = Jₙᵀu into the cap {‖d‖ ≤ 1, ⟨d, ĝ0⟩ ≥ c}, with a rounding margin.
+def _into_cap(gram_n, q, p, n0, c, u):
+  """Moves d = Jₙᵀu into the cap {‖d‖ ≤ 1, ⟨d, ĝ0⟩ ≥ c}, exactly up to rounding.
 
   Scales d into the unit ball, then mixes in ĝ0 (= Jₙᵀp/‖g0‖) just enough to
-  meet the plane ⟨d, ĝ0⟩ = c + margin (:func:`_cap_margin`), so the cone
-  constraint holds for the exact J and not only for its rounded Gram matrix;
-  both moves stay in the ball by convexity.
+  meet the cap's plane; both moves stay in the ball by convexity.
   """
   norm = jnp.sqrt(jnp.maximum(_numeric.quad(gram_n, u), 0.0))
   u = u / jnp.maximum(norm, 1.0)
   a = jnp.dot(q, u, precision=_numeric.HIGHEST)
-  target = jnp.minimum(c + _cap_margin(norms, p, n0, u), 1.0)
-  theta = jnp.clip((target - a) / jnp.maximum(1.0 - a, jnp.finfo(u.dtype).eps),
+  theta = jnp.clip((c - a) / jnp.maximum(1.0 - a, jnp.finfo(u.dtype).eps),
                    0.0, 1.0)
   return (1.0 - theta) * u + theta * p / n0
 
@@ -486,7 +485,7 @@ def _candidates(gram_n, q, p, n0, c, norms, null_basis, u_start, multipliers, sl
   u_dual, valid = jax.vmap(
       lambda v: _direction_from_weights(gram_n, q, p, n0, c, v))(w_candidates)
   u_all = jnp.concatenate([u_primal, u_dual])
-  u_all = jax.vmap(lambda u: _into_cap(gram_n, q, p, n0, c, norms, u))(u_all)
+  u_all = jax.vmap(lambda u: _into_cap(gram_n, q, p, n0, c, u))(u_all)
   # Large coefficients along G's (numerical) null space leave d = Jₙᵀu unchanged
   # in exact arithmetic but make uᵀGu and Jₙᵀu disagree by rounding (K > m,
   # rank-deficient G); drop them when they exceed O(1), where that error starts
