@@ -119,16 +119,19 @@ def _direction_from_weights(gram_n, q, p, n0, c, w):
 
 
 def cap_rounding_bound(norms, p, n0, u):
-  """A bound on the rounding error of cos(Jₙᵀu, g0) that comes from G's own rounding.
+  """A first-order bound on the rounding error of the cosine the solver enforces.
 
-  An entry G_ij of a Gram matrix given in the solver's dtype is off by up to
-  eps·‖g_i‖‖g_j‖, so uᵀGp/‖g0‖ — the cosine the solver enforces — is off by
-  up to eps·(Σ_i |u_i|‖g_i‖)(Σ_j p_j‖g_j‖)/‖g0‖ from the cosine of the exact
-  gradients. For well-spread task gradients this is a few eps; for nearly
-  opposite ones (large |u|) it is what float32 can promise.
+  The solver keeps qᵀu ≥ c with q = Gp/‖g0‖, computed in its dtype. An entry
+  G_ij given in that dtype is off by up to eps·‖g_i‖‖g_j‖, and the products
+  Gp and qᵀu add up to K·eps each (the standard dot-product bound), so the
+  cosine of the exact gradients can fall short of c by up to
+  (2K + 1)·eps·(Σ_i |u_i|‖g_i‖)(Σ_j p_j‖g_j‖)/‖g0‖. For well-spread task
+  gradients this is far below 1e-4 in float32; for nearly opposite ones
+  (large coefficients |u|) it is what float32 can promise.
   """
   eps = jnp.finfo(u.dtype).eps
-  return eps * jnp.dot(jnp.abs(u), norms) * jnp.dot(p, norms) / n0
+  k = u.shape[0]
+  return (2 * k + 1) * eps * jnp.dot(jnp.abs(u), norms) * jnp.dot(p, norms) / n0
 
 
 def _into_cap(gram_n, q, p, n0, c, u):
