@@ -445,7 +445,7 @@ def main(argv=None):
     rows += task_grads_part((2, 4), 0.25, 2, 1) if q else task_grads_part((2, 6, 10), 0.25, 8, 5)
   if "modes" in parts:
     if q:
-      rows += modes_part(4, 0.25, 2, 1, 4, full_grid=True, label="quick")
+      rows += modes_part(3, 0.25, 2, 1, 2, full_grid=False, label="quick")
     else:
       rows += modes_part(6, 0.25, 8, 5, 4, full_grid=True, label="small CNN")
       rows += modes_part(3, 0.25, 8, 15, 4, full_grid=False, label="3-task CNN, 15 rounds")
