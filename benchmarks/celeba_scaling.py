@@ -52,13 +52,12 @@ LOSS_ONLY = tuple(name for name, info in cg.methods().items()
 def task_step(name, num_tasks, optimiser):
   """A jitted training step ``(params, (method state, Adam state), x, y) -> (params, state)``."""
   if name in LOSS_ONLY:
-    init_u, update = models.task_update(cg.methods()[name].factory(num_tasks=num_tasks),
-                                        mode="representation")
+    task = models.task_update(cg.methods()[name].factory(num_tasks=num_tasks),
+                              mode="representation")
   else:
-    init_u, update = models.task_update(
-        cg.methods()[name].factory(shared=models.is_shared, num_tasks=num_tasks),
-        shared=models.is_shared)
-  return models.training_step(update, optimiser), lambda p: (init_u(p), optimiser.init(p))
+    task = models.task_update(cg.methods()[name].factory(num_tasks=num_tasks),
+                              shared=models.is_shared)
+  return models.training_step(task.step, optimiser), lambda p: (task.init(p), optimiser.init(p))
 
 
 def measure(size_name, width, method_names, batch, rounds):

@@ -10,14 +10,34 @@ Three parts, each timed in interleaved rounds (medians; ratios within one run):
   MGDA, CAGrad, UPGrad, IMTL-G, Aligned-MTL and Nash-MTL aggregators (torch
   CPU) and ours, with the largest difference between the two answers.
   Needs the ``perf`` extra; skipped with a note when torchjd is missing.
-* ``modes``: a full training step (task gradients, method, Adam, apply) of the
-  40-task CelebA-style CNN (5.2M shared parameters, batch 8) for linear
-  scalarisation and ConicGrad in each mode of ``make_task_update``: time per
-  step and XLA temporary memory of the compiled step, as ratios to linear
-  scalarisation. Amortised modes are timed over whole cycles of N steps.
+* ``task_grads``: ``value_and_task_grads`` with ``strategy="loop"`` (K VJP
+  calls) against ``"vmap"`` on the CelebA-like CNN (width 0.25, batch 8) for
+  K ∈ {2, 6, 10}: step time and compile time.
+* ``modes``: a full training step (task gradients, method, Adam, apply) for
+  linear scalarisation and ConicGrad in each mode of ``make_task_update``
+  (stacked by loop and by vmap, chunked and gramian unrolled, representation,
+  the reuse step alone, amortised with a host schedule and with
+  ``lax.cond``): time per step and XLA temporary memory of the compiled step,
+  as ratios to linear scalarisation and to the stacked step, and compile
+  times, on the CelebA-like CNN at width 0.25 with K = 6 tasks, batch 8,
+  N = 4; also the loop-bodied forms (chunks in ``lax.map``, Gram columns in
+  ``lax.scan``, the stacked ``lax.cond`` step), which XLA:CPU runs many
+  times slower; and the CPU defaults alone on a 3-task CNN over 15 rounds.
+  Amortised modes are timed over whole cycles of N steps. (``modes_part``
+  takes K, width, batch and N for larger set-ups, e.g. the 40-task 5.2M
+  model of ``celeba_scaling``.)
+* ``solver``: compile time of ``jax.jit(method.update)`` at K = 10 on a
+  two-leaf pytree (ConicGrad with and without warm start, MGDA, UPGrad,
+  IMTL-G, linear scalarisation; wall and process-CPU seconds), and
+  ConicGrad's Newton steps per training step over 100 steps of the CNN
+  (batches of 32 from one fixed data set), with and without warm start.
+
+Writes ``perf.json``, ``perf.png`` and the tables ``perf.md`` (``perf_quick.*``
+with ``--quick``).
 
 Usage:
-  python -m benchmarks perf [--quick] [--parts aggregation,torchjd,modes] [--out DIR]
+  python -m benchmarks perf [--quick] [--parts aggregation,torchjd,task_grads,modes,solver]
+                            [--out DIR]
 """
 
 from __future__ import annotations
@@ -25,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +58,7 @@ from benchmarks import models
 from benchmarks import timing
 from conicgrad_jax import linalg
 
-PARTS = ("aggregation", "torchjd", "modes")
+PARTS = ("aggregation", "torchjd", "task_grads", "modes", "solver")
 
 
 def _jacobian(k, m, seed):
@@ -128,45 +149,62 @@ def torchjd_part(ks, m, rounds):
   return rows
 
 
-def modes_part(k, width, batch, rounds, every):
-  params = models.init_params(k, width)
-  images, labels = models.synthetic_batch(batch, k)
-  adam = optax.adam(1e-3)
-  shared = models.is_shared
-
-  configs = {
-      "stacked": dict(mode="stacked"),
-      "chunked(8)": dict(mode="chunked", chunk_size=8),
-      "gramian": dict(mode="gramian"),
+def _mode_candidates(k, every, full_grid):
+  """name -> make_task_update options (``host``: recompute/reuse on a host schedule)."""
+  c = {
+      "stacked (loop)": dict(mode="stacked", strategy="loop"),
+      "stacked (vmap)": dict(mode="stacked", strategy="vmap"),
+      "chunked(8) unrolled": dict(mode="chunked", chunk_size=min(8, k - 1), unroll=True),
+      "gramian unrolled": dict(mode="gramian", unroll=True),
       "representation": dict(mode="representation"),
-      f"amortised(N={every}), stacked, lax.cond": dict(mode="stacked", every=every),
+      "reuse step alone": dict(mode="stacked", every=every, reuse_only=True),
       f"amortised(N={every}), stacked, host schedule": dict(mode="stacked", every=every,
                                                             host=True),
+      f"amortised(N={every}), representation, lax.cond": dict(mode="representation",
+                                                             every=every),
       f"amortised(N={every}), representation, host schedule": dict(
           mode="representation", every=every, host=True),
   }
+  if full_grid:  # the loop-bodied forms XLA:CPU runs slowly: small models only
+    c.update({
+        "chunked(8) lax.map": dict(mode="chunked", chunk_size=min(8, k - 1), unroll=False),
+        "gramian lax.scan": dict(mode="gramian", unroll=False),
+        f"amortised(N={every}), stacked, lax.cond": dict(mode="stacked", every=every),
+    })
+  return c
+
+
+def modes_part(k, width, batch, rounds, every, full_grid, label):
+  """Training steps per mode, side by side: time, ratios to LS and to stacked, memory, compile."""
+  params = models.init_params(k, width)
+  images, labels = models.synthetic_batch(batch, k)
+  adam = optax.adam(1e-3)
   # name -> (list of the step functions one cycle calls in order, initial state)
   steps = {"linear_scalarization": ([models.mean_loss_step(adam)], adam.init(params))}
-  for name, cfg in configs.items():
+  for name, cfg in _mode_candidates(k, every, full_grid).items():
+    cfg = dict(cfg)
+    host, reuse_only = cfg.pop("host", False), cfg.pop("reuse_only", False)
     rep = cfg["mode"] == "representation"
+    task = models.task_update(cg.conicgrad(0.5, num_tasks=k), shared=None if rep else
+                              models.is_shared, **cfg)
     n_every = cfg.get("every", 1)
-    method = cg.conicgrad(0.5, num_tasks=k,
-                          shared=None if cfg["mode"] in ("gramian", "representation") else shared)
-    init, task_update = models.task_update(
-        method, mode=cfg["mode"], shared=None if rep else shared,
-        chunk_size=cfg.get("chunk_size"), every=n_every, num_tasks=k if n_every > 1 else None)
-
-    if cfg.get("host"):
-      first = models.training_step(task_update.recompute, adam)
-      rest = models.training_step(task_update.reuse, adam)
-      cycle = [first] + [rest] * (n_every - 1)
+    if reuse_only:
+      cycle = [models.training_step(task.reuse, adam)]
+    elif host:
+      cycle = ([models.training_step(task.recompute, adam)]
+               + [models.training_step(task.reuse, adam)] * (n_every - 1))
     else:
-      cycle = [models.training_step(task_update, adam)] * n_every
-    steps[name] = (cycle, (init(params), adam.init(params)))
+      cycle = [models.training_step(task.step, adam)] * n_every
+    steps[name] = (cycle, (task.init(params), adam.init(params)))
 
   rows, calls = [], {}
-  for name, (cycle, state) in steps.items():
-    compiled = {f: timing.compiled_call(f, params, state, images, labels)[0] for f in set(cycle)}
+  for name, (cycle, state) in tqdm(steps.items(), desc=f"modes {label}"):
+    compiled, compile_s = {}, 0.0
+    for f in cycle:
+      if f not in compiled:
+        t0 = time.perf_counter()
+        compiled[f] = timing.compiled_call(f, params, state, images, labels)[0]
+        compile_s += time.perf_counter() - t0
     temp = max(c.memory_analysis().temp_size_in_bytes for c in compiled.values())
     cycle = [compiled[f] for f in cycle]   # timed as compiled: no second compilation
 
@@ -177,16 +215,103 @@ def modes_part(k, width, batch, rounds, every):
       return p
 
     calls[name] = call
-    rows.append({"part": "modes", "candidate": name, "K": k, "batch": batch,
-                 "m_shared": models.count(params), "steps_per_call": len(cycle),
-                 "temp_bytes": int(temp)})
+    rows.append({"part": "modes", "config": label, "candidate": name, "K": k, "batch": batch,
+                 "width": width, "m_shared": models.count(params),
+                 "steps_per_call": len(cycle), "temp_bytes": int(temp),
+                 "compile_s": compile_s})
   times = timing.interleaved_times(calls, rounds, warmup=1)
   base_t = np.median(times["linear_scalarization"])
+  stacked_t = np.median(times["stacked (loop)"]) / 1
   base_m = next(r["temp_bytes"] for r in rows if r["candidate"] == "linear_scalarization")
+  stacked_m = next(r["temp_bytes"] for r in rows if r["candidate"] == "stacked (loop)")
   for r in rows:
     t = times[r["candidate"]] / r["steps_per_call"]
     r.update(timing.summary(t), ratio_time_to_ls=float(np.median(t) / base_t),
-             ratio_memory_to_ls=r["temp_bytes"] / base_m)
+             ratio_time_to_stacked=float(np.median(t) / stacked_t),
+             ratio_memory_to_ls=r["temp_bytes"] / base_m,
+             ratio_memory_to_stacked=r["temp_bytes"] / stacked_m,
+             noise_iqr_over_median=float((np.quantile(t, 0.75) - np.quantile(t, 0.25))
+                                         / np.median(t)))
+  host = next(r for r in rows if "stacked, host" in r["candidate"])
+  for r in rows:
+    if "lax.cond" in r["candidate"]:
+      kind = "representation" if "representation" in r["candidate"] else "stacked"
+      ref = next(x for x in rows if f"{kind}, host" in x["candidate"])
+      r["ratio_time_to_host_schedule"] = r["median_s"] / ref["median_s"]
+  del host
+  return rows
+
+
+def task_grads_part(ks, width, batch, rounds):
+  """value_and_task_grads by a loop of K VJPs against one vmapped VJP: step time and compile time."""
+  rows = []
+  for k in tqdm(ks, desc="task_grads"):
+    params = models.init_params(k, width)
+    images, labels = models.synthetic_batch(batch, k)
+    calls = {}
+    for strategy in cg.task_updates.STRATEGIES:
+      f = jax.jit(cg.value_and_task_grads(models.task_losses, shared=models.is_shared,
+                                          strategy=strategy))
+      t0 = time.perf_counter()
+      compiled, call = timing.compiled_call(f, params, images, labels)
+      rows.append({"part": "task_grads", "strategy": strategy, "K": k, "width": width,
+                   "batch": batch, "compile_s": time.perf_counter() - t0})
+      calls[strategy] = call
+    times = timing.interleaved_times(calls, rounds, warmup=1)
+    for r in rows[-2:]:
+      r.update(timing.summary(times[r["strategy"]]),
+               ratio_to_loop=float(np.median(times[r["strategy"]]) / np.median(times["loop"])))
+  return rows
+
+
+def _compile_seconds(fn, *args, repeats=3):
+  """Median wall and process-CPU seconds of ``jax.jit(fn).lower(*args).compile()``."""
+  wall, cpu = [], []
+  for _ in range(repeats):
+    jax.clear_caches()
+    t0, c0 = time.perf_counter(), time.process_time()
+    jax.jit(fn).lower(*args).compile()
+    wall.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
+  return float(np.median(wall)), float(np.median(cpu))
+
+
+def solver_part(k, train_steps, repeats):
+  """Compile time of each Gram method's update at K on a two-leaf pytree; warm-start iterations."""
+  rng = np.random.default_rng(0)
+  tree = {"a": jnp.asarray(rng.standard_normal((k, 1000)), jnp.float32),
+          "b": jnp.asarray(rng.standard_normal((k, 20, 5)), jnp.float32)}
+  like = jax.tree_util.tree_map(lambda x: x[0], tree)
+  rows = []
+  txs = {"conicgrad (warm start)": cg.conicgrad(0.5, num_tasks=k),
+         "conicgrad (cold)": cg.conicgrad(0.5, num_tasks=k, warm_start=False),
+         "mgda": cg.mgda(num_tasks=k), "upgrad": cg.upgrad(num_tasks=k),
+         "imtl_g": cg.imtl_g(num_tasks=k), "linear_scalarization": cg.linear_scalarization()}
+  for name, tx in tqdm(txs.items(), desc="compile"):
+    wall, cpu = _compile_seconds(tx.update, tree, tx.init(like), repeats=repeats)
+    rows.append({"part": "compile", "method": name, "K": k, "compile_wall_s": wall,
+                 "compile_cpu_s": cpu})
+  # Newton steps per training step: ConicGrad in a short training run of the CNN.
+  # One fixed data set (the same K tasks throughout), taken in batches of 32.
+  params = models.init_params(k, 0.25)
+  images, labels = models.synthetic_batch(32 * train_steps, k)
+  adam = optax.adam(1e-3)
+  for warm in (False, True):
+    task = models.task_update(cg.conicgrad(0.5, num_tasks=k, warm_start=warm),
+                              shared=models.is_shared)
+    step = models.training_step(task.step, adam)
+    p, state = params, (task.init(params), adam.init(params))
+    iterations, residuals = [], []
+    for i in range(train_steps):
+      batch = slice(32 * i, 32 * (i + 1))
+      p, state = step(p, state, images[batch], labels[batch])
+      diag = state[0].method_state.diagnostics
+      iterations.append(int(diag.iterations))
+      residuals.append(float(diag.residual))
+    rows.append({"part": "warm_start", "warm_start": warm, "K": k, "steps": train_steps,
+                 "median_newton_steps": float(np.median(iterations)),
+                 "mean_newton_steps": float(np.mean(iterations)),
+                 "max_residual": float(np.max(residuals)), "iterations": iterations})
   return rows
 
 
@@ -227,6 +352,7 @@ def plot(rows, path):
   ax.set_ylabel("torchjd time / our time")
   ax.set_title(f"Same Jacobian, m = {tj[0]['m']:.0e}" if tj else "torchjd (not installed)")
   md = [r for r in rows if r["part"] == "modes"]
+  md = [r for r in md if r["config"] == md[-1]["config"]] if md else md
   ax = axes[2]
   if md:
     names = [r["candidate"] for r in md]
@@ -244,35 +370,105 @@ def plot(rows, path):
   plt.close(fig)
 
 
+def markdown(rows, machine) -> str:
+  """The results as markdown tables (benchmarks/results/perf.md)."""
+  out = ["# Performance results", "",
+         f"Machine: {machine['platform']}, {machine['cpu_count']} CPU cores, jax "
+         f"{machine['jax']}, backend {machine['backend']}. Medians of interleaved rounds; "
+         "ratios within one run. `noise` is the interquartile range over the median.", ""]
+  tg = [r for r in rows if r["part"] == "task_grads"]
+  if tg:
+    out += ["## Stacked task gradients: loop of K VJPs vs one vmapped VJP", "",
+            "| K | strategy | median ms | ratio to loop | compile s |", "|---|---|---|---|---|"]
+    out += [f"| {r['K']} | {r['strategy']} | {1e3 * r['median_s']:.1f} | "
+            f"{r['ratio_to_loop']:.2f} | {r['compile_s']:.1f} |" for r in tg]
+    out.append("")
+  for config in dict.fromkeys(r["config"] for r in rows if r["part"] == "modes"):
+    md = [r for r in rows if r["part"] == "modes" and r["config"] == config]
+    r0 = md[0]
+    out += [f"## Training step per mode: {config} (K = {r0['K']}, {r0['m_shared'] / 1e6:.2f}M "
+            f"shared parameters, batch {r0['batch']})", "",
+            "| candidate | ms / step | × LS | × stacked | × host schedule | temp MB | "
+            "memory × stacked | compile s | noise |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in md:
+      host = r.get("ratio_time_to_host_schedule")
+      out.append(f"| {r['candidate']} | {1e3 * r['median_s']:.1f} | {r['ratio_time_to_ls']:.2f} | "
+                 f"{r['ratio_time_to_stacked']:.2f} | {'' if host is None else f'{host:.2f}'} | "
+                 f"{r['temp_bytes'] / 2**20:.1f} | {r['ratio_memory_to_stacked']:.2f} | "
+                 f"{r['compile_s']:.1f} | {r['noise_iqr_over_median']:.2f} |")
+    out.append("")
+  cp = [r for r in rows if r["part"] == "compile"]
+  if cp:
+    out += [f"## Compile time of `jax.jit(method.update)` (K = {cp[0]['K']}, two-leaf pytree)", "",
+            "| method | wall s | process CPU s |", "|---|---|---|"]
+    out += [f"| {r['method']} | {r['compile_wall_s']:.2f} | {r['compile_cpu_s']:.2f} |"
+            for r in cp]
+    out.append("")
+  ws = [r for r in rows if r["part"] == "warm_start"]
+  if ws:
+    out += [f"## ConicGrad Newton steps per training step (K = {ws[0]['K']}, "
+            f"{ws[0]['steps']} steps of the CNN)", "",
+            "| warm start | median | mean | largest residual |", "|---|---|---|---|"]
+    out += [f"| {r['warm_start']} | {r['median_newton_steps']:.0f} | "
+            f"{r['mean_newton_steps']:.1f} | {r['max_residual']:.1e} |" for r in ws]
+    out.append("")
+  ag = [r for r in rows if r["part"] == "aggregation"]
+  if ag:
+    out += ["## Aggregation (float32): ConicGrad's update beside the Gram matrix alone", "",
+            "| K | m | candidate | median ms | × floor |", "|---|---|---|---|---|"]
+    out += [f"| {r['K']} | {r['m']:.0e} | {r['candidate']} | {1e3 * r['median_s']:.1f} | "
+            f"{r['ratio_to_floor']:.2f} |" for r in ag]
+    out.append("")
+  return "\n".join(out)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m benchmarks perf")
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--parts", default=",".join(PARTS))
   parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+  parser.add_argument("--keep-other-parts", action="store_true",
+                      help="keep the rows of the parts not run from the existing JSON in --out")
   args = parser.parse_args(argv)
   parts = args.parts.split(",")
   for p in parts:
     if p not in PARTS:
       parser.error(f"unknown part {p!r}; choose from {PARTS}")
   rows = []
+  q = args.quick
   if "aggregation" in parts:
-    rows += (aggregation((2, 10), (100_000,), 2) if args.quick
+    rows += (aggregation((2, 10), (100_000,), 2) if q
              else aggregation((2, 10, 40, 128), (100_000, 1_000_000, 5_200_000), 5))
   if "torchjd" in parts:
-    rows += torchjd_part((2, 10), 100_000, 2) if args.quick else torchjd_part((2, 10, 40),
-                                                                              1_000_000, 5)
+    rows += torchjd_part((2, 10), 100_000, 2) if q else torchjd_part((2, 10, 40), 1_000_000, 5)
+  if "task_grads" in parts:
+    rows += task_grads_part((2, 4), 0.25, 2, 1) if q else task_grads_part((2, 6, 10), 0.25, 8, 5)
   if "modes" in parts:
-    rows += (modes_part(8, 0.25, 2, 1, 4) if args.quick
-             else modes_part(40, models.WIDTHS["5.2M"], 8, 3, 10))
-  name = "perf_quick" if args.quick else "perf"
+    if q:
+      rows += modes_part(3, 0.25, 2, 1, 2, full_grid=False, label="quick")
+    else:
+      rows += modes_part(6, 0.25, 8, 5, 4, full_grid=True, label="small CNN")
+      rows += modes_part(3, 0.25, 8, 15, 4, full_grid=False, label="3-task CNN, 15 rounds")
+  if "solver" in parts:
+    rows += solver_part(4, 5, 1) if q else solver_part(10, 100, 2)
+  name = "perf_quick" if q else "perf"
   os.makedirs(args.out, exist_ok=True)
+  existing = os.path.join(args.out, f"{name}.json")
+  if args.keep_other_parts and os.path.exists(existing):
+    with open(existing) as f:
+      old = json.load(f)["rows"]
+    ran = {"compile" if p == "solver" else p for p in parts} | (
+        {"warm_start"} if "solver" in parts else set())
+    rows = [r for r in old if r["part"] not in ran] + rows
+  machine = timing.machine()
   with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-    json.dump({"benchmark": "perf", "quick": args.quick, "machine": timing.machine(),
-               "rows": rows}, f, indent=2)
+    json.dump({"benchmark": "perf", "quick": q, "machine": machine, "rows": rows}, f, indent=2)
+  with open(os.path.join(args.out, f"{name}.md"), "w") as f:
+    f.write(markdown(rows, machine))
   plot(rows, os.path.join(args.out, f"{name}.png"))
   for r in rows:
     print({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()
-           if k not in ("q25_s", "q75_s", "n")})
+           if k not in ("q25_s", "q75_s", "n", "iterations")})
   return rows
 
 

@@ -18,8 +18,9 @@ from conicgrad_jax.methods.gsmgrad_fa import gsmgrad_fa
 from conicgrad_jax.methods.gsmgrad_fa import gsmgrad_fa_loss
 from conicgrad_jax.methods.rotograd import rotation_loss as rotograd_rotation_loss
 from conicgrad_jax.methods.rotograd import rotograd
-from conicgrad_jax.modes import TaskUpdateState
-from conicgrad_jax.modes import make_task_update
+from conicgrad_jax.task_updates import TaskUpdate
+from conicgrad_jax.task_updates import TaskUpdateState
+from conicgrad_jax.task_updates import make_task_update
 from conicgrad_jax.methods.aligned_mtl import aligned_mtl
 from conicgrad_jax.methods.bilb4mtl import bilb4mtl
 from conicgrad_jax.methods.bilb4mtl import bilb4mtl_loss
@@ -54,8 +55,8 @@ from conicgrad_jax.registry import MethodInfo
 from conicgrad_jax import methods
 from conicgrad_jax.methods.linear_scalarization import ScalarizationState
 from conicgrad_jax.methods.linear_scalarization import linear_scalarization
-from conicgrad_jax.task_grads import gramian_value_and_update
-from conicgrad_jax.task_grads import value_and_task_grads
+from conicgrad_jax.task_updates import gramian_value_and_update
+from conicgrad_jax.task_updates import value_and_task_grads
 from conicgrad_jax.aggregator import gram_weighting_transformation
 from conicgrad_jax.solvers.cone import ConicDiagnostics
 from conicgrad_jax.solvers.cone import conic_weighting
@@ -109,6 +110,7 @@ __all__ = [
     "rotograd",
     "rotograd_rotation_loss",
     "make_task_update",
+    "TaskUpdate",
     "TaskUpdateState",
     "sdmgrad",
     "db_mtl",

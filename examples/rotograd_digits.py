@@ -62,12 +62,11 @@ def make_train_step(graphdef, optimizer, method):
         optax.softmax_cross_entropy_with_integer_labels(logits_parity, y_parity).mean(),
     ])
 
-  init, task_update = cg.make_task_update(task_losses, method, mode="representation",
-                                          encode=encode)
+  task = cg.make_task_update(task_losses, method, mode="representation", encode=encode)
 
   @jax.jit
   def train_step(params, opt_state, task_state, x, y_digit, y_parity):
-    losses, update, task_state = task_update(params, task_state, x, y_digit, y_parity)
+    losses, update, task_state = task.step(params, task_state, x, y_digit, y_parity)
     # RotoGrad's rotation objective needs the per-task gradients o_k = ∂L_k/∂z.
     z = encode(params, x, y_digit, y_parity)
     rep_grads = jax.jacrev(lambda zz: task_losses(params, zz, x, y_digit, y_parity))(z)
@@ -77,7 +76,7 @@ def make_train_step(graphdef, optimizer, method):
     updates, opt_state = optimizer.update(update, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, task_state, losses
 
-  return init, train_step
+  return task.init, train_step
 
 
 def train(steps: int = 300, batch_size: int = 128, lr: float = 3e-3, seed: int = 0,

@@ -117,10 +117,10 @@ def test_loss_only_methods_take_one_backward_with_the_stacked_update():
   identity = optax.identity()
   for name in celeba_scaling.LOSS_ONLY:
     one_backward, init_one = celeba_scaling.task_step(name, k, identity)
-    init_s, stacked = cg.make_task_update(
-        models.task_losses, cg.methods()[name].factory(shared=models.is_shared, num_tasks=k),
-        shared=models.is_shared)
-    p, state, s_ref = params, init_one(params), init_s(params)
+    task = cg.make_task_update(
+        models.task_losses, cg.methods()[name].factory(num_tasks=k), shared=models.is_shared)
+    stacked = task.step
+    p, state, s_ref = params, init_one(params), task.init(params)
     for _ in range(2):   # the second step sees the state the first one left
       new_p, state = one_backward(p, state, x, y)
       _, u_ref, s_ref = stacked(p, s_ref, x, y)

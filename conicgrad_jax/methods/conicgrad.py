@@ -19,16 +19,25 @@ class ConicGradState(NamedTuple):
   """State of :func:`conicgrad`.
 
   Attributes:
-    weights: the K combination weights of the last update
-      (update = Σ_k weights_k g_k over the shared leaves).
+    weights: the K coefficients of the last update in the task gradients:
+      update = Σ_k weights_k g_k over the shared leaves. They are not unique
+      when the task gradients are linearly dependent (any coefficients that
+      give the same vector are equally right); the solver returns 0 for a
+      task whose gradient is exactly zero. To read the method's balance of
+      the tasks, log ``diagnostics.simplex_weights`` and ``diagnostics.lam``
+      instead: the update direction is g_w* + λ* ĝ0 with
+      g_w* = Σ_k w*_k g_k, i.e. Σ_k (w*_k + λ* p_k / ‖g0‖) g_k up to length.
     diagnostics: :class:`~conicgrad_jax.ConicDiagnostics` of the last solve:
       simplex weights w*, λ*, cos(update, g0), worst-task value, relative
       duality gap, Newton iterations, ‖g0‖.
+    warm_start: the last solution, from which the next solve starts
+      (:class:`~conicgrad_jax.solvers.cone.WarmStart`).
     nonfinite_steps: how many updates saw NaN/Inf task gradients (and were
       zeroed).
   """
   weights: jax.Array
   diagnostics: conic.ConicDiagnostics
+  warm_start: conic.WarmStart
   nonfinite_steps: jax.Array
 
 
@@ -49,6 +58,7 @@ def conicgrad(
     num_tasks: Optional[int] = None,
     tol: Optional[float] = None,
     max_iter: int = 200,
+    warm_start: bool = True,
     precision=_numeric.HIGHEST,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ConicGrad multi-task gradient aggregation.
@@ -86,6 +96,11 @@ def conicgrad(
       from the first update.
     tol: interior-point target gap (default 1e-9 in float64, 1e-5 in float32).
     max_iter: cap on interior-point Newton steps.
+    warm_start: start each solve from the previous step's solution (kept in
+      the state); it is accepted only when its certified duality gap meets
+      ``tol``, otherwise the solver starts from scratch, so the answer has
+      the same guarantee either way. In training it cuts the Newton steps per
+      update from 40–60 to the crossover's 4 on most steps.
     precision: matmul precision of the Gram matrix and the combination.
 
   Returns:
@@ -124,16 +139,18 @@ def conicgrad(
 
   def init_state(k, dtype=jnp.float32):
     return ConicGradState(weights=aggregator.placeholder_weights(k, dtype),
-                          diagnostics=_initial_diagnostics(k),
+                          diagnostics=_initial_diagnostics(k, dtype),
+                          warm_start=conic.cold_start(k or 0, dtype),
                           nonfinite_steps=jnp.zeros((), jnp.int32))
-
 
   def weigh(gram, state, **extra_args):
     del extra_args
-    weights, diagnostics = conic.conic_weighting(
-        gram, c, preference=preference, scale=scale, tol=tol,
-        max_iter=max_iter)
-    return state._replace(weights=weights, diagnostics=diagnostics)
+    unit, diagnostics = conic.solve_cone_dual(
+        gram, c, preference, tol=tol, max_iter=max_iter,
+        warm_start=state.warm_start if warm_start else None)
+    weights = unit * conic.update_length(diagnostics, scale).astype(unit.dtype)
+    warm = conic.WarmStart(unit, diagnostics.simplex_weights, diagnostics.g0_norm > 0)
+    return state._replace(weights=weights, diagnostics=diagnostics, warm_start=warm)
 
   return aggregator.gram_weighting_transformation(
       weigh, init_state, shared=shared, num_tasks=num_tasks,

@@ -118,6 +118,22 @@ def _direction_from_weights(gram_n, q, p, n0, c, w):
   return u, valid
 
 
+def cap_rounding_bound(norms, p, n0, u):
+  """A first-order bound on the rounding error of the cosine the solver enforces.
+
+  The solver keeps qᵀu ≥ c with q = Gp/‖g0‖, computed in its dtype. An entry
+  G_ij given in that dtype is off by up to eps·‖g_i‖‖g_j‖, and the products
+  Gp and qᵀu add up to K·eps each (the standard dot-product bound), so the
+  cosine of the exact gradients can fall short of c by up to
+  (2K + 1)·eps·(Σ_i |u_i|‖g_i‖)(Σ_j p_j‖g_j‖)/‖g0‖. For well-spread task
+  gradients this is far below 1e-4 in float32; for nearly opposite ones
+  (large coefficients |u|) it is what float32 can promise.
+  """
+  eps = jnp.finfo(u.dtype).eps
+  k = u.shape[0]
+  return (2 * k + 1) * eps * jnp.dot(jnp.abs(u), norms) * jnp.dot(p, norms) / n0
+
+
 def _into_cap(gram_n, q, p, n0, c, u):
   """Moves d = Jₙᵀu into the cap {‖d‖ ≤ 1, ⟨d, ĝ0⟩ ≥ c}, exactly up to rounding.
 
@@ -294,7 +310,35 @@ def _crossover(gram_n, q, p, n0, c, u, multipliers, slacks, null_basis,
   return x[:, :k], x[:, k + 1:2 * k + 1]
 
 
-def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200):
+class WarmStart(NamedTuple):
+  """A previous solution to start from (e.g. the last training step's).
+
+  Attributes:
+    unit_coefficients: the previous ``unit_coefficients`` (d̂ = Jᵀu), shape (K,).
+    simplex_weights: the previous dual weights w*, shape (K,).
+    valid: whether the two hold a solution (False before the first solve).
+  """
+  unit_coefficients: jax.Array
+  simplex_weights: jax.Array
+  valid: jax.Array
+
+
+def cold_start(num_tasks: int, dtype=jnp.float32) -> WarmStart:
+  """A :class:`WarmStart` that holds nothing: the solver starts from scratch."""
+  zeros = jnp.zeros((num_tasks,), dtype)
+  return WarmStart(zeros, zeros, jnp.asarray(False))
+
+
+class _Attempt(NamedTuple):
+  u: jax.Array
+  w: jax.Array
+  value: jax.Array
+  upper: jax.Array
+  norm2: jax.Array
+
+
+def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
+                    warm_start=None):
   """Solves the ConicGrad dual from the Gram matrix alone.
 
   Args:
@@ -305,6 +349,12 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200):
       (default 1e-9 in float64, 1e-5 in float32; the polish usually goes
       well below it).
     max_iter: cap on interior-point Newton steps (each O(K³)).
+    warm_start: an optional :class:`WarmStart` (a previous solution). The
+      crossover's Newton steps then start from it, on its active set; the
+      answer is kept only if its certified gap (``residual``) is at most
+      ``tol``, otherwise the solver starts from scratch as without it. In
+      training, where consecutive Gram matrices are close, that skips the
+      interior-point phase on most steps.
 
   Returns:
     ``(unit_coefficients, diagnostics)`` where ``Jᵀ unit_coefficients`` is the
@@ -324,24 +374,100 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200):
   g0_vanishes = n0_2 <= num_tasks * eps * jnp.dot(p, norms) ** 2
   n0 = jnp.sqrt(jnp.where(g0_vanishes, 1.0, n0_2))
   q = _numeric.matvec(gram_n, p) / n0
+  root_sigma = jnp.sqrt(sigma)
 
   eigvals, eigvecs = jnp.linalg.eigh(gram_n)
   root_eig = jnp.sqrt(jnp.maximum(eigvals, 0.0))
-  factor = eigvecs * root_eig[None, :]                  # G = L Lᵀ
-  z0 = jnp.matmul(factor.T, p, precision=_numeric.HIGHEST) / n0
-  y, multipliers, slacks, mu, ipm_iterations = _primal_barrier(
-      factor, z0, c, tol, max_iter)
-  # The barrier's z mapped back to task coefficients u (d = Jₙᵀu = Vᵀ-coords z).
-  cutoff = jnp.sqrt(eps) * jnp.max(root_eig)
-  inv_root = jnp.where(root_eig > cutoff,
-                       1.0 / jnp.where(root_eig > cutoff, root_eig, 1.0), 0.0)
-  u_ipm = _numeric.matvec(eigvecs, inv_root * y[:num_tasks])
   null_basis = eigvecs * (eigvals <= num_tasks * eps * jnp.max(eigvals))[None, :]
+
+  def from_barrier():
+    factor = eigvecs * root_eig[None, :]                  # G = L Lᵀ
+    z0 = jnp.matmul(factor.T, p, precision=_numeric.HIGHEST) / n0
+    y, multipliers, slacks, _, iterations = _primal_barrier(factor, z0, c, tol, max_iter)
+    # The barrier's z mapped back to task coefficients u (d = Jₙᵀu = Vᵀ-coords z).
+    cutoff = jnp.sqrt(eps) * jnp.max(root_eig)
+    inv_root = jnp.where(root_eig > cutoff,
+                         1.0 / jnp.where(root_eig > cutoff, root_eig, 1.0), 0.0)
+    u_ipm = _numeric.matvec(eigvecs, inv_root * y[:num_tasks])
+    return u_ipm, multipliers, slacks, iterations
+
+  def from_previous():
+    # The previous direction in this G's normalised units, and its active set:
+    # tasks with positive weight are active (zero slack), the others not.
+    u_prev = warm_start.unit_coefficients.astype(dtype) * root_sigma
+    w_prev = jnp.maximum(warm_start.simplex_weights.astype(dtype), 0.0)
+    active = w_prev > jnp.sqrt(eps) * jnp.max(w_prev)
+    zero = jnp.zeros((), dtype)
+    multipliers = (jnp.where(active, w_prev, 0.0), zero, zero)
+    slacks = (jnp.where(active, 0.0, 1.0).astype(dtype), zero, zero)
+    return u_prev, multipliers, slacks, jnp.asarray(0, jnp.int32)
+
+  def attempt(u_start, multipliers, slacks):
+    return _candidates(gram_n, q, p, n0, c, norms, null_basis, u_start, multipliers, slacks)
+
+  if warm_start is None:
+    u_start, multipliers, slacks, iterations = from_barrier()
+    best = attempt(u_start, multipliers, slacks)
+    iterations = iterations + _POLISH_STEPS
+  else:
+    def body(carry):
+      index, _, _, iterations = carry
+      use_previous = index == 0
+      u_start, multipliers, slacks, its = jax.lax.cond(use_previous, from_previous,
+                                                       from_barrier)
+      found = attempt(u_start, multipliers, slacks)
+      certified = (jnp.isfinite(found.value) & jnp.isfinite(found.upper)
+                   & (found.upper - found.value <= tol))
+      return index + 1, certified | ~use_previous, found, iterations + its + _POLISH_STEPS
+
+    def cond(carry):
+      return ~carry[1]
+
+    empty = _Attempt(jnp.zeros((num_tasks,), dtype), p, jnp.zeros((), dtype),
+                     jnp.zeros((), dtype), jnp.zeros((), dtype))
+    first = jnp.where(jnp.asarray(warm_start.valid) & jnp.all(
+        jnp.isfinite(warm_start.unit_coefficients)), 0, 1)
+    _, _, best, iterations = jax.lax.while_loop(
+        cond, body, (first, jnp.asarray(False), empty, jnp.asarray(0, jnp.int32)))
+
+  u, w, value, upper = best.u, best.w, best.value, best.upper
+  d_norm = jnp.sqrt(jnp.maximum(best.norm2, 0.0))
+  # d* = 0 happens only for c = 0 at a Pareto-stationary point (any c > 0 keeps
+  # ‖d*‖ ≥ c); a length at rounding level is that zero.
+  u = jnp.where(d_norm > eps, u / jnp.where(d_norm > eps, d_norm, 1.0), 0.0)
+  # An exactly zero task gradient takes no part in d: its coefficient is 0
+  # (any value gives the same update; solvers leave rounding noise there).
+  u = jnp.where(norms > 0, u, 0.0)
+  residual = jnp.maximum(upper - value, 0.0)
+  cosine = jnp.dot(q, u, precision=_numeric.HIGHEST)
+  lam, _, _ = _lam_star(gram_n, q, c, w)
+  dual_norm = upper + c * lam
+
+  zero = jnp.zeros((), dtype)
+  diagnostics = ConicDiagnostics(
+      simplex_weights=jnp.where(g0_vanishes, p, w),
+      lam=jnp.where(g0_vanishes, zero, lam * root_sigma),
+      cosine=jnp.where(g0_vanishes, zero, cosine),
+      value=jnp.where(g0_vanishes, zero, value * root_sigma),
+      residual=jnp.where(g0_vanishes, zero, residual),
+      iterations=iterations,
+      g0_norm=jnp.where(g0_vanishes, zero, n0 * root_sigma),
+      dual_norm=jnp.where(g0_vanishes, zero, dual_norm * root_sigma),
+  )
+  unit_coefficients = jnp.where(g0_vanishes, jnp.zeros_like(u), u / root_sigma)
+  return unit_coefficients, diagnostics
+
+
+def _candidates(gram_n, q, p, n0, c, norms, null_basis, u_start, multipliers, slacks):
+  """Crossover from a start point, then the best dual and primal candidates (an :class:`_Attempt`)."""
+  num_tasks = gram_n.shape[0]
+  dtype = gram_n.dtype
+  eps = jnp.finfo(dtype).eps
   hypotheses = jnp.array(list(itertools.product([False, True], repeat=2)))
   u_cross, w_cross = jax.vmap(
-      lambda h: _crossover(gram_n, q, p, n0, c, u_ipm, multipliers, slacks,
+      lambda h: _crossover(gram_n, q, p, n0, c, u_start, multipliers, slacks,
                            null_basis, h[0], h[1]))(hypotheses)
-  u_primal = jnp.concatenate([u_ipm[None], u_cross.reshape(-1, num_tasks)])
+  u_primal = jnp.concatenate([u_start[None], u_cross.reshape(-1, num_tasks)])
   w_candidates = jnp.concatenate([(multipliers[0] / jnp.sum(multipliers[0]))[None],
                                   w_cross.reshape(-1, num_tasks)])
   w_candidates = jnp.maximum(jnp.where(jnp.isfinite(w_candidates),
@@ -357,8 +483,8 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200):
   w = jnp.where(jnp.isfinite(upper), w_candidates[jnp.argmin(psi)], p)
 
   # Primal candidates: any d in the cap gives the lower bound min_i ⟨g_i, d⟩:
-  # the barrier's and crossover's points, and the direction d(w) of each dual
-  # candidate.
+  # the start point's and crossover's points, and the direction d(w) of each
+  # dual candidate.
   u_dual, valid = jax.vmap(
       lambda v: _direction_from_weights(gram_n, q, p, n0, c, v))(w_candidates)
   u_all = jnp.concatenate([u_primal, u_dual])
@@ -385,35 +511,11 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200):
                       axis=1)
   lower_all = jnp.where(feasible & jnp.isfinite(lower_all), lower_all, -jnp.inf)
   best = jnp.argmax(lower_all)
-  value = lower_all[best]
-  u = u_all[best]
-  d_norm = jnp.sqrt(jnp.maximum(norms2[best], 0.0))
-  # d* = 0 happens only for c = 0 at a Pareto-stationary point (any c > 0 keeps
-  # ‖d*‖ ≥ c); a length at rounding level is that zero.
-  u = jnp.where(d_norm > eps, u / jnp.where(d_norm > eps, d_norm, 1.0), 0.0)
-  residual = jnp.maximum(upper - value, 0.0)
-  cosine = jnp.dot(q, u, precision=_numeric.HIGHEST)
-  lam, _, _ = _lam_star(gram_n, q, c, w)
-  dual_norm = upper + c * lam
-
-  root_sigma = jnp.sqrt(sigma)
-  zero = jnp.zeros((), dtype)
-  diagnostics = ConicDiagnostics(
-      simplex_weights=jnp.where(g0_vanishes, p, w),
-      lam=jnp.where(g0_vanishes, zero, lam * root_sigma),
-      cosine=jnp.where(g0_vanishes, zero, cosine),
-      value=jnp.where(g0_vanishes, zero, value * root_sigma),
-      residual=jnp.where(g0_vanishes, zero, residual),
-      iterations=ipm_iterations + _POLISH_STEPS,
-      g0_norm=jnp.where(g0_vanishes, zero, n0 * root_sigma),
-      dual_norm=jnp.where(g0_vanishes, zero, dual_norm * root_sigma),
-  )
-  unit_coefficients = jnp.where(g0_vanishes, jnp.zeros_like(u), u / root_sigma)
-  return unit_coefficients, diagnostics
+  return _Attempt(u_all[best], w, lower_all[best], upper, norms2[best])
 
 
 def conic_weighting(gram, c=0.5, *, preference=None, scale="g0", tol=None,
-                    max_iter=200):
+                    max_iter=200, warm_start=None):
   r"""ConicGrad weights from the Gram matrix: ``update = Σ_k weights_k g_k``.
 
   The update is the solution direction d̂ of the cone-constrained max–min
@@ -431,6 +533,7 @@ def conic_weighting(gram, c=0.5, *, preference=None, scale="g0", tol=None,
     scale: one of ``"g0"``, ``"unit"``, ``"raw"``.
     tol: interior-point target gap (see :func:`solve_cone_dual`).
     max_iter: cap on interior-point iterations.
+    warm_start: an optional :class:`WarmStart` (see :func:`solve_cone_dual`).
 
   Returns:
     ``(weights, diagnostics)``: K weights in the solver dtype, and a
@@ -446,11 +549,14 @@ def conic_weighting(gram, c=0.5, *, preference=None, scale="g0", tol=None,
   if scale not in SCALES:
     raise ValueError(f"`scale` must be one of {SCALES}, got {scale!r}.")
   unit, diagnostics = solve_cone_dual(gram, c, preference, tol=tol,
-                                      max_iter=max_iter)
+                                      max_iter=max_iter, warm_start=warm_start)
+  return unit * update_length(diagnostics, scale).astype(unit.dtype), diagnostics
+
+
+def update_length(diagnostics: ConicDiagnostics, scale: str) -> jax.Array:
+  """The update's length for ``scale`` (see :func:`conic_weighting`)."""
   if scale == "g0":
-    length = diagnostics.g0_norm
-  elif scale == "unit":
-    length = (diagnostics.g0_norm > 0).astype(unit.dtype)
-  else:
-    length = diagnostics.dual_norm
-  return unit * length, diagnostics
+    return diagnostics.g0_norm
+  if scale == "unit":
+    return (diagnostics.g0_norm > 0).astype(diagnostics.g0_norm.dtype)
+  return diagnostics.dual_norm

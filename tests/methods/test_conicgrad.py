@@ -226,3 +226,44 @@ def test_preference_fixes_num_tasks_and_centres_the_cone():
   g0 = np.asarray(p) @ J
   u = _flat(updates)
   assert u @ g0 / np.linalg.norm(u) / np.linalg.norm(g0) >= 0.7 - 1e-4
+
+
+_cg_update = jax.jit(lambda g, s: conicgrad(0.5, num_tasks=3).update(g, s))
+_cold_update = jax.jit(
+    lambda g, s: conicgrad(0.5, num_tasks=3, warm_start=False).update(g, s))
+
+
+def test_warm_started_updates_equal_cold_ones_in_a_few_newton_steps():
+  """Consecutive close Jacobians: the same certified update, ≤ 10 Newton steps after the first."""
+  rng = np.random.default_rng(5)
+  J = rng.standard_normal((3, 40)).astype(np.float32)
+  J[1:] -= 0.7 * J[0]
+  tx_cold = conicgrad(0.5, num_tasks=3, warm_start=False)
+  state = conicgrad(0.5, num_tasks=3).init({"w": jnp.zeros(40)})
+  cold_state = tx_cold.init({"w": jnp.zeros(40)})
+  iterations = []
+  for _ in range(6):
+    J = J + 0.01 * rng.standard_normal(J.shape).astype(np.float32)
+    u, state = _cg_update({"w": jnp.asarray(J)}, state)
+    u_cold, cold_state = _cold_update({"w": jnp.asarray(J)}, cold_state)
+    np.testing.assert_allclose(np.asarray(u["w"]), np.asarray(u_cold["w"]), atol=2e-4)
+    assert float(state.diagnostics.residual) <= 1e-5
+    iterations.append(int(state.diagnostics.iterations))
+  assert max(iterations[1:]) <= 10 < iterations[0], iterations
+
+
+def test_weights_are_meaningful_when_a_task_gradient_is_exactly_zero():
+  """`weights` reproduce the update with 0 on the zero gradient; w* and λ describe it."""
+  J = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [-0.5, 1.0, 0.0]], np.float32)
+  tx = conicgrad(0.5, num_tasks=3)
+  u, state = _cg_update({"w": jnp.asarray(J)}, tx.init({"w": jnp.zeros(3)}))
+  weights = np.asarray(state.weights)
+  assert weights[1] == 0.0
+  np.testing.assert_allclose(weights @ J, np.asarray(u["w"]), atol=1e-6)
+  assert np.all(np.abs(weights) < 10.0)
+  d = state.diagnostics
+  w_star = np.asarray(d.simplex_weights)
+  np.testing.assert_allclose(w_star.sum(), 1.0, atol=1e-6)
+  assert np.all(w_star >= 0) and float(d.lam) >= 0
+  # A zero gradient makes every task's best worst-case value 0 (task 2 cannot improve):
+  assert abs(float(d.value)) <= 1e-5

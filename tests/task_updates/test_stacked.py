@@ -1,10 +1,12 @@
-"""value_and_task_grads against jax.jacrev, with and without a shared mask."""
+"""value_and_task_grads (stacked and chunked) against jax.jacrev, both strategies; log-losses."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conicgrad_jax import conicgrad, value_and_task_grads
+from conicgrad_jax.task_updates import default_strategy, default_unroll
 
 
 def _model(rng):
@@ -20,13 +22,26 @@ def _model(rng):
   return params, x, losses
 
 
-def test_matches_jacrev():
+def _close(a, b, **tol):
+  for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), **tol)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_matches_jacrev(strategy):
   params, x, losses = _model(np.random.default_rng(0))
-  (values, grads) = value_and_task_grads(losses)(params, x)
+  values, grads = value_and_task_grads(losses, strategy=strategy)(params, x)
   np.testing.assert_allclose(np.asarray(values), np.asarray(losses(params, x)), rtol=1e-6)
-  jac = jax.jacrev(losses)(params, x)
-  for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(jac)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  _close(grads, jax.jacrev(losses)(params, x), rtol=1e-5, atol=1e-6)
+
+
+def test_backend_defaults():
+  assert default_strategy() == ("loop" if jax.default_backend() == "cpu" else "vmap")
+  assert default_unroll() == (jax.default_backend() == "cpu")
+  with pytest.raises(ValueError, match="strategy"):
+    value_and_task_grads(lambda p: p, strategy="scan")
+  with pytest.raises(ValueError, match="unroll"):
+    value_and_task_grads(lambda p: p, unroll="yes")
 
 
 def test_shared_only_stacks_shared_leaves_and_sums_heads():
@@ -43,8 +58,7 @@ def test_shared_only_stacks_shared_leaves_and_sums_heads():
   full = value_and_task_grads(losses)(params, x)[1]
   u_short, _ = tx.update(grads, tx.init(params), params)
   u_full, _ = tx.update(full, tx.init(params), params)
-  for a, b in zip(jax.tree_util.tree_leaves(u_short), jax.tree_util.tree_leaves(u_full)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  _close(u_short, u_full, rtol=1e-5, atol=1e-6)
 
 
 def test_has_aux():
@@ -55,29 +69,26 @@ def test_has_aux():
   assert grads["enc"].shape == (2, 4, 3)
 
 
-def test_chunked_backward_passes_give_the_same_gradients():
+def test_log_losses_gives_the_gradients_divided_by_the_losses():
+  """∇ log L_k = ∇L_k / L_k; the returned values stay L_k."""
+  params, x, losses = _model(np.random.default_rng(5))
+  values, grads = value_and_task_grads(losses, log_losses=True)(params, x)
+  l = np.asarray(losses(params, x))
+  np.testing.assert_allclose(np.asarray(values), l, rtol=1e-6)
+  jac = jax.jacrev(losses)(params, x)
+  for g, j in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(jac)):
+    expected = np.asarray(j) / l.reshape((-1,) + (1,) * (j.ndim - 1))
+    np.testing.assert_allclose(np.asarray(g), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("unroll", [True, False])
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_chunked_backward_passes_give_the_same_gradients(unroll, strategy):
   rng = np.random.default_rng(3)
   params = {"w": jnp.asarray(rng.standard_normal((4, 5)), jnp.float32)}
   x = jnp.asarray(rng.standard_normal((6, 4)), jnp.float32)
   f = lambda p, x: jnp.mean(jnp.tanh(x @ p["w"]) ** 2, axis=0)        # K = 5 task losses
-  _, full = value_and_task_grads(f)(params, x)
-  _, chunked = jax.jit(value_and_task_grads(f, chunk_size=2))(params, x)
-  np.testing.assert_allclose(np.asarray(chunked["w"]), np.asarray(full["w"]), rtol=1e-6, atol=1e-7)
-
-
-def test_gramian_mode_equals_the_stacked_path():
-  """Same Gram matrix and the same ConicGrad update, from one task gradient at a time."""
-  from conicgrad_jax import conic_weighting, gram_matrix, gramian_value_and_update
-  params, x, losses = _model(np.random.default_rng(4))
-  mask = {"enc": True, "heads": {"h0": False, "h1": False}}
-  l_a, update, gram, info = jax.jit(gramian_value_and_update(
-      losses, lambda G: conic_weighting(G, 0.5), shared=mask))(params, x)
-  l_b, stacked = value_and_task_grads(losses)(params, x)
-  np.testing.assert_allclose(np.asarray(l_a), np.asarray(l_b), rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(gram), np.asarray(gram_matrix(stacked["enc"])),
-                             rtol=1e-4, atol=1e-6)
-  tx = conicgrad(0.5, shared=mask)
-  expected, _ = tx.update(stacked, tx.init(params), params)
-  for a, b in zip(jax.tree_util.tree_leaves(update), jax.tree_util.tree_leaves(expected)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
-  assert float(info.cosine) >= 0.5 - 1e-4
+  _, chunked = jax.jit(value_and_task_grads(f, chunk_size=2, unroll=unroll,
+                                            strategy=strategy))(params, x)
+  np.testing.assert_allclose(np.asarray(chunked["w"]), np.asarray(jax.jacrev(f)(params, x)["w"]),
+                             rtol=1e-5, atol=1e-7)

@@ -52,14 +52,26 @@ def test_matches_socp_primal_and_dual_on_random_instances(seed):
 
 
 def test_float32_solutions_are_within_1e4_of_optimal():
-  """f32 answers, certified in float64 from J (not from the f32 Gram matrix)."""
+  """f32 answers, certified in float64 from J (not from the f32 Gram matrix).
+
+  The cone holds to 1e-4 or to the first-order rounding bound of the cosine
+  the solver enforces (``cap_rounding_bound``: above 1e-4 only for large
+  coefficients, i.e. nearly opposite tasks), whichever is larger: a statement
+  that holds on every machine, not one machine's rounding.
+  """
+  from conicgrad_jax.solvers.cone import cap_rounding_bound
   worst = 0.0
   for J, c in _instances(7, 150):
     u, diag = _solve(J, c, dtype=np.float32)
     gap = ref.certified_gap(J, c, diag.simplex_weights, J.T @ u)
     worst = max(worst, gap)
     cos = (J.T @ u) @ (J.mean(0)) / np.linalg.norm(J.T @ u) / np.linalg.norm(J.mean(0))
-    assert cos >= c - 1e-4
+    norms = np.linalg.norm(J, axis=1)
+    p = np.full(len(J), 1.0 / len(J))
+    bound = float(cap_rounding_bound(norms.astype(np.float32), p.astype(np.float32),
+                                     np.float32(np.linalg.norm(J.mean(0))),
+                                     u.astype(np.float32)))
+    assert cos >= c - max(1e-4, bound)
   assert worst <= 1e-4, worst
 
 
@@ -140,7 +152,7 @@ def test_properties_on_hypothesis_instances(J, c):
 def test_c_zero_at_a_pareto_stationary_point_gives_zero_like_mgda():
   J = np.array([[2.0], [-1.0]])
   u, diag = _solve(J, 0.0)
-  assert np.all(J.T @ u == 0.0) and diag.value == 0.0
+  assert np.all(J.T @ u == 0.0) and abs(diag.value) <= 1e-12
   np.testing.assert_allclose(ref.mgda_direction(J), 0.0, atol=1e-9)
   u, _ = _solve(J, 0.1)          # any c > 0 keeps a unit direction in the cone
   assert (J.T @ u)[0] == pytest.approx(1.0)
@@ -330,3 +342,35 @@ def test_rank_deficient_gram_with_vanishing_dual_vector_gives_a_unit_direction()
     u, diag = _solve(J, 0.5)
     assert np.linalg.norm(J.T @ u) == pytest.approx(1.0, abs=1e-8)
     assert ref.certified_gap(J, 0.5, diag.simplex_weights, J.T @ u) <= 1e-6
+
+
+_warm64 = jax.jit(lambda G, c, ws: solve_cone_dual(G, c, warm_start=ws))
+
+
+def test_warm_start_gives_the_certified_answer_from_good_and_bad_starts():
+  """A nearby previous solution is accepted after the crossover alone; an unrelated one
+  falls back to the interior-point phase. Both answers match the SOCP reference."""
+  from conicgrad_jax.solvers.cone import WarmStart
+  rng = np.random.default_rng(11)
+  with jax.enable_x64(True):
+    for i in range(3):   # one K: one compilation
+      J = ref.random_instance(rng, conflict=bool(i % 2), k_choices=(5,))
+      c = 0.3
+      G = jnp.asarray(J @ J.T)
+      u0, d0 = _warm64(G, c, WarmStart(jnp.zeros(len(J)), jnp.zeros(len(J)), jnp.asarray(False)))
+      J2 = J + 1e-3 * rng.standard_normal(J.shape)
+      G2 = jnp.asarray(J2 @ J2.T)
+      d_ref, value_ref = ref.cap_primal(J2, c)
+      scale = np.sqrt(np.max(np.sum(J2 * J2, 1)))
+      near = WarmStart(u0, d0.simplex_weights, jnp.asarray(True))
+      far = WarmStart(jnp.asarray(rng.standard_normal(len(J))),
+                      jnp.asarray(rng.dirichlet(np.ones(len(J)))), jnp.asarray(True))
+      for start in (near, far):
+        u, d = _warm64(G2, c, start)
+        assert abs(float(d.value) - value_ref) <= 1e-6 * scale
+        assert float(d.residual) <= 1e-9
+        cos = (J2.T @ np.asarray(u)) @ J2.mean(0) / np.linalg.norm(J2.T @ np.asarray(u)) \
+            / np.linalg.norm(J2.mean(0))
+        assert cos >= c - 1e-9
+      _, d_near = _warm64(G2, c, near)
+      assert int(d_near.iterations) <= 10 < int(d0.iterations)

@@ -1,0 +1,73 @@
+"""Representation-level weighting, the MGDA-UB approximation (``mode="representation"``).
+
+Sener & Koltun (2018, "Multi-Task Learning as Multi-Objective Optimization",
+§3.3) bound the Gram matrix of the shared parameters' task gradients through
+the shared representation z = encode(θ_s, x): with Z_k = ∂L_k/∂z,
+∇_{θ_s} L_k = (∂z/∂θ_s)ᵀ Z_k, so the method weighs the K representation
+gradients Z_k (Gram matrix G_z = ⟨Z_k, Z_l⟩, K backward passes through the
+heads only) instead of the K parameter gradients (G = JJᵀ, K backward passes
+through the encoder). The combined representation gradient then goes through
+the encoder once. For a method whose update is Σ_k w_k g_k the result is
+Σ_k w_k(G_z) ∇_{θ_s} L_k: the same combination form as the stacked path, with
+weights computed from G_z rather than G, so the two differ in general (they
+agree when ∂z/∂θ_s preserves the inner products of the Z_k, e.g. an
+orthogonal Jacobian).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from conicgrad_jax.task_updates import _common
+from conicgrad_jax.task_updates import stacked
+
+
+def forward(fun, encode, params, args, log_losses):
+  """``(losses, diff losses, encoder_vjp, heads_vjp)`` from one forward pass."""
+  z, encoder_vjp = jax.vjp(lambda p: encode(p, *args), params)
+
+  def of_heads(p, zz):
+    diff, (losses, _) = _common.loss_function(
+        lambda q, *a: fun(q, zz, *a), args, {}, log_losses=log_losses)(p)
+    return diff, losses
+
+  diff, heads_vjp, losses = jax.vjp(of_heads, params, z, has_aux=True)
+  return losses, diff, z, encoder_vjp, heads_vjp
+
+
+def combine(encoder_vjp, heads_vjp, z, rep_combination, diff, params):
+  """Encoder leaves: the VJP of the combined representation gradient; heads: Σ_k ∇L_k."""
+  encoder_update = encoder_vjp(rep_combination.astype(z.dtype))[0]
+  head_update = heads_vjp(jnp.ones_like(diff))[0]
+  update = jax.tree_util.tree_map(lambda a, b: a + b, encoder_update, head_update)
+  return _common.cast_like(update, params)
+
+
+def build(fun, encode, method, *, strategy, log_losses):
+  """``exact(params, method_state, *args)``: the method weighs ∂L_k/∂z."""
+
+  def exact(params, method_state, *args):
+    losses, diff, z, encoder_vjp, heads_vjp = forward(fun, encode, params, args, log_losses)
+    k = diff.shape[0]
+    rep_grads = stacked.stacked_cotangents(lambda row: (heads_vjp(row)[1],), k, diff.dtype,
+                                           strategy)[0]
+    combined, method_state = _common.call_method(method, rep_grads, method_state, None, losses)
+    update = combine(encoder_vjp, heads_vjp, z, combined, diff, params)
+    finite = _common.all_finite(losses, update)
+    return losses, _common.zero_unless(finite, update), method_state
+
+  return exact
+
+
+def build_reuse(fun, encode, *, log_losses):
+  """``cheap(params, weights, *args)``: Σ_k w_k Z_k through the encoder, Σ_k ∇L_k for the heads."""
+
+  def cheap(params, weights, *args):
+    losses, diff, z, encoder_vjp, heads_vjp = forward(fun, encode, params, args, log_losses)
+    rep = heads_vjp(weights.astype(diff.dtype))[1]
+    update = combine(encoder_vjp, heads_vjp, z, rep, diff, params)
+    finite = _common.all_finite(losses, update)
+    return losses, _common.zero_unless(finite, update)
+
+  return cheap

@@ -1,0 +1,230 @@
+"""make_task_update: modes against the stacked path, representation against its own definition,
+amortised weighting, `shared`/`num_tasks` said once, log-losses, errors."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import conicgrad_jax as cg
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+
+K = 3
+
+
+def _problem(seed=0):
+  rng = np.random.default_rng(seed)
+  params = {"enc": jnp.asarray(rng.standard_normal((5, 4)), jnp.float32),
+            "heads": jnp.asarray(rng.standard_normal((K, 4)), jnp.float32)}
+  x = jnp.asarray(rng.standard_normal((8, 5)), jnp.float32)
+  return params, x
+
+
+def encode(p, x):
+  return jnp.tanh(x @ p["enc"])
+
+
+def heads(p, z, x):
+  return jnp.mean((z @ p["heads"].T - x[:, :K]) ** 2, axis=0) + 0.05
+
+
+def fun(p, x):
+  return heads(p, encode(p, x), x)
+
+
+def shared(path, leaf):
+  del leaf
+  return "enc" in jax.tree_util.keystr(path)
+
+
+def _stacked(method_factory, params, x, log_losses=False, **extra):
+  """The reference: stacked task gradients into the method built with `shared`."""
+  tx = method_factory(shared=shared)
+  losses, grads = cg.value_and_task_grads(fun, shared=shared, log_losses=log_losses)(params, x)
+  return tx.update(grads, tx.init(params), params, losses=losses, **extra)
+
+
+def _close(a, b, **tol):
+  for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), **tol)
+
+
+@pytest.mark.parametrize("name", ["conicgrad", "mgda", "upgrad", "nash_mtl", "famo", "gsmgrad"])
+@pytest.mark.parametrize("mode", ["stacked", "chunked", "gramian"])
+def test_modes_equal_the_stacked_path(name, mode):
+  params, x = _problem(1)
+  factory = cg.methods()[name].factory
+  expected, expected_state = _stacked(factory, params, x)
+  task = cg.make_task_update(fun, factory(num_tasks=K), mode=mode, shared=shared,
+                             chunk_size=2 if mode == "chunked" else None)
+  losses, update, state = jax.jit(task.step)(params, task.init(params), x)
+  _close(update, expected, rtol=2e-4, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(state.method_state.weights),
+                             np.asarray(expected_state.weights), rtol=2e-4, atol=2e-5)
+  # `weights` is the method's last weights with every = 1 too.
+  np.testing.assert_allclose(np.asarray(state.weights), np.asarray(expected_state.weights),
+                             rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("mode", ["stacked", "gramian"])
+def test_log_losses_weighs_the_log_loss_gradients(mode):
+  """log-ConicGrad: the method on ∇ log L_k = ∇L_k / L_k; heads get Σ_k ∇ log L_k."""
+  params, x = _problem(8)
+  expected, _ = _stacked(lambda **kw: cg.conicgrad(0.5, **kw), params, x, log_losses=True)
+  task = cg.make_task_update(fun, cg.conicgrad(0.5, num_tasks=K), mode=mode, shared=shared,
+                             log_losses=True)
+  losses, update, _ = jax.jit(task.step)(params, task.init(params), x)
+  _close(update, expected, rtol=2e-4, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(losses), np.asarray(fun(params, x)), rtol=1e-6)
+  l = np.asarray(fun(params, x))
+  jac_heads = np.asarray(jax.jacrev(fun)(params, x)["heads"])
+  np.testing.assert_allclose(np.asarray(update["heads"]),
+                             (jac_heads / l[:, None, None]).sum(0), rtol=1e-4, atol=1e-6)
+
+
+def _representation_reference(params, x):
+  """MGDA-UB by hand: weights from the Gram matrix of ∂L_k/∂z, then Σ_k w_k ∇_θ L_k."""
+  z = encode(params, x)
+  rep = np.asarray(jax.jacrev(lambda zz: heads(params, zz, x))(z), np.float64)   # (K, B, d)
+  gram = np.einsum("kbd,lbd->kl", rep, rep)
+  w, _ = cg.conic_weighting(jnp.asarray(gram, jnp.float32), 0.5)
+  enc = jax.grad(lambda p: jnp.dot(w, fun(p, x)))(params)["enc"]
+  head = jax.grad(lambda p: jnp.sum(fun(p, x)))(params)["heads"]
+  return w, {"enc": enc, "heads": head}
+
+
+def test_representation_mode_is_the_mgda_ub_approximation():
+  """Equal to the hand-built representation-level reference, and not to the stacked update."""
+  params, x = _problem(2)
+  task = cg.make_task_update(heads, cg.conicgrad(0.5, num_tasks=K), mode="representation",
+                             encode=encode)
+  losses, update, state = jax.jit(task.step)(params, task.init(params), x)
+  w, expected = _representation_reference(params, x)
+  np.testing.assert_allclose(np.asarray(state.method_state.weights), np.asarray(w), rtol=1e-4,
+                             atol=1e-5)
+  _close(update, expected, rtol=1e-4, atol=1e-5)
+  stacked, _ = _stacked(lambda **kw: cg.conicgrad(0.5, **kw), params, x)
+  diff = np.max(np.abs(np.asarray(update["enc"]) - np.asarray(stacked["enc"])))
+  assert diff > 1e-2 * np.max(np.abs(np.asarray(stacked["enc"]))), diff
+
+
+def test_representation_mode_with_rotograd_matches_its_formula():
+  params, x = _problem(3)
+  task = cg.make_task_update(heads, cg.rotograd(), mode="representation", encode=encode)
+  _, update, _ = jax.jit(task.step)(params, task.init(params), x)
+  z = encode(params, x)
+  rep = np.asarray(jax.jacrev(lambda zz: heads(params, zz, x))(z))
+  norms = np.linalg.norm(rep.reshape(K, -1), axis=1)
+  combined = (rep / norms[:, None, None]).sum(0) * norms.mean()           # step 0: C = mean norm
+  _, enc_vjp = jax.vjp(lambda p: encode(p, x), params)
+  np.testing.assert_allclose(np.asarray(update["enc"]),
+                             np.asarray(enc_vjp(jnp.asarray(combined))[0]["enc"]),
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_amortised_weighting_reuses_the_last_weights():
+  params, x = _problem(4)
+  task = cg.make_task_update(fun, cg.conicgrad(0.5, num_tasks=K), shared=shared, every=3)
+  step = jax.jit(task.step)
+  state = task.init(params)
+  expected0, s0 = _stacked(lambda **kw: cg.conicgrad(0.5, **kw), params, x)
+  _, u0, state = step(params, state, x)
+  _close(u0, expected0, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(state.weights), np.asarray(s0.weights), rtol=1e-4)
+  params2, x2 = _problem(5)                       # new data: the weights are not recomputed
+  w = np.asarray(state.weights)
+  _, u1, state = step(params2, state, x2)
+  enc = jax.grad(lambda p: jnp.dot(jnp.asarray(w), fun(p, x2)))(params2)["enc"]
+  hd = jax.grad(lambda p: jnp.sum(fun(p, x2)))(params2)["heads"]
+  np.testing.assert_allclose(np.asarray(u1["enc"]), np.asarray(enc), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(u1["heads"]), np.asarray(hd), rtol=1e-5, atol=1e-6)
+  _, u1_host, _ = jax.jit(task.reuse)(params2, state._replace(step=state.step - 1), x2)
+  _close(u1_host, u1, rtol=1e-6, atol=1e-7)
+  _, _, state = step(params2, state, x2)
+  _, u3, state = step(params2, state, x2)          # step 3: recomputed on the new data
+  expected3, _ = _stacked(lambda **kw: cg.conicgrad(0.5, **kw), params2, x2)
+  _close(u3, expected3, rtol=1e-5, atol=1e-6)
+  assert step._cache_size() == 1
+
+
+def test_amortised_representation_step_equals_the_host_schedule():
+  """The branch-free-encoder step gives what recompute/reuse give on the same schedule."""
+  params, x = _problem(9)
+  task = cg.make_task_update(heads, cg.conicgrad(0.5, num_tasks=K), mode="representation",
+                             encode=encode, every=2)
+  step, recompute, reuse = jax.jit(task.step), jax.jit(task.recompute), jax.jit(task.reuse)
+  s_a = s_b = task.init(params)
+  for i, p in enumerate([params, _problem(10)[0], _problem(11)[0]]):
+    _, u_a, s_a = step(p, s_a, x)
+    _, u_b, s_b = (recompute if i % 2 == 0 else reuse)(p, s_b, x)
+    _close(u_a, u_b, rtol=1e-5, atol=1e-6)
+    _close(s_a, s_b, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_is_said_once():
+  """The method is built without `shared`; a predicate there is harmless, a mask is an error."""
+  params, x = _problem(12)
+  expected, _ = _stacked(lambda **kw: cg.mgda(**kw), params, x)
+  for method in (cg.mgda(num_tasks=K), cg.mgda(num_tasks=K, shared=shared)):
+    task = cg.make_task_update(fun, method, shared=shared)
+    _close(task.step(params, task.init(params), x)[1], expected, rtol=2e-4, atol=2e-5)
+  mask = {"enc": True, "heads": False}
+  task = cg.make_task_update(fun, cg.mgda(shared=mask), shared=shared)
+  with pytest.raises(ValueError, match="without `shared`"):
+    task.step(params, task.init(params), x)
+
+
+def test_amortised_nonfinite_loss_gives_a_zero_update():
+  params, x = _problem(6)
+  task = cg.make_task_update(fun, cg.conicgrad(0.5, num_tasks=K), shared=shared, every=2)
+  state = task.init(params)
+  _, _, state = task.step(params, state, x)
+  _, u, _ = task.step(params, state, x.at[0, 0].set(jnp.nan))
+  assert all(np.all(np.asarray(l) == 0.0) for l in jax.tree_util.tree_leaves(u))
+
+
+@pytest.mark.parametrize("mode", ["stacked", "gramian"])
+def test_nonfinite_gives_a_zero_update(mode):
+  params, x = _problem(7)
+  task = cg.make_task_update(fun, cg.conicgrad(0.5), mode=mode, shared=shared)
+  _, u, state = task.step(params, task.init(params), x.at[0, 0].set(jnp.inf))
+  assert all(np.all(np.asarray(l) == 0.0) for l in jax.tree_util.tree_leaves(u))
+
+
+def test_errors_name_the_option():
+  with pytest.raises(ValueError, match="mode"):
+    cg.make_task_update(fun, cg.conicgrad(), mode="fast")
+  with pytest.raises(ValueError, match="chunk_size"):
+    cg.make_task_update(fun, cg.conicgrad(), mode="chunked")
+  with pytest.raises(ValueError, match="chunk_size"):
+    cg.make_task_update(fun, cg.conicgrad(), chunk_size=2)
+  with pytest.raises(ValueError, match="encode"):
+    cg.make_task_update(fun, cg.conicgrad(), mode="representation")
+  with pytest.raises(ValueError, match="encode"):
+    cg.make_task_update(fun, cg.conicgrad(), encode=encode)
+  with pytest.raises(ValueError, match="shared"):
+    cg.make_task_update(heads, cg.conicgrad(), mode="representation", encode=encode,
+                        shared=shared)
+  with pytest.raises(ValueError, match="every"):
+    cg.make_task_update(fun, cg.conicgrad(), every=0)
+  with pytest.raises(ValueError, match="strategy"):
+    cg.make_task_update(fun, cg.conicgrad(), strategy="pmap")
+  params = _problem()[0]
+  with pytest.raises(ValueError, match="num_tasks=K"):
+    cg.make_task_update(fun, cg.conicgrad(), every=2).init(params)
+  with pytest.raises(ValueError, match="num_tasks"):
+    cg.make_task_update(fun, cg.conicgrad(num_tasks=K), num_tasks=K + 1).init(params)
+
+
+def test_rotograd_example_trains():
+  import rotograd_digits
+  history, metrics = rotograd_digits.train(steps=150, verbose=False)
+  first, last = history[:10].mean(0), history[-20:].mean(0)
+  assert np.all(last < 0.3 * first), (first, last)
+  assert metrics["test_accuracy_digit"] > 0.9 and metrics["test_accuracy_parity"] > 0.9
+  assert metrics["rotation_orthogonality_error"] < 1e-4
+  assert metrics["rotation_distance_from_identity"] > 1e-3      # the rotations were trained
