@@ -20,6 +20,8 @@ from conicgrad_jax.methods.rotograd import rotation_loss as rotograd_rotation_lo
 from conicgrad_jax.methods.rotograd import rotograd
 from conicgrad_jax.modes import TaskUpdateState
 from conicgrad_jax.modes import make_task_update
+from conicgrad_jax.nonfinite import SkipNonfiniteState
+from conicgrad_jax.nonfinite import skip_nonfinite
 from conicgrad_jax.methods.adaptive import sdmgrad
 from conicgrad_jax.methods.bargaining import fairgrad
 from conicgrad_jax.methods.bargaining import nash_mtl
@@ -80,6 +82,8 @@ __all__ = [
 
     "MethodInfo",
     "accumulate_task_grads",
+    "skip_nonfinite",
+    "SkipNonfiniteState",
     "gradnorm",
     "gsmgrad",
     "gsmgrad_fa",
