@@ -56,11 +56,18 @@ def accumulate_task_grads(inner: optax.GradientTransformation, every: int, *,
   (K, *param.shape), or — for task-specific leaves — already summed over the
   tasks (param.shape), as :func:`~conicgrad_jax.value_and_task_grads` returns
   them with ``shared=``; a summed leaf is averaged as it is, never broadcast
-  over the task axis. Put it first in the chain (before the optimiser).
+  over the task axis.
+
+  Wrap the whole chain, so the optimiser also steps once per round:
+  ``accumulate_task_grads(optax.chain(conicgrad(0.5, num_tasks=K),
+  optax.adam(1e-3)), every=N, num_tasks=K)``. (Placed before an optimiser
+  instead, the optimiser receives the zero updates of the other calls and,
+  with momentum, still moves on them.)
 
   Args:
-    inner: a transformation of this library, built with ``num_tasks=K`` so its
-      state has fixed shapes (e.g. ``conicgrad(0.5, num_tasks=K)``).
+    inner: a transformation of this library built with ``num_tasks=K`` (so its
+      state has fixed shapes), or a chain that starts with one (e.g.
+      ``optax.chain(conicgrad(0.5, num_tasks=K), optax.adam(1e-3))``).
     every: micro-batches per update.
     num_tasks: K (each accumulator leaf has shape (K, *param.shape)).
 

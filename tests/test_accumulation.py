@@ -125,3 +125,17 @@ def test_inner_without_num_tasks_is_named():
   params = {"w": jnp.zeros(2)}
   with pytest.raises(ValueError, match="num_tasks"):
     tx.update({"w": jnp.eye(2)}, tx.init(params), params)
+
+
+def test_wrapping_the_whole_chain_steps_adam_once_per_round():
+  params = {"w": jnp.zeros(2)}
+  tx = cg.accumulate_task_grads(optax.chain(cg.conicgrad(0.5, num_tasks=2), optax.adam(0.1)),
+                                every=2, num_tasks=2)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  counts = []
+  for g in [jnp.eye(2), 3 * jnp.eye(2), jnp.eye(2)]:
+    updates, state = step({"w": g}, state, params)
+    counts.append(int(state.inner_state[1][0].count))
+  assert counts == [0, 1, 1]
+  assert np.all(np.asarray(updates["w"]) == 0)     # first call of the second round
