@@ -101,7 +101,7 @@ def test_optax_apply_if_finite_cannot_wrap_a_multi_task_chain():
   try:
     updates, _ = jax.jit(tx.update)(BAD, state, PARAMS, losses=LOSSES)
   except TypeError as e:
-    assert "cond" in str(e) or "branch" in str(e)
+    assert any(w in str(e) for w in ("cond", "branch", "true_fun"))  # wording varies by jax version
   else:  # if it ever works, it must have frozen the parameters
     assert jax.tree_util.tree_structure(updates) == jax.tree_util.tree_structure(PARAMS)
     assert all(np.all(u == 0) for u in _leaves(updates))
