@@ -311,6 +311,13 @@ def test_adam_chain_keeps_its_types_and_bf16_params_give_bf16_updates(name):
   assert _avals(new_state) == _avals(state)        # a jit/scan carry keeps its types
 
 
+def _x64():
+  if hasattr(jax, "enable_x64"):
+    return jax.enable_x64(True)
+  from jax.experimental import enable_x64   # jax < 0.8
+  return enable_x64()
+
+
 def _float64_cases():
   return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="state not float64 yet"))
           if n in STATE_NOT_FLOAT64 else n for n in METHODS]
@@ -318,7 +325,7 @@ def _float64_cases():
 
 @pytest.mark.parametrize("name", _float64_cases())
 def test_float64_under_x64_gives_float64_updates_and_state_weights(name):
-  with jax.enable_x64(True):
+  with _x64():
     params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), as_dict(Net(nnx.Rngs(0))))
     tx = build(name, shared=MASK)
     state, updates, new_state = _traced_update(tx, params, _grads_like(params))
