@@ -26,6 +26,8 @@ from conicgrad_jax.methods.bilb4mtl import bilb4mtl
 from conicgrad_jax.methods.bilb4mtl import bilb4mtl_loss
 from conicgrad_jax.methods.cagrad import cagrad
 from conicgrad_jax.methods.config import config
+from conicgrad_jax.nonfinite import SkipNonfiniteState
+from conicgrad_jax.nonfinite import skip_nonfinite
 from conicgrad_jax.methods.conicgrad import conicgrad
 from conicgrad_jax.methods.db_mtl import db_mtl
 from conicgrad_jax.methods.dualproj import dualproj
@@ -103,6 +105,8 @@ __all__ = [
 
     "MethodInfo",
     "accumulate_task_grads",
+    "skip_nonfinite",
+    "SkipNonfiniteState",
     "gradnorm",
     "gsmgrad",
     "gsmgrad_fa",

@@ -20,6 +20,62 @@ def path_str(path) -> str:
   return jax.tree_util.keystr(path) or "<root>"
 
 
+def _key_name(key):
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return getattr(key, attr)
+  return str(key)
+
+
+def key_names(path) -> tuple:
+  """A key path as plain names, so dicts, NNX ``State`` and dataclass modules compare alike."""
+  return tuple(_key_name(k) for k in path)
+
+
+def _short(path, limit=80) -> str:
+  s = path_str(path)
+  return s if len(s) <= limit else s[:limit - 1] + "…"
+
+
+def _listed(paths, limit=3) -> str:
+  shown = ", ".join(_short(p) for p in paths[:limit])
+  return shown + (f" (and {len(paths) - limit} more)" if len(paths) > limit else "")
+
+
+def structure_mismatch(tree, reference, name: str, reference_name: str) -> Optional[str]:
+  """A short message naming the key paths in which ``tree`` and ``reference`` differ.
+
+  None when their structures are equal. The message names up to three key paths
+  of ``reference`` missing from ``tree`` and three extra ones (never a dump of
+  the tree definitions), or, when the key paths agree, the container types.
+  """
+  if jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(reference):
+    return None
+  paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  ref_paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(reference)[0]]
+  names = {key_names(p) for p in paths}
+  ref_names = {key_names(p) for p in ref_paths}
+  missing = [p for p in ref_paths if key_names(p) not in names]
+  extra = [p for p in paths if key_names(p) not in ref_names]
+  parts = []
+  if missing:
+    parts.append(f"missing {len(missing)} key path(s) of {reference_name}: {_listed(missing)}")
+  if extra:
+    parts.append(f"{len(extra)} extra key path(s): {_listed(extra)}")
+  if not parts:
+    parts.append(
+        f"the key paths agree but the containers differ ({type(tree).__name__} vs "
+        f"{type(reference).__name__}); build both the same way")
+  return f"{name} does not have the structure of {reference_name}: " + "; ".join(parts) + "."
+
+
+def check_same_structure(tree, reference, name: str, reference_name: str):
+  """Raises ValueError naming the missing and extra key paths when the structures differ."""
+  message = structure_mismatch(tree, reference, name, reference_name)
+  if message is not None:
+    raise ValueError(message)
+
+
 def is_array(x) -> bool:
   return isinstance(x, (jax.Array, np.ndarray)) or hasattr(x, "aval")
 
@@ -97,14 +153,44 @@ def resolve_shared(shared: SharedSpec, task_grads: PyTree) -> list[bool]:
     struct = jax.tree_util.tree_structure(task_grads)
     try:
       flags = [bool(x) for x in struct.flatten_up_to(shared)]
-    except (ValueError, TypeError) as e:
-      raise ValueError(
-          "`shared` does not match the structure of the task gradients: "
-          f"{e}") from None
+    except (ValueError, TypeError):
+      flags = None
+    if flags is None:
+      flags = _flags_by_key_path(shared, paths_leaves)
   if not any(flags):
     raise ValueError(
         "`shared` selects no leaf of the task gradients: at least one leaf "
         "must be shared.")
+  return flags
+
+
+def _flags_by_key_path(shared, paths_leaves) -> list[bool]:
+  """Mask flags matched by key-path names, a mask leaf covering every leaf below it.
+
+  So a plain dict mask works for NNX ``State`` gradients (whose leaf paths end
+  in ``.value``), and ``{"encoder": True, "heads": False}`` masks whole subtrees.
+  """
+  mask = [(key_names(p), bool(x), p)
+          for p, x in jax.tree_util.tree_flatten_with_path(shared)[0]]
+  flags, missing, used = [], [], set()
+  for path, _ in paths_leaves:
+    names = key_names(path)
+    hits = [i for i, (m, _, _) in enumerate(mask) if names[:len(m)] == m]
+    if not hits:
+      missing.append(path)
+      continue
+    i = max(hits, key=lambda j: len(mask[j][0]))
+    used.add(i)
+    flags.append(mask[i][1])
+  extra = [p for i, (_, _, p) in enumerate(mask) if i not in used]
+  if missing or extra:
+    parts = []
+    if missing:
+      parts.append(f"no entry for {len(missing)} gradient leaf(s): {_listed(missing)}")
+    if extra:
+      parts.append(f"{len(extra)} entry(ies) matching no leaf: {_listed(extra)}")
+    raise ValueError("`shared` does not match the structure of the task gradients: "
+                     + "; ".join(parts) + ".")
   return flags
 
 
@@ -137,11 +223,9 @@ def check_task_grads(task_grads: PyTree, shared_flags: list[bool],
           "not an array; every leaf needs a leading task axis.")
   param_leaves = None
   if params is not None:
-    param_struct = jax.tree_util.tree_structure(params)
-    if param_struct != struct:
-      raise ValueError(
-          "The task gradients do not have the structure of the parameters:\n"
-          f"  task_grads: {struct}\n  params:     {param_struct}")
+    message = structure_mismatch(task_grads, params, "`task_grads`", "`params`")
+    if message is not None:
+      raise ValueError(message)
     param_leaves = jax.tree_util.tree_leaves(params)
 
   k = num_tasks

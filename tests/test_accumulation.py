@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import conicgrad_jax as cg
@@ -47,3 +48,94 @@ def test_needs_params_and_positive_every():
     cg.accumulate_task_grads(cg.conicgrad(0.5), every=0, num_tasks=2)
   with pytest.raises(ValueError, match="init\\(params\\)"):
     cg.accumulate_task_grads(cg.conicgrad(0.5), every=2, num_tasks=2).init(None)
+
+
+def test_summed_head_gradients_are_averaged_not_multiplied_by_k():
+  # value_and_task_grads(shared=...) returns task-specific leaves summed over tasks,
+  # without a task axis; accumulating [1, 1] and [3, 3] must give their mean.
+  params = {"enc": jnp.zeros(2), "head": jnp.zeros(2)}
+  shared = {"enc": True, "head": False}
+  tx = optax.chain(
+      cg.accumulate_task_grads(cg.linear_scalarization("sum", num_tasks=2, shared=shared),
+                               every=2, num_tasks=2),
+      optax.sgd(1.0))
+  state = tx.init(params)
+  enc = jnp.eye(2)
+  u1, state = tx.update({"enc": enc, "head": jnp.array([1.0, 1.0])}, state, params)
+  u2, state = tx.update({"enc": 3 * enc, "head": jnp.array([3.0, 3.0])}, state, params)
+  np.testing.assert_allclose(np.asarray(u1["head"]), 0.0)
+  np.testing.assert_allclose(np.asarray(u2["head"]), [-2.0, -2.0])
+  np.testing.assert_allclose(np.asarray(u2["enc"]), [-2.0, -2.0])  # Σ_k of the mean rows 2·I
+
+
+def _shared_problem(seed=1, n=8, k=2):
+  rng = np.random.default_rng(seed)
+  params = {"enc": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32),
+            "heads": jnp.asarray(rng.standard_normal((4, k)), jnp.float32)}
+  x = jnp.asarray(rng.standard_normal((n, 3)), jnp.float32)
+  y = jnp.asarray(rng.standard_normal((n, k)), jnp.float32)
+
+  def losses(p, x, y):
+    return jnp.mean((jnp.tanh(x @ p["enc"]) @ p["heads"] - y) ** 2, axis=0)
+  return params, x, y, losses
+
+
+@pytest.mark.parametrize("make", [
+    lambda shared: cg.conicgrad(0.5, num_tasks=2, shared=shared),
+    lambda shared: cg.mgda(num_tasks=2, shared=shared),
+])
+def test_accumulation_with_summed_heads_equals_large_batch_under_sgd(make):
+  params, x, y, losses = _shared_problem()
+  shared = {"enc": True, "heads": False}
+  grads_fn = cg.value_and_task_grads(losses, shared=shared)   # heads come summed
+  big = optax.chain(make(shared), optax.sgd(0.5))
+  l, g = grads_fn(params, x, y)
+  expected, _ = big.update(g, big.init(params), params, losses=l)
+
+  tx = optax.chain(cg.accumulate_task_grads(make(shared), every=2, num_tasks=2), optax.sgd(0.5))
+  state = tx.init(params)
+  for i in range(2):
+    l, g = grads_fn(params, x[4 * i:4 * i + 4], y[4 * i:4 * i + 4])
+    updates, state = tx.update(g, state, params, losses=l)
+  for a, b in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_inner_method_runs_once_per_round():
+  calls = []
+  base = cg.conicgrad(0.5, num_tasks=2)
+
+  def update(g, state, params=None, **extra):
+    jax.debug.callback(lambda: calls.append(1))      # runs only when the inner update runs
+    return base.update(g, state, params, **extra)
+
+  tx = cg.accumulate_task_grads(optax.GradientTransformationExtraArgs(base.init, update),
+                                every=3, num_tasks=2)
+  params = {"w": jnp.zeros(2)}
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for _ in range(6):
+    _, state = step({"w": jnp.eye(2)}, state, params)
+  jax.effects_barrier()
+  assert len(calls) == 2
+
+
+def test_inner_without_num_tasks_is_named():
+  tx = cg.accumulate_task_grads(cg.conicgrad(0.5), every=2, num_tasks=2)
+  params = {"w": jnp.zeros(2)}
+  with pytest.raises(ValueError, match="num_tasks"):
+    tx.update({"w": jnp.eye(2)}, tx.init(params), params)
+
+
+def test_wrapping_the_whole_chain_steps_adam_once_per_round():
+  params = {"w": jnp.zeros(2)}
+  tx = cg.accumulate_task_grads(optax.chain(cg.conicgrad(0.5, num_tasks=2), optax.adam(0.1)),
+                                every=2, num_tasks=2)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  counts = []
+  for g in [jnp.eye(2), 3 * jnp.eye(2), jnp.eye(2)]:
+    updates, state = step({"w": g}, state, params)
+    counts.append(int(state.inner_state[1][0].count))
+  assert counts == [0, 1, 1]
+  assert np.all(np.asarray(updates["w"]) == 0)     # first call of the second round

@@ -65,7 +65,8 @@ def test_scalar_leaf_without_task_axis_is_named():
 
 def test_structure_mismatch_with_params():
   params = {"a": jnp.ones(3), "b": jnp.ones(2)}
-  with pytest.raises(ValueError, match="do not have the structure of the parameters"):
+  with pytest.raises(ValueError, match=r"`task_grads` does not have the structure of `params`: "
+                     r"missing 1 key path\(s\) of `params`: \['b'\]\."):
     _update({"a": jnp.ones((2, 3))}, params)
 
 
@@ -88,7 +89,7 @@ def test_predicate_that_selects_nothing():
 
 
 def test_mask_of_wrong_structure():
-  with pytest.raises(ValueError, match="does not match the structure"):
+  with pytest.raises(ValueError, match=r"does not match the structure.*no entry for 1 .*\['b'\]"):
     _update({"a": jnp.ones((2, 3)), "b": jnp.ones((2, 1))}, shared={"a": True})
 
 
@@ -109,3 +110,43 @@ def test_task_grads_helper_requires_vector_losses():
   f = value_and_task_grads(lambda p: jnp.sum(p["w"]))
   with pytest.raises(ValueError, match="1-D vector of task losses"):
     f({"w": jnp.ones(3)})
+
+
+def test_summed_head_whose_length_equals_k_needs_params():
+  # A (3,) head summed over K = 3 tasks looks stacked without the parameters' shapes.
+  params = {"enc": jnp.ones(2), "head": jnp.ones(3)}
+  grads = {"enc": jnp.arange(6.0).reshape(3, 2), "head": jnp.array([1.0, 2.0, 3.0])}
+  tx = conicgrad(0.5, num_tasks=3, shared={"enc": True, "head": False})
+  with pytest.raises(ValueError, match=r"\['head'\] task-specific.*update\(task_grads, state, params\)"):
+    tx.update(grads, tx.init(params))
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_array_equal(np.asarray(updates["head"]), [1.0, 2.0, 3.0])
+
+
+def test_nnx_state_gradients_with_a_missing_leaf_name_it_briefly():
+  nnx = pytest.importorskip("flax.nnx")
+  model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  grads = jax.tree_util.tree_map(lambda p: jnp.stack([p, p]), params)
+  del grads["bias"]
+  tx = conicgrad(0.5, num_tasks=2)
+  with pytest.raises(ValueError) as info:
+    tx.update(grads, tx.init(params), params)
+  assert "missing 1 key path(s) of `params`: ['bias']" in str(info.value)
+  assert len(str(info.value)) < 600
+
+
+def test_dict_mask_for_nnx_state_gradients_matches_by_key_path():
+  nnx = pytest.importorskip("flax.nnx")
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.enc = nnx.Linear(2, 3, rngs=rngs)
+      self.head = nnx.Linear(3, 1, rngs=rngs)
+
+  params = nnx.state(Net(nnx.Rngs(0)), nnx.Param)
+  grads = jax.tree_util.tree_map(lambda p: jnp.stack([p, 2 * p]), params)
+  tx = conicgrad(0.5, num_tasks=2, shared={"enc": True, "head": False})
+  updates, _ = tx.update(grads, tx.init(params), params)
+  array = lambda v: np.asarray(jax.tree_util.tree_leaves(v)[0])   # flax 0.10 and newer
+  np.testing.assert_allclose(array(updates["head"]["kernel"]), 3 * array(params["head"]["kernel"]))
