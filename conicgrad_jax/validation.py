@@ -6,6 +6,7 @@ mistake surfaces when the function is traced instead of as a NaN later.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable, Optional
 
@@ -127,6 +128,22 @@ def check_positive_int(name: str, value, *, allow_none: bool = False):
     value = int(value)
   if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
     raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def check_positive(name: str, value, *, allow_zero: bool = False):
+  """Raises ValueError naming ``name`` unless ``value`` is a finite number > 0 (≥ 0).
+
+  Traced values (``optax.inject_hyperparams``) are accepted unchecked.
+  """
+  v = concrete_float(value)
+  if v is None:
+    if not (is_array(value) or isinstance(value, numbers.Number)):
+      raise ValueError(f"`{name}` must be a number, got {type(value).__name__}.")
+    return
+  ok = math.isfinite(v) and (v >= 0.0 if allow_zero else v > 0.0)
+  if not ok:
+    kind = "non-negative" if allow_zero else "positive"
+    raise ValueError(f"`{name}` must be a finite {kind} number, got {value!r}.")
 
 
 def check_shared_spec(shared: SharedSpec):

@@ -52,8 +52,7 @@ NOT_INJECTABLE = {
 
 # Methods whose state does not yet store its weights in float64 under x64 (the adapter
 # passes the solver dtype to init_state; these states do not use it yet).
-STATE_NOT_FLOAT64 = {"db_mtl", "dwa", "famo", "gls", "gradnorm", "imtl_l", "linear_scalarization",
-                     "moco", "rotograd", "stch", "uncertainty_weighting"}
+STATE_NOT_FLOAT64: set[str] = set()
 
 # Methods whose answer is not stable under float32 rounding of the task gradients, so
 # micro-batch accumulation cannot reproduce the large batch to 2e-4 (strict xfail).

@@ -7,31 +7,12 @@ two differ only in the scalarisation and in the weights as a function of s.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from conicgrad_jax import validation
-
-
-def check_positive(name: str, value, *, allow_zero: bool = False):
-  """Raises ValueError naming ``name`` unless ``value`` is a finite number > 0 (≥ 0).
-
-  Traced values (``optax.inject_hyperparams``) are accepted unchecked.
-  """
-  v = validation.concrete_float(value)
-  if v is None:
-    if not (validation.is_array(value) or isinstance(value, numbers.Number)):
-      raise ValueError(f"`{name}` must be a number, got {type(value).__name__}.")
-    return
-  ok = math.isfinite(v) and (v >= 0.0 if allow_zero else v > 0.0)
-  if not ok:
-    kind = "non-negative" if allow_zero else "positive"
-    raise ValueError(f"`{name}` must be a finite {kind} number, got {value!r}.")
 
 
 def log_scale_init(state_type, optimizer: optax.GradientTransformation, init_log_scale: float,

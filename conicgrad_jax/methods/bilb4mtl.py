@@ -11,7 +11,6 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import validation
-from conicgrad_jax.methods import _loss_weighting
 
 LOSS_NORMALIZATIONS = ("identity", "rescaled", "log")
 
@@ -130,8 +129,8 @@ def bilb4mtl(*, lamb: float = 0.05, lr: float = 1e-3, normalization: str = "iden
   decoder features (softmax, then clamped) trained by the model's optimiser,
   which a transformation that sees only the losses cannot reproduce.
   """
-  _loss_weighting.check_positive("lamb", lamb, allow_zero=True)
-  _loss_weighting.check_positive("lr", lr)
+  validation.check_positive("lamb", lamb, allow_zero=True)
+  validation.check_positive("lr", lr)
   if normalization not in LOSS_NORMALIZATIONS:
     raise ValueError(f"`normalization` must be one of {LOSS_NORMALIZATIONS}, got "
                      f"{normalization!r}.")

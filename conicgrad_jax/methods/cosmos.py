@@ -94,8 +94,7 @@ def cosmos(lamda: float = 1.0, *, preference=None, shared: validation.SharedSpec
   the shared leaves, by the chain rule). Back-propagate :func:`cosmos_loss`
   for constant cost.
   """
-  if not lamda >= 0:
-    raise ValueError(f"`lamda` must be non-negative, got {lamda!r}.")
+  validation.check_positive("lamda", lamda, allow_zero=True)
   validation.check_preference(preference)
   fixed = None if preference is None else jnp.asarray(preference, jnp.float32)
   if fixed is not None and num_tasks is not None and fixed.shape != (num_tasks,):

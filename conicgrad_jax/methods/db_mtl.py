@@ -12,7 +12,6 @@ from conicgrad_jax import aggregator
 from conicgrad_jax import linalg
 from conicgrad_jax import validation
 from conicgrad_jax.methods import _gradient_buffers as buf
-from conicgrad_jax.methods import _loss_weighting
 
 
 class DBMTLState(NamedTuple):
@@ -101,7 +100,7 @@ def db_mtl(*, beta: float = 0.9, beta_sigma: float = 0.0, num_tasks: Optional[in
   """
   buf.require_num_tasks(num_tasks, "db_mtl")
   validation.check_unit_interval("beta", beta, closed_right=True)
-  _loss_weighting.check_positive("beta_sigma", beta_sigma, allow_zero=True)
+  validation.check_positive("beta_sigma", beta_sigma, allow_zero=True)
 
   def aggregate(leaves, state, losses=None, **_):
     losses = aggregator.require_losses(losses, state.weights.shape[0], "db_mtl")

@@ -11,7 +11,6 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import validation
-from conicgrad_jax.methods import _loss_weighting
 
 _EPS = 1e-8
 
@@ -101,7 +100,7 @@ def dwa(*, temperature: float = 2.0, window: int = 25, shared: validation.Shared
   weights are K·softmax(r/T) applied to the mean of the losses, the same
   update as softmax(r/T) applied to their sum.
   """
-  _loss_weighting.check_positive("temperature", temperature)
+  validation.check_positive("temperature", temperature)
   validation.check_positive_int("window", window)
 
   def init_state(k, dtype=jnp.float32):

@@ -113,8 +113,7 @@ def excess_mtl(robust_step_size: float = 1.0, *, n_warmup_steps: int = 0,
   uniform, as LibMTL (torchjd instead applies the undivided Ê once); with a
   warm-up it matches torchjd step for step.
   """
-  if not robust_step_size > 0:
-    raise ValueError(f"`robust_step_size` must be positive, got {robust_step_size!r}.")
+  validation.check_positive("robust_step_size", robust_step_size)
   if isinstance(n_warmup_steps, bool) or not isinstance(n_warmup_steps, int) or n_warmup_steps < 0:
     raise ValueError(f"`n_warmup_steps` must be a non-negative int, got {n_warmup_steps!r}.")
   if num_tasks is None:

@@ -11,7 +11,6 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import validation
-from conicgrad_jax.methods import _loss_weighting
 
 _EPS = 1e-8
 
@@ -122,8 +121,8 @@ def famo(*, w_lr: float = 0.025, gamma: float = 0.001, min_losses: float = 0.0,
   reference re-evaluates the same batch after the parameter step (do that,
   as the toy trainer does, to match it exactly).
   """
-  _loss_weighting.check_positive("w_lr", w_lr)
-  _loss_weighting.check_positive("gamma", gamma, allow_zero=True)
+  validation.check_positive("w_lr", w_lr)
+  validation.check_positive("gamma", gamma, allow_zero=True)
   optimizer = optax.chain(optax.add_decayed_weights(gamma), optax.adam(w_lr))
 
   def init_state(k, dtype=jnp.float32):

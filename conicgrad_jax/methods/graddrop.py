@@ -11,7 +11,6 @@ import optax
 from conicgrad_jax import aggregator
 from conicgrad_jax import validation
 from conicgrad_jax.methods import _gradient_buffers as buf
-from conicgrad_jax.methods import _loss_weighting
 
 
 def graddrop_aggregation(leaves: Sequence[jax.Array], state: aggregator.KeyedState, *,
@@ -88,7 +87,7 @@ def graddrop(*, leak: float = 0.0, eps: float = buf.EPS, seed: int = 0,
   not implemented.
   """
   validation.check_unit_interval("leak", leak, closed_right=True)
-  _loss_weighting.check_positive("eps", eps)
+  validation.check_positive("eps", eps)
 
   def aggregate(leaves, state, **_):
     updates, new_state = graddrop_aggregation(leaves, state, leak=leak, eps=eps)

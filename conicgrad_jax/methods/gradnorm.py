@@ -11,7 +11,6 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import validation
-from conicgrad_jax.methods import _loss_weighting
 
 
 class GradNormState(NamedTuple):
@@ -123,8 +122,8 @@ def gradnorm(alpha: float = 1.5, *, lr: float = 0.025, shared: validation.Shared
   paper renormalises free weights to sum K); s has its own Adam optimiser;
   the norms are over all shared leaves unless ``shared`` says otherwise.
   """
-  _loss_weighting.check_positive("alpha", alpha, allow_zero=True)
-  _loss_weighting.check_positive("lr", lr)
+  validation.check_positive("alpha", alpha, allow_zero=True)
+  validation.check_positive("lr", lr)
   optimizer = optax.adam(lr)
 
   def init_state(k, dtype=jnp.float32):

@@ -141,9 +141,7 @@ def gradvac(*, beta: float = 0.5, eps: float = 1e-8, seed: int = 0,
   update is the sum of the modified gradients, as LibMTL.
   """
   validation.check_unit_interval("beta", beta, closed_right=True)
-  e = validation.concrete_float(eps)
-  if e is None or not e >= 0:
-    raise ValueError(f"`eps` must be a non-negative number, got {eps!r}.")
+  validation.check_positive("eps", eps, allow_zero=True)
   if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
     raise ValueError(f"`seed` must be an integer, got {seed!r}.")
   base_key = jax.random.PRNGKey(seed)

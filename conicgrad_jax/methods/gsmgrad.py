@@ -11,7 +11,6 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import validation
-from conicgrad_jax.methods import _loss_weighting
 
 
 class GSMGradState(NamedTuple):
@@ -29,8 +28,8 @@ class GSMGradState(NamedTuple):
 
 def check_step_options(lr, rho):
   """Eager checks of the weight step's ``lr`` (> 0) and ``rho`` (≥ 0)."""
-  _loss_weighting.check_positive("lr", lr)
-  _loss_weighting.check_positive("rho", rho, allow_zero=True)
+  validation.check_positive("lr", lr)
+  validation.check_positive("rho", rho, allow_zero=True)
 
 
 def gsmgrad_weighting(gram: jax.Array, state: GSMGradState, *, lr: float = 0.5,

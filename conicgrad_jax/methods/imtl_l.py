@@ -101,7 +101,7 @@ def imtl_l(*, lr: float = 1e-3, shared: validation.SharedSpec = None,
   Deviations: LibMTL trains s with the model's optimiser; here s has its own
   Adam (``lr``).
   """
-  _loss_weighting.check_positive("lr", lr)
+  validation.check_positive("lr", lr)
   optimizer = optax.adam(lr)
   init_state = _loss_weighting.log_scale_init(IMTLLState, optimizer, 0.0, jnp.exp)
 

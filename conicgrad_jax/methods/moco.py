@@ -13,7 +13,6 @@ from conicgrad_jax import aggregator
 from conicgrad_jax import linalg
 from conicgrad_jax import validation
 from conicgrad_jax.methods import _gradient_buffers as buf
-from conicgrad_jax.methods import _loss_weighting
 
 
 class MoCoState(NamedTuple):
@@ -106,9 +105,9 @@ def moco(*, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
   """
   buf.require_num_tasks(num_tasks, "moco")
   for name, value in (("beta", beta), ("gamma", gamma)):
-    _loss_weighting.check_positive(name, value)
+    validation.check_positive(name, value)
   for name, value in (("beta_sigma", beta_sigma), ("gamma_sigma", gamma_sigma), ("rho", rho)):
-    _loss_weighting.check_positive(name, value, allow_zero=True)
+    validation.check_positive(name, value, allow_zero=True)
 
   def aggregate(leaves, state, losses=None, **_):
     losses = aggregator.require_losses(losses, state.weights.shape[0], "moco")

@@ -41,10 +41,8 @@ def modo_weighting(gram: jax.Array, weights: jax.Array, *, gamma: float = 0.1,
 
 
 def _check(gamma, rho):
-  if not gamma > 0:
-    raise ValueError(f"`gamma` must be positive, got {gamma!r}.")
-  if not rho >= 0:
-    raise ValueError(f"`rho` must be non-negative, got {rho!r}.")
+  validation.check_positive("gamma", gamma)
+  validation.check_positive("rho", rho, allow_zero=True)
 
 
 def modo(gamma: float = 0.1, *, rho: float = 0.1, shared: validation.SharedSpec = None,

@@ -28,10 +28,8 @@ class MTACState(NamedTuple):
 
 
 def check_options(lr, rho, steps):
-  if not lr > 0:
-    raise ValueError(f"`lr` must be positive, got {lr!r}.")
-  if not rho >= 0:
-    raise ValueError(f"`rho` must be non-negative, got {rho!r}.")
+  validation.check_positive("lr", lr)
+  validation.check_positive("rho", rho, allow_zero=True)
   validation.check_positive_int("steps", steps)
 
 

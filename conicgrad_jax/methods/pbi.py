@@ -87,8 +87,7 @@ def pbi(theta: float = 5.0, *, preference=None, reference=None,
   is also an update rule on stacked task gradients (identical direction on
   the shared leaves). Back-propagate :func:`pbi_loss` for constant cost.
   """
-  if not theta >= 0:
-    raise ValueError(f"`theta` must be non-negative, got {theta!r}.")
+  validation.check_positive("theta", theta, allow_zero=True)
   validation.check_preference(preference)
   fixed = None if preference is None else jnp.asarray(preference, jnp.float32)
   ref = None if reference is None else jnp.asarray(reference, jnp.float32)

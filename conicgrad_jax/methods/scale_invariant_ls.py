@@ -69,8 +69,7 @@ def scale_invariant_ls(*, eps: float = 0.0, shared: validation.SharedSpec = None
     code's ``scaleinvls`` baseline, also in the FAMO code base: Liu et al.,
     "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023).
   """
-  if not eps >= 0:
-    raise ValueError(f"`eps` must be non-negative, got {eps!r}.")
+  validation.check_positive("eps", eps, allow_zero=True)
 
   def init_state(k, dtype):
     return ScaleInvariantLSState(aggregator.placeholder_weights(k, dtype),

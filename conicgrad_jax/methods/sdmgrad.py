@@ -12,7 +12,6 @@ from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import linalg
 from conicgrad_jax import validation
-from conicgrad_jax.methods import _loss_weighting
 
 
 class SDMGradState(NamedTuple):
@@ -133,9 +132,9 @@ def sdmgrad(lamda: float = 0.3, *, niter: int = 20, lr: float = 10.0,
   update's own gradients) is what the official code computes anyway, since
   its three gradient buffers alias one tensor.
   """
-  _loss_weighting.check_positive("lamda", lamda, allow_zero=True)
+  validation.check_positive("lamda", lamda, allow_zero=True)
   validation.check_positive_int("niter", niter)
-  _loss_weighting.check_positive("lr", lr)
+  validation.check_positive("lr", lr)
 
   def init_state(k, dtype=jnp.float32):
     w = aggregator.placeholder_weights(k, dtype)

@@ -11,7 +11,6 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import validation
-from conicgrad_jax.methods import _loss_weighting
 
 
 class STCHState(NamedTuple):
@@ -112,7 +111,7 @@ def stch(*, mu: float = 1.0, warmup_steps: int = 100, shared: validation.SharedS
   epochs (warm-up of 4 epochs, nadir from epoch 4): pass
   ``warmup_steps = 4 · steps_per_epoch`` to match it.
   """
-  _loss_weighting.check_positive("mu", mu)
+  validation.check_positive("mu", mu)
   validation.check_positive_int("warmup_steps", warmup_steps)
 
   def init_state(k, dtype=jnp.float32):

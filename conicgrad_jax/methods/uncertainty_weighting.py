@@ -2,6 +2,7 @@ r"""Uncertainty weighting (UW): weights ½e^{−s_i} with learned log-variances 
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple, Optional
 
 import jax
@@ -111,8 +112,8 @@ def uncertainty_weighting(*, lr: float = 0.025, init_log_scale: float = 0.0,
   Deviations: s has its own Adam optimiser, as in the Nash-MTL and FAMO code
   bases; LibMTL starts from s = −0.5 and trains s with the model's optimiser.
   """
-  _loss_weighting.check_positive("lr", lr)
-  if validation.concrete_float(init_log_scale) is None:
+  validation.check_positive("lr", lr)
+  if not (validation.is_array(init_log_scale) or isinstance(init_log_scale, numbers.Number)):
     raise ValueError(f"`init_log_scale` must be a number, got {init_log_scale!r}.")
   optimizer = optax.adam(lr)
   init_state = _loss_weighting.log_scale_init(UncertaintyWeightingState, optimizer,
