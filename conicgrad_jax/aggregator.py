@@ -22,7 +22,7 @@ Conventions, for every method built here:
   update is all zeros, the method's state is left as it was, and
   ``state.nonfinite_steps`` counts the event. Parameters are never written
   with NaN/Inf by this transformation. (Chained optimisers still move by
-  their momentum; wrap the chain in ``optax.apply_if_finite`` to freeze them.)
+  their momentum; wrap the chain in :func:`conicgrad_jax.skip_nonfinite` to freeze them.)
 """
 
 from __future__ import annotations

@@ -113,6 +113,7 @@ def test_flax_sharded_training_step_equals_single_device_and_keeps_sharding():
   assert adam_mu["layer1"]["kernel"].sharding.is_equivalent_to(kernel.sharding, 2)
 
 
+@pytest.mark.slow
 def test_flax_sharded_step_memory_per_device_falls_with_the_model_axis():
   ex = _sharded_example()
   sizes = [ex.per_device_memory(m, width=512) for m in (1, 2, 4, 8)]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import conicgrad_jax as cg
-from conicgrad_jax.methods import _loss_weighting
 from loss_runs import G2
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
@@ -63,17 +62,3 @@ def test_trains_the_digits_two_task_example(name):
   first, last = history[:10].mean(0), history[-20:].mean(0)
   assert np.all(last < 0.3 * first), (first, last)
   assert metrics["test_accuracy_digit"] > 0.9 and metrics["test_accuracy_parity"] > 0.9
-
-
-def test_check_positive():
-  _loss_weighting.check_positive("x", 1.0)
-  _loss_weighting.check_positive("x", 0.0, allow_zero=True)
-  _loss_weighting.check_positive("x", jnp.asarray(2.0))
-  jax.jit(lambda v: _loss_weighting.check_positive("x", v) or v)(1.0)  # traced: unchecked
-  for bad in (0.0, -1.0, float("nan"), float("inf")):
-    with pytest.raises(ValueError, match="`x`"):
-      _loss_weighting.check_positive("x", bad)
-  with pytest.raises(ValueError, match="`x`"):
-    _loss_weighting.check_positive("x", -1e-3, allow_zero=True)
-  with pytest.raises(ValueError, match="`x` must be a number"):
-    _loss_weighting.check_positive("x", "big")

@@ -31,7 +31,7 @@ def _instances(seed, n):
     yield J, float(rng.uniform(0.0, 0.95))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_matches_socp_primal_and_dual_on_random_instances(seed):
   """120 instances per seed, half with strong conflicts: values, directions, weights."""
   checked_directions = 0
@@ -75,7 +75,8 @@ def test_float32_solutions_are_within_1e4_of_optimal():
   assert worst <= 1e-4, worst
 
 
-@pytest.mark.parametrize("K", [2, 10, 40, 128, 256])
+@pytest.mark.parametrize("K", [2, 10, 40, pytest.param(128, marks=pytest.mark.slow),
+                               pytest.param(256, marks=pytest.mark.slow)])
 def test_residual_and_iterations_scale_to_many_tasks(K):
   rng = np.random.default_rng(K)
   J = rng.standard_normal((K, 64))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conicgrad_jax import conicgrad, value_and_task_grads
+from conicgrad_jax import validation
 
 
 @pytest.mark.parametrize("c", [-0.1, 1.0, 1.5, float("nan")])
@@ -150,3 +151,17 @@ def test_dict_mask_for_nnx_state_gradients_matches_by_key_path():
   updates, _ = tx.update(grads, tx.init(params), params)
   array = lambda v: np.asarray(jax.tree_util.tree_leaves(v)[0])   # flax 0.10 and newer
   np.testing.assert_allclose(array(updates["head"]["kernel"]), 3 * array(params["head"]["kernel"]))
+
+
+def test_check_positive():
+  validation.check_positive("x", 1.0)
+  validation.check_positive("x", 0.0, allow_zero=True)
+  validation.check_positive("x", jnp.asarray(2.0))
+  jax.jit(lambda v: validation.check_positive("x", v) or v)(1.0)  # traced: unchecked
+  for bad in (0.0, -1.0, float("nan"), float("inf")):
+    with pytest.raises(ValueError, match="`x`"):
+      validation.check_positive("x", bad)
+  with pytest.raises(ValueError, match="`x`"):
+    validation.check_positive("x", -1e-3, allow_zero=True)
+  with pytest.raises(ValueError, match="`x` must be a number"):
+    validation.check_positive("x", "big")
