@@ -46,8 +46,6 @@ REQUIRED_ARGS: dict[str, dict] = {}
 NOT_INJECTABLE = {
     "fairgrad": ("alpha", "max_norm"),   # alpha == 1 picks a formulation; max_norm <= 0 skips the clip
     "nash_mtl": ("max_norm",),            # max_norm <= 0 skips the clip (Python `if`)
-    "gsmgrad": ("lr", "rho"),             # eager `if not lr > 0` check
-    "gsmgrad_fa": ("lr", "rho"),
 }
 
 # Methods whose state does not yet store its weights in float64 under x64 (the adapter
