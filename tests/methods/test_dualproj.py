@@ -28,13 +28,17 @@ def test_dual_cone_projection():
     # In the dual cone up to the regularisation: KKT of min vᵀ(Ĝ + εI)v gives
     # (G v)_i ≥ −ε·trace(G)·v_i (torchjd's reg_eps, ε = 1e-4).
     assert np.all(J @ d >= -dual_cone.REG_EPS * np.trace(G) * np.abs(w) - 1e-9)
-    # Against cvxpy: min vᵀP̂v s.t. v ≥ u, and complementarity.
+    # min vᵀP̂v s.t. v ≥ u: the KKT conditions (feasibility, P̂v ≥ 0, complementarity)
+    # prove optimality; cvxpy's objective is a check from outside (older Clarabel
+    # releases stop short of the optimum by ~1e-4 in v, so v itself is not compared).
     u = np.full(4, 0.25)
+    grad = p_hat @ w
+    assert np.all(w >= u - 1e-12)
+    assert np.all(grad >= -1e-10)
+    assert np.all(np.abs(grad * (w - u)) <= 1e-8)
     v = cp.Variable(4)
     ref.solve_tight(cp.Problem(cp.Minimize(cp.quad_form(v, cp.psd_wrap(p_hat))), [v >= u]))
-    np.testing.assert_allclose(w, v.value, atol=1e-6)
-    grad = p_hat @ w
-    assert np.all(np.abs(grad * (w - u)) <= 1e-8)
+    assert w @ p_hat @ w <= v.value @ p_hat @ v.value * (1 + 1e-9) + 1e-12
 
 
 def test_options_are_validated():

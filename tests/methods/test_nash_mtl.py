@@ -26,7 +26,7 @@ def test_nash_fixed_point():
     # The documented regularisation: G + RIDGE·‖G‖_F·I (a rank-deficient G has no solution).
     G_reg = G + power_condition.RIDGE * np.linalg.norm(G) * np.eye(4)
     assert np.all(alpha > 0)
-    np.testing.assert_allclose(G_reg @ alpha, 1.0 / alpha, rtol=1e-8)
+    np.testing.assert_allclose(G_reg @ alpha, 1.0 / alpha, rtol=1e-6)
     np.testing.assert_allclose(G @ alpha, 1.0 / alpha, rtol=1e-3)
 
 
@@ -44,7 +44,7 @@ def test_max_norm_clips_the_update():
   assert np.linalg.norm(J.T @ clipped) == pytest.approx(0.1, rel=1e-6)
   assert np.linalg.norm(J.T @ free) == pytest.approx(np.sqrt(3), rel=1e-3)   # √3 < 10: kept
   np.testing.assert_allclose(clipped / np.linalg.norm(clipped), free / np.linalg.norm(free),
-                             rtol=1e-8)
+                             rtol=1e-6)
 
 
 def test_weights_are_reused_between_recomputations():
