@@ -547,15 +547,7 @@ def plot(names, results, method_names, seeds, cfg: Config, summary, path):
     ax.set_xlabel("env steps (this task)")
     if i == 0:
       ax.set_ylabel("episode return (mean ± s.e. over seeds)")
-  order = sorted(summary["methods"].items(), key=lambda kv: kv[1]["delta_m_pct"])
-  ax = axes[k]
-  y = np.arange(len(order))
-  ax.barh(y, [r["delta_m_pct"] for _, r in order], xerr=[r["delta_m_sem"] for _, r in order],
-          color=["tab:red" if m == "conicgrad" else "tab:blue" for m, _ in order])
-  ax.set_yticks(y, [m for m, _ in order], fontsize=8)
-  ax.invert_yaxis()
-  ax.axvline(0.0, color="k", lw=0.8)
-  ax.set_xlabel("Δm% vs STL on normalised return (↓)")
+  supervised.delta_m_bars(axes[k], summary, "Δm% vs STL on normalised return (↓)")
   axes[0].legend(fontsize=6, ncol=2, loc="upper left")
   fig.tight_layout()
   fig.savefig(path, dpi=90)

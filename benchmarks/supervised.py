@@ -196,20 +196,26 @@ def markdown_table(task: Task, summary: dict) -> str:
   return "\n".join(lines)
 
 
-def plot(task: Task, summary: dict, path: str):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+def delta_m_bars(ax, summary: dict, xlabel: str):
+  """Horizontal Δm% bars (± s.e.), best first, ConicGrad highlighted."""
   order = sorted(summary["methods"].items(), key=lambda kv: kv[1]["delta_m_pct"])
-  fig, ax = plt.subplots(figsize=(7, 0.28 * len(order) + 1.5))
   y = np.arange(len(order))
   ax.barh(y, [r["delta_m_pct"] for _, r in order], xerr=[r["delta_m_sem"] for _, r in order],
           color=["tab:red" if m == "conicgrad" else "tab:blue" for m, _ in order])
   ax.set_yticks(y, [m for m, _ in order], fontsize=8)
   ax.invert_yaxis()
   ax.axvline(0.0, color="k", lw=0.8)
-  ax.set_xlabel("Δm% vs single-task baselines (lower is better), mean ± s.e. over seeds")
+  ax.set_xlabel(xlabel)
+
+
+def plot(task: Task, summary: dict, path: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 0.28 * len(summary["methods"]) + 1.5))
+  delta_m_bars(ax, summary,
+               "Δm% vs single-task baselines (lower is better), mean ± s.e. over seeds")
   ax.set_title(task.name)
   fig.tight_layout()
   fig.savefig(path, dpi=100)

@@ -46,6 +46,15 @@ def require_num_tasks(num_tasks, method: str):
   validation.check_positive_int("num_tasks", num_tasks)
 
 
+def zero_buffers(shared: validation.SharedSpec, params, k: int, method: str) -> list:
+  """Zeros of shape (K,) + each shared parameter's shape, in its solver dtype."""
+  if params is None:
+    raise ValueError(f"{method} builds its buffers from the parameters: call init(params).")
+  flags = validation.resolve_shared(shared, params)
+  return [jnp.zeros((k,) + jnp.shape(p), _numeric.solver_dtype(jnp.result_type(p)))
+          for p, f in zip(jax.tree_util.tree_leaves(params), flags) if f]
+
+
 def buffer_init(state_type, shared: validation.SharedSpec, initial_weight: float):
   """``init_state(k, dtype, params)`` of a ``state_type(weights, buffers, step, nonfinite_steps)``.
 
@@ -54,11 +63,7 @@ def buffer_init(state_type, shared: validation.SharedSpec, initial_weight: float
   """
 
   def init_state(k, dtype, params):
-    if params is None:
-      raise ValueError("This method builds its buffers from the parameters: call init(params).")
-    flags = validation.resolve_shared(shared, params)
-    buffers = [jnp.zeros((k,) + jnp.shape(p), _numeric.solver_dtype(jnp.result_type(p)))
-               for p, f in zip(jax.tree_util.tree_leaves(params), flags) if f]
+    buffers = zero_buffers(shared, params, k, "This method")
     return state_type(jnp.full((k,), initial_weight, dtype), buffers, jnp.zeros((), jnp.int32),
                       jnp.zeros((), jnp.int32))
 

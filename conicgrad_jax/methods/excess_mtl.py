@@ -12,6 +12,7 @@ from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import linalg
 from conicgrad_jax import validation
+from conicgrad_jax.methods import _gradient_buffers as buf
 
 _EPS = 1e-7
 
@@ -121,11 +122,7 @@ def excess_mtl(robust_step_size: float = 1.0, *, n_warmup_steps: int = 0,
                      "`num_tasks`.")
 
   def init_state(k, dtype, params):
-    if params is None:
-      raise ValueError("excess_mtl builds its buffers from the parameters: call init(params).")
-    flags = validation.resolve_shared(shared, params)
-    sums = [jnp.zeros((k,) + jnp.shape(p), _numeric.solver_dtype(jnp.result_type(p)))
-            for p, f in zip(jax.tree_util.tree_leaves(params), flags) if f]
+    sums = buf.zero_buffers(shared, params, k, "excess_mtl")
     return ExcessMTLState(aggregator.placeholder_weights(k, dtype), sums,
                           jnp.zeros((k,), dtype), jnp.zeros((k,), dtype),
                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
