@@ -45,6 +45,7 @@ def test_stack_history_and_png(tmp_path):
     dashboard.plot_dashboard(history, losses=np.ones((2, 3)))
 
 
+@pytest.mark.slow
 def test_conflict_dashboard_example_runs_small(tmp_path):
   import conflict_dashboard
   out = tmp_path / "dash.png"

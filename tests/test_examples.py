@@ -29,6 +29,7 @@ def test_toy_demo_conicgrad_reaches_the_global_minimum_from_all_starts(tmp_path)
   assert out.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_flax_training_loop_lowers_both_task_losses():
   history, metrics = flax_digits.train(steps=200, verbose=False)
   first, last = history[:10].mean(0), history[-20:].mean(0)

@@ -65,6 +65,7 @@ def test_compiled_program_never_gathers_the_stacked_gradients():
       assert size <= K * K, line
 
 
+@pytest.mark.slow
 def test_sharded_training_step_with_adam():
   mesh, params, grads, sp, sg, p_shard = _setup()
   opt = optax.chain(conicgrad(0.5, num_tasks=K), optax.adam(1e-2))
@@ -89,6 +90,7 @@ def _sharded_example():
   return sharded_flax
 
 
+@pytest.mark.slow
 def test_flax_sharded_training_step_equals_single_device_and_keeps_sharding():
   ex = _sharded_example()
   mesh = ex.make_mesh(4)                                   # 2 (data) × 4 (model)

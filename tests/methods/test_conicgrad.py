@@ -34,7 +34,7 @@ def test_update_matches_reference_direction_on_a_mixed_pytree():
   params, grads = _problem()
   J = np.stack([_flat(jax.tree_util.tree_map(lambda g: g[k], grads)) for k in range(3)])
   tx = conicgrad(c=0.5)
-  updates, state = tx.update(grads, tx.init(params), params)
+  updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
   u = _flat(updates)
   d_ref, value_ref = ref.cap_primal(J, 0.5)
   if value_ref > 0:
@@ -119,9 +119,10 @@ def test_vmap_over_independent_problems():
   tx = conicgrad(c=0.5, num_tasks=3)
   states = jax.vmap(lambda _: tx.init(params))(jnp.arange(batch))
   batched, _ = jax.jit(jax.vmap(lambda g, s: tx.update(g, s, params)))(grads, states)
+  single_update = jax.jit(tx.update)
   for i in range(batch):
     g_i = jax.tree_util.tree_map(lambda x: x[i], grads)
-    single, _ = tx.update(g_i, tx.init(params), params)
+    single, _ = single_update(g_i, tx.init(params), params)
     np.testing.assert_allclose(_flat(jax.tree_util.tree_map(lambda x: x[i], batched)),
                                _flat(single), atol=1e-5)
 
@@ -135,8 +136,8 @@ def test_shared_leaves_get_conic_update_and_heads_get_summed_gradients():
   mask = {"encoder": True, "heads": {"a": False, "b": False}}
   by_mask = conicgrad(0.5, shared=mask)
   by_path = conicgrad(0.5, shared=lambda path, _: "encoder" in jax.tree_util.keystr(path))
-  u1, s1 = by_mask.update(grads, by_mask.init(params), params)
-  u2, _ = by_path.update(grads, by_path.init(params), params)
+  u1, s1 = jax.jit(by_mask.update)(grads, by_mask.init(params), params)
+  u2, _ = jax.jit(by_path.update)(grads, by_path.init(params), params)
   for a, b in zip(jax.tree_util.tree_leaves(u1), jax.tree_util.tree_leaves(u2)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # Heads: plain sums. Encoder: the conic update of the encoder gradients alone.
@@ -149,7 +150,7 @@ def test_shared_leaves_get_conic_update_and_heads_get_summed_gradients():
   # Heads may also come already summed (parameter-shaped) when params is given.
   summed = {"encoder": grads["encoder"],
             "heads": jax.tree_util.tree_map(lambda g: g.sum(0), grads["heads"])}
-  u3, _ = by_mask.update(summed, by_mask.init(params), params)
+  u3, _ = jax.jit(by_mask.update)(summed, by_mask.init(params), params)
   for a, b in zip(jax.tree_util.tree_leaves(u1), jax.tree_util.tree_leaves(u3)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
@@ -160,10 +161,11 @@ def test_bfloat16_gradients_are_solved_in_float32_and_keep_param_dtype():
   grads16 = jax.tree_util.tree_map(lambda g: g.astype(jnp.bfloat16), grads)
   assert gram_matrix(grads16).dtype == jnp.float32
   tx = conicgrad(0.5)
-  u16, state = tx.update(grads16, tx.init(params16), params16)
+  update = jax.jit(tx.update)
+  u16, state = update(grads16, tx.init(params16), params16)
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(u16))
   grads_up = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grads16)
-  u32, _ = tx.update(grads_up, tx.init(params), params)
+  u32, _ = update(grads_up, tx.init(params), params)
   np.testing.assert_allclose(_flat(u16), _flat(u32), atol=2e-2, rtol=2e-2)
   assert float(state.diagnostics.residual) <= 1e-4
 
@@ -203,7 +205,7 @@ def test_nonfinite_gradients_give_zero_update_and_keep_state(bad, where):
   # Chained with Adam, parameters stay finite.
   opt = optax.chain(tx, optax.adam(0.1))
   s = opt.init(params)
-  u, s = opt.update(broken, s, params)
+  u, s = jax.jit(opt.update)(broken, s, params)
   new = optax.apply_updates(params, u)
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(new))
 
@@ -211,7 +213,7 @@ def test_nonfinite_gradients_give_zero_update_and_keep_state(bad, where):
 def test_unknown_extra_args_are_accepted():
   params, grads = _problem()
   tx = conicgrad(0.5)
-  updates, _ = tx.update(grads, tx.init(params), params, losses=jnp.ones(3), step=7)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params, losses=jnp.ones(3), step=7)
   assert jax.tree_util.tree_structure(updates) == jax.tree_util.tree_structure(params)
 
 
@@ -221,7 +223,7 @@ def test_preference_fixes_num_tasks_and_centres_the_cone():
   tx = conicgrad(0.7, preference=p)
   state = tx.init(params)
   assert state.weights.shape == (3,)
-  updates, state = tx.update(grads, state, params)
+  updates, state = jax.jit(tx.update)(grads, state, params)
   J = np.stack([_flat(jax.tree_util.tree_map(lambda g: g[k], grads)) for k in range(3)])
   g0 = np.asarray(p) @ J
   u = _flat(updates)

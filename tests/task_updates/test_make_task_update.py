@@ -44,8 +44,13 @@ def shared(path, leaf):
 def _stacked(method_factory, params, x, log_losses=False, **extra):
   """The reference: stacked task gradients into the method built with `shared`."""
   tx = method_factory(shared=shared)
-  losses, grads = cg.value_and_task_grads(fun, shared=shared, log_losses=log_losses)(params, x)
-  return tx.update(grads, tx.init(params), params, losses=losses, **extra)
+
+  @jax.jit
+  def reference(params, x):
+    losses, grads = cg.value_and_task_grads(fun, shared=shared, log_losses=log_losses)(params, x)
+    return tx.update(grads, tx.init(params), params, losses=losses, **extra)
+
+  return reference(params, x)
 
 
 def _close(a, b, **tol):
@@ -91,7 +96,7 @@ def _representation_reference(params, x):
   z = encode(params, x)
   rep = np.asarray(jax.jacrev(lambda zz: heads(params, zz, x))(z), np.float64)   # (K, B, d)
   gram = np.einsum("kbd,lbd->kl", rep, rep)
-  w, _ = cg.conic_weighting(jnp.asarray(gram, jnp.float32), 0.5)
+  w, _ = jax.jit(cg.conic_weighting)(jnp.asarray(gram, jnp.float32), 0.5)
   enc = jax.grad(lambda p: jnp.dot(w, fun(p, x)))(params)["enc"]
   head = jax.grad(lambda p: jnp.sum(fun(p, x)))(params)["heads"]
   return w, {"enc": enc, "heads": head}
@@ -171,7 +176,7 @@ def test_shared_is_said_once():
   expected, _ = _stacked(lambda **kw: cg.mgda(**kw), params, x)
   for method in (cg.mgda(num_tasks=K), cg.mgda(num_tasks=K, shared=shared)):
     task = cg.make_task_update(fun, method, shared=shared)
-    _close(task.step(params, task.init(params), x)[1], expected, rtol=2e-4, atol=2e-5)
+    _close(jax.jit(task.step)(params, task.init(params), x)[1], expected, rtol=2e-4, atol=2e-5)
   mask = {"enc": True, "heads": False}
   task = cg.make_task_update(fun, cg.mgda(shared=mask), shared=shared)
   with pytest.raises(ValueError, match="without `shared`"):
@@ -182,8 +187,9 @@ def test_amortised_nonfinite_loss_gives_a_zero_update():
   params, x = _problem(6)
   task = cg.make_task_update(fun, cg.conicgrad(0.5, num_tasks=K), shared=shared, every=2)
   state = task.init(params)
-  _, _, state = task.step(params, state, x)
-  _, u, _ = task.step(params, state, x.at[0, 0].set(jnp.nan))
+  step = jax.jit(task.step)
+  _, _, state = step(params, state, x)
+  _, u, _ = step(params, state, x.at[0, 0].set(jnp.nan))
   assert all(np.all(np.asarray(l) == 0.0) for l in jax.tree_util.tree_leaves(u))
 
 
@@ -191,7 +197,7 @@ def test_amortised_nonfinite_loss_gives_a_zero_update():
 def test_nonfinite_gives_a_zero_update(mode):
   params, x = _problem(7)
   task = cg.make_task_update(fun, cg.conicgrad(0.5), mode=mode, shared=shared)
-  _, u, state = task.step(params, task.init(params), x.at[0, 0].set(jnp.inf))
+  _, u, state = jax.jit(task.step)(params, task.init(params), x.at[0, 0].set(jnp.inf))
   assert all(np.all(np.asarray(l) == 0.0) for l in jax.tree_util.tree_leaves(u))
 
 
@@ -220,6 +226,7 @@ def test_errors_name_the_option():
     cg.make_task_update(fun, cg.conicgrad(num_tasks=K), num_tasks=K + 1).init(params)
 
 
+@pytest.mark.slow
 def test_rotograd_example_trains():
   import rotograd_digits
   history, metrics = rotograd_digits.train(steps=150, verbose=False)
