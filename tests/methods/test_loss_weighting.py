@@ -55,7 +55,14 @@ def test_state_floats_follow_the_parameters_dtype_under_x64(name):
       assert all(d == jnp.float64 for d in floats), (name, floats)
 
 
-@pytest.mark.parametrize("name", LOSS_METHODS)
+# Two methods train in the default suite (one static-weight, one learned-weight
+# family member); every loss weighting trains in ``-m slow``.
+TRAINED_BY_DEFAULT = ("famo", "uncertainty_weighting")
+
+
+@pytest.mark.parametrize("name", [
+    n if n in TRAINED_BY_DEFAULT else pytest.param(n, marks=pytest.mark.slow)
+    for n in LOSS_METHODS])
 def test_trains_the_digits_two_task_example(name):
   method = cg.methods()[name].factory(shared=flax_digits.is_shared, num_tasks=2)
   history, metrics = flax_digits.train(steps=150, verbose=False, method=method)
