@@ -222,7 +222,12 @@ def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array
      (1 − ε)x_prev + ε·x_cold with ε = √tol, centred once at the final
      μ0 = tol/(10ν) (no path following: from a nearby point the damped
      Newton steps are few), then the active-face solve for a ``quadratic`` f;
+     with ``centre_only``, Newton from x_prev itself;
   3. the cold solve.
+
+  x_prev is ``previous.x`` clipped at 0 (and scaled to sum 1 on the simplex);
+  a non-finite one, or one outside the open orthant for ``centre_only``,
+  counts as none.
 
   A warm stage is certified when its barrier converged by the cold solve's
   own rule (``BarrierResult.converged``: centred, Newton decrement² < ¼, at

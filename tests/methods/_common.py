@@ -161,8 +161,10 @@ def check_warm_start(runs, *, rtol32, rtol64, jump_at=7, fewer=0.5):
   steps take at most ``fewer`` × the cold solve's Newton steps.
 
   ``runs``: a jitted ``warm_and_cold_runs`` for the method (one argument, the Jacobians).
+  Returns the cold solve's iterations per dtype.
   """
   jacobians = drifting_jacobians(0, jump_at=jump_at)
+  cold_iterations = {}
   for dtype, rtol in ((np.float32, rtol32), (np.float64, rtol64)):
     if dtype == np.float64:
       (w_warm, w_cold), (it_warm, it_cold) = x64(runs, jacobians)
@@ -179,3 +181,5 @@ def check_warm_start(runs, *, rtol32, rtol64, jump_at=7, fewer=0.5):
     assert np.all(it_cold[:, drifting] > 0), dtype
     assert it_warm[:, drifting].sum() <= fewer * it_cold[:, drifting].sum(), (
         dtype, it_warm.tolist(), it_cold.tolist())
+    cold_iterations[dtype] = it_cold
+  return cold_iterations

@@ -88,4 +88,7 @@ _warm_and_cold = jax.jit(lambda Js: _common.warm_and_cold_runs(cg.nash_mtl, Js))
 
 
 def test_warm_start_agrees_with_cold_solve_in_fewer_newton_steps():
-  _common.check_warm_start(_warm_and_cold, rtol32=1e-4, rtol64=1e-8)
+  cold = _common.check_warm_start(_warm_and_cold, rtol32=1e-4, rtol64=1e-8)
+  # float32 cannot bring Newton's decrement² to 1e-12; it stops at its rounding floor
+  # instead of running to max_iter = 100.
+  assert np.all(cold[np.float32] < 30)
