@@ -118,8 +118,8 @@ def mgda(normalization: str = "none", *, shared: validation.SharedSpec = None,
       in the state): first the exact solve on their support, then the
       barrier from them; either answer is kept only when its Frank–Wolfe gap
       is within the cold solve's tolerance, otherwise the solve starts from
-      scratch. In training that cuts the Newton steps per update from about
-      40 to 1 on most steps.
+      scratch. In a CNN's training at K = 10 it cuts the Newton steps per
+      update from a median of 14 to 1.
     precision: matmul precision of the Gram matrix and the combination.
 
   Returns:
