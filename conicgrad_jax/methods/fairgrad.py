@@ -51,7 +51,8 @@ def _solve(gram, alpha, *, max_norm, tol, max_iter, previous):
 
 
 def fairgrad(alpha: float = 2.0, *, max_norm: float = 0.0, max_iter: int = 100,
-             warm_start: bool = True, shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
+             warm_start: bool = True, shared: validation.SharedSpec = None,
+             num_tasks: Optional[int] = None,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""FairGrad: the update that maximises the tasks' α-fair utility.
 

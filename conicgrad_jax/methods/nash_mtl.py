@@ -72,7 +72,8 @@ class NashMTLState(NamedTuple):
 
 
 def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: int = 100,
-             warm_start: bool = True, shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
+             warm_start: bool = True, shared: validation.SharedSpec = None,
+             num_tasks: Optional[int] = None,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Nash-MTL: the update the tasks would agree on in a Nash bargaining game.
 

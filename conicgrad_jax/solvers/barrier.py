@@ -22,7 +22,7 @@ _LINE_SEARCH_STEPS = 30
 _KAPPA = 10.0
 _CENTRED = 0.25
 _QUADRATIC = 1e-4   # centre_only: Newton's decrement² below which full steps are taken
-_WARM_GAP = 0.1   # a warm start centres at ν·μ = tol/10, so its certificate (gap ≤ tol) has room
+_WARM_GAP = 0.1   # a warm start centres at ν·μ = tol/10: room for its certificate, gap ≤ tol
 
 
 def armijo_step(objective, x, step, decrement2, *, steps=_LINE_SEARCH_STEPS):
@@ -161,7 +161,7 @@ def polish_quadratic(f: Callable[[jax.Array], jax.Array], x: jax.Array,
 
 
 def simplex_gap(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
-  """The Frank–Wolfe gap ∇f(x)ᵀx − min_i ∇f(x)_i ≥ f(x) − min_Δ f, for convex f and x ∈ Δ.
+  """The Frank–Wolfe gap ∇f(x)ᵀx − min_i ∇f(x)_i, a bound on f(x) − min_Δ f (convex f).
 
   x is first scaled to sum 1 (the barrier's iterates drift off Σx = 1 by rounding).
   """
@@ -171,7 +171,7 @@ def simplex_gap(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
 
 
 def orthant_qp_gap(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
-  """A duality gap of min_{x ≥ 0} f(x), f a convex quadratic with a nonsingular Hessian H, at x ≥ 0.
+  """A duality gap at x ≥ 0 of min_{x ≥ 0} f(x), f a convex quadratic, nonsingular Hessian H.
 
   With the multipliers λ = max(∇f(x), 0) and r = ∇f(x) − λ, the Lagrangian
   dual bound gives f(x) − f* ≤ λᵀx + ½ rᵀH⁻¹r.
