@@ -36,6 +36,7 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import linalg
 from conicgrad_jax import validation
+from conicgrad_jax.solvers import barrier
 
 PyTree = Any
 
@@ -281,6 +282,56 @@ def stateless_gram_method(
   def weigh(gram, state, **extra_args):
     weights, info = weighting(gram, **extra_args)
     return state._replace(weights=weights, info=info)
+
+  return gram_weighting_transformation(weigh, init_state, shared=shared, num_tasks=num_tasks,
+                                       precision=precision)
+
+
+class WarmGramMethodState(NamedTuple):
+  """State of a Gram-weighting method whose solver starts from its last solution.
+
+  Attributes:
+    weights: the K combination weights of the last update.
+    info: the weighting's :class:`SolverInfo` of the last update.
+    previous: the solver's last solution
+      (:class:`~conicgrad_jax.solvers.barrier.PreviousSolution`), the next
+      solve's warm start; kept in the state's dtype.
+    nonfinite_steps: updates skipped because of NaN/Inf gradients.
+  """
+  weights: jax.Array
+  info: SolverInfo
+  previous: barrier.PreviousSolution
+  nonfinite_steps: jax.Array
+
+
+def warm_started_gram_method(
+    weighting: Callable[..., tuple[jax.Array, SolverInfo, jax.Array]],
+    solution_shape: Callable[[int], tuple[int, ...]],
+    *,
+    warm_start: bool = True,
+    shared: validation.SharedSpec = None,
+    num_tasks: Optional[int] = None,
+    precision=_numeric.HIGHEST,
+) -> optax.GradientTransformationExtraArgs:
+  """A transformation from ``weighting(gram, previous, **extra_args) -> (weights, SolverInfo,
+  solution)``, which carries ``solution`` to the next update's ``previous``.
+
+  ``previous`` is a :class:`~conicgrad_jax.solvers.barrier.PreviousSolution`
+  (``valid`` False before the first update), or ``None`` when ``warm_start``
+  is False; ``solution_shape(K)`` is the shape of ``solution``.
+  """
+  warm_start = validation.check_bool("warm_start", warm_start)
+
+  def init_state(k, dtype):
+    return WarmGramMethodState(placeholder_weights(k, dtype), no_solver_info(),
+                               barrier.no_previous_solution(solution_shape(k or 0), dtype),
+                               jnp.zeros((), jnp.int32))
+
+  def weigh(gram, state, **extra_args):
+    weights, info, solution = weighting(gram, state.previous if warm_start else None,
+                                        **extra_args)
+    previous = barrier.PreviousSolution(solution, jnp.asarray(True))
+    return state._replace(weights=weights, info=info, previous=previous)
 
   return gram_weighting_transformation(weigh, init_state, shared=shared, num_tasks=num_tasks,
                                        precision=precision)

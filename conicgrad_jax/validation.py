@@ -130,6 +130,13 @@ def check_positive_int(name: str, value, *, allow_none: bool = False):
     raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
+def check_bool(name: str, value) -> bool:
+  """Returns ``value`` as a Python bool, or raises ValueError naming ``name``."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+  return bool(value)
+
+
 def check_positive(name: str, value, *, allow_zero: bool = False):
   """Raises ValueError naming ``name`` unless ``value`` is a finite number > 0 (≥ 0).
 

@@ -17,8 +17,8 @@ RESCALES = (0, 1, 2)
 
 
 def cagrad_weighting(gram: jax.Array, c: float = 0.5, *, rescale: int = 1,
-                     tol: Optional[float] = None,
-                     max_iter: int = 100) -> tuple[jax.Array, aggregator.SolverInfo]:
+                     tol: Optional[float] = None, max_iter: int = 100,
+                     previous=None) -> tuple[jax.Array, aggregator.SolverInfo]:
   r"""CAGrad weights: d = g0 + (φ/‖g_w*‖) g_w*, φ = c‖g0‖, g0 the mean gradient.
 
   w* = argmin_{w∈Δ} wᵀG b + φ (wᵀGw)^½ with b = 1/K, the dual of
@@ -33,10 +33,21 @@ def cagrad_weighting(gram: jax.Array, c: float = 0.5, *, rescale: int = 1,
       torchjd's CAGrad is ``rescale=0``.
     tol: barrier-method target gap (default: the solver's, per dtype).
     max_iter: cap on Newton steps.
+    previous: an optional :class:`~conicgrad_jax.solvers.barrier.PreviousSolution`
+      holding an earlier w* to start from; its answer is kept only when its
+      Frank–Wolfe gap certifies it to ``tol``
+      (:func:`~conicgrad_jax.solvers.barrier.warm_started_minimize`).
 
   Returns:
     ``(weights (K,), SolverInfo(iterations))``.
   """
+  weights, info, _ = _solve(gram, c, rescale=rescale, tol=tol, max_iter=max_iter,
+                            previous=previous)
+  return weights, info
+
+
+def _solve(gram, c, *, rescale, tol, max_iter, previous):
+  """CAGrad's weights, SolverInfo and the simplex weights w* (the solver's solution)."""
   if rescale not in RESCALES:
     raise ValueError(f"`rescale` must be one of {RESCALES}, got {rescale!r}.")
   gram_n, _ = _numeric.normalized_gram(gram)
@@ -47,17 +58,18 @@ def cagrad_weighting(gram: jax.Array, c: float = 0.5, *, rescale: int = 1,
   phi = c * g0_norm + 1e-8
   gb = _numeric.matvec(gram_n, b)
   f = lambda w: jnp.dot(w, gb) + phi * jnp.sqrt(jnp.maximum(_numeric.quad(gram_n, w), 0.0) + 1e-8)
-  res = barrier.barrier_minimize(f, jnp.full((k,), 1.0 / k, dtype), simplex=True,
-                                 tol=tol, max_iter=max_iter)
+  res = barrier.warm_started_minimize(f, jnp.full((k,), 1.0 / k, dtype), previous, simplex=True,
+                                      gap=lambda w: barrier.simplex_gap(f, w), tol=tol,
+                                      max_iter=max_iter)
   w = res.x
   gw_norm = jnp.sqrt(jnp.maximum(_numeric.quad(gram_n, w), 0.0))
   weights = b + (phi / (gw_norm + 1e-8)) * w
   divisor = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]
-  return weights / divisor, aggregator.SolverInfo(res.iterations)
+  return weights / divisor, aggregator.SolverInfo(res.iterations), w
 
 
 def cagrad(c: float = 0.4, *, rescale: int = 1, shared: validation.SharedSpec = None,
-           num_tasks: Optional[int] = None, max_iter: int = 100,
+           num_tasks: Optional[int] = None, max_iter: int = 100, warm_start: bool = True,
            precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Conflict-averse gradient descent: the best worst-task direction near the mean gradient.
 
@@ -85,12 +97,17 @@ def cagrad(c: float = 0.4, *, rescale: int = 1, shared: validation.SharedSpec = 
     num_tasks: K, to fix the state's shapes at ``init`` (needed for
       ``lax.scan`` carries); otherwise the first update fixes it.
     max_iter: cap on the barrier method's Newton steps.
+    warm_start: start each solve from the previous update's simplex weights
+      w* (kept in the state), moved strictly inside the simplex, with the
+      barrier centred at its final level; that answer is kept only when its
+      Frank–Wolfe gap is within the cold solve's tolerance, otherwise the
+      solve starts from scratch.
     precision: matmul precision of the Gram matrix and the combination.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; its state is an
-    :class:`~conicgrad_jax.aggregator.GramMethodState`. ``update`` needs no
-    extra arguments.
+    An ``optax.GradientTransformationExtraArgs``; its state is a
+    :class:`~conicgrad_jax.aggregator.WarmGramMethodState` (``previous``
+    holds w*). ``update`` needs no extra arguments.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -114,8 +131,9 @@ def cagrad(c: float = 0.4, *, rescale: int = 1, shared: validation.SharedSpec = 
     raise ValueError(f"`rescale` must be one of {RESCALES}, got {rescale!r}.")
   validation.check_positive_int("max_iter", max_iter)
 
-  def weighting(gram, **_):
-    return cagrad_weighting(gram, c, rescale=rescale, max_iter=max_iter)
+  def weighting(gram, previous, **_):
+    return _solve(gram, c, rescale=rescale, tol=None, max_iter=max_iter, previous=previous)
 
-  return aggregator.stateless_gram_method(weighting, shared=shared, num_tasks=num_tasks,
-                                         precision=precision)
+  return aggregator.warm_started_gram_method(weighting, lambda k: (k,), warm_start=warm_start,
+                                             shared=shared, num_tasks=num_tasks,
+                                             precision=precision)

@@ -15,8 +15,8 @@ from conicgrad_jax.solvers import dual_cone
 
 def dualproj_weighting(gram: jax.Array, preference: Optional[jax.Array] = None, *,
                        norm_eps: float = dual_cone.NORM_EPS, reg_eps: float = dual_cone.REG_EPS,
-                       tol: Optional[float] = None,
-                       max_iter: int = 100) -> tuple[jax.Array, aggregator.SolverInfo]:
+                       tol: Optional[float] = None, max_iter: int = 100,
+                       previous=None) -> tuple[jax.Array, aggregator.SolverInfo]:
   r"""DualProj weights: w = v*(p) = argmin_{v ≥ p} vᵀĜv, the projection of Jᵀp onto {x : Jx ≥ 0}.
 
   Ĝ = G/trace(G) + reg_eps·I as
@@ -29,19 +29,23 @@ def dualproj_weighting(gram: jax.Array, preference: Optional[jax.Array] = None, 
     reg_eps: the ridge added to the trace-normalised G (torchjd's ``reg_eps``).
     tol: barrier-method target gap (default: the solver's, per dtype).
     max_iter: cap on Newton steps.
+    previous: an optional :class:`~conicgrad_jax.solvers.barrier.PreviousSolution`
+      holding earlier weights to start from
+      (:func:`~conicgrad_jax.solvers.dual_cone.dual_cone_projection_weights`).
 
   Returns:
     ``(weights (K,), SolverInfo(iterations))``.
   """
   p_hat = dual_cone.regularized_gram(gram, norm_eps, reg_eps)
   p = _numeric.as_preference(preference, p_hat.shape[0], p_hat.dtype)
-  w, iterations = dual_cone.dual_cone_projection_weights(p_hat, p, tol=tol, max_iter=max_iter)
+  w, iterations = dual_cone.dual_cone_projection_weights(p_hat, p, tol=tol, max_iter=max_iter,
+                                                         previous=previous)
   return w, aggregator.SolverInfo(iterations)
 
 
 def dualproj(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
              reg_eps: float = dual_cone.REG_EPS, shared: validation.SharedSpec = None,
-             num_tasks: Optional[int] = None, max_iter: int = 100,
+             num_tasks: Optional[int] = None, max_iter: int = 100, warm_start: bool = True,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""DualProj: the projection of the (preference-weighted) mean gradient onto the dual cone.
 
@@ -68,12 +72,17 @@ def dualproj(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
     num_tasks: K, to fix the state's shapes at ``init`` (needed for
       ``lax.scan`` carries); otherwise the first update fixes it.
     max_iter: cap on the barrier method's Newton steps.
+    warm_start: start each solve from the previous update's weights (kept
+      in the state): first the exact solve on their active set, then the
+      barrier from them; either answer is kept only when its duality gap is
+      within the cold solve's tolerance, otherwise the solve starts from
+      scratch.
     precision: matmul precision of the Gram matrix and the combination.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; its state is an
-    :class:`~conicgrad_jax.aggregator.GramMethodState`. ``update`` needs no
-    extra arguments.
+    An ``optax.GradientTransformationExtraArgs``; its state is a
+    :class:`~conicgrad_jax.aggregator.WarmGramMethodState`. ``update`` needs
+    no extra arguments.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -98,9 +107,11 @@ def dualproj(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
     if v is not None and not v >= 0:
       raise ValueError(f"`{name}` must be a non-negative number, got {value!r}.")
 
-  def weighting(gram, **_):
-    return dualproj_weighting(gram, preference, norm_eps=norm_eps, reg_eps=reg_eps,
-                              max_iter=max_iter)
+  def weighting(gram, previous, **_):
+    w, info = dualproj_weighting(gram, preference, norm_eps=norm_eps, reg_eps=reg_eps,
+                                 max_iter=max_iter, previous=previous)
+    return w, info, w
 
-  return aggregator.stateless_gram_method(weighting, shared=shared, num_tasks=num_tasks,
-                                         precision=precision)
+  return aggregator.warm_started_gram_method(weighting, lambda k: (k,), warm_start=warm_start,
+                                             shared=shared, num_tasks=num_tasks,
+                                             precision=precision)

@@ -14,8 +14,8 @@ from conicgrad_jax.solvers import power_condition
 
 
 def fairgrad_weighting(gram: jax.Array, alpha: float = 1.0, *, max_norm: float = 0.0,
-                       tol: Optional[float] = None,
-                       max_iter: int = 100) -> tuple[jax.Array, aggregator.SolverInfo]:
+                       tol: Optional[float] = None, max_iter: int = 100,
+                       previous=None) -> tuple[jax.Array, aggregator.SolverInfo]:
   r"""FairGrad weights: w > 0 with G w = w^{−1/α} (α-fair utility maximisation), d = Σ w_i g_i.
 
   α = 1 is Nash-MTL's condition. Solved by Newton's method on the convex
@@ -30,17 +30,29 @@ def fairgrad_weighting(gram: jax.Array, alpha: float = 1.0, *, max_norm: float =
       LibMTL) disables it.
     tol: Newton target gap (default 1e-12).
     max_iter: cap on Newton steps.
+    previous: an optional :class:`~conicgrad_jax.solvers.barrier.PreviousSolution`
+      holding an earlier solution (before the ``max_norm`` scaling) to start
+      Newton's method from.
 
   Returns:
     ``(weights (K,), SolverInfo(iterations))``.
   """
+  weights, info, _ = _solve(gram, alpha, max_norm=max_norm, tol=tol, max_iter=max_iter,
+                            previous=previous)
+  return weights, info
+
+
+def _solve(gram, alpha, *, max_norm, tol, max_iter, previous):
+  """The weights, SolverInfo and the unscaled solution (the next solve's start)."""
   w, iterations = power_condition.solve_power_condition(gram, float(alpha), tol=tol,
-                                                        max_iter=max_iter)
-  return power_condition.clip_to_norm(gram, w, max_norm), aggregator.SolverInfo(iterations)
+                                                        max_iter=max_iter, previous=previous)
+  return (power_condition.clip_to_norm(gram, w, max_norm), aggregator.SolverInfo(iterations),
+          w)
 
 
 def fairgrad(alpha: float = 2.0, *, max_norm: float = 0.0, max_iter: int = 100,
-             shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
+             warm_start: bool = True, shared: validation.SharedSpec = None,
+             num_tasks: Optional[int] = None,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""FairGrad: the update that maximises the tasks' α-fair utility.
 
@@ -61,6 +73,10 @@ def fairgrad(alpha: float = 2.0, *, max_norm: float = 0.0, max_iter: int = 100,
       that ‖d‖ = ``max_norm`` (the official code clips at 1.0); 0 (default,
       as LibMTL) disables it.
     max_iter: cap on Newton steps.
+    warm_start: start Newton's method from the previous update's solution
+      (kept in the state, before the ``max_norm`` scaling); that answer is
+      kept only when its Newton decrement meets the cold solve's stopping
+      rule, otherwise Newton restarts from the cold start.
     shared: which leaves are shared (the Gram matrix and the weighting use
       only these): ``None`` (all), a pytree of bools shaped like the
       parameters, or a predicate ``(key_path, leaf) -> bool``. Other leaves
@@ -70,9 +86,9 @@ def fairgrad(alpha: float = 2.0, *, max_norm: float = 0.0, max_iter: int = 100,
     precision: matmul precision of the Gram matrix and the combination.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; its state is an
-    :class:`~conicgrad_jax.aggregator.GramMethodState`. ``update`` needs no
-    extra arguments.
+    An ``optax.GradientTransformationExtraArgs``; its state is a
+    :class:`~conicgrad_jax.aggregator.WarmGramMethodState`. ``update`` needs
+    no extra arguments.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -103,8 +119,9 @@ def fairgrad(alpha: float = 2.0, *, max_norm: float = 0.0, max_iter: int = 100,
     raise ValueError(f"`max_norm` must be a non-negative number, got {max_norm!r}.")
   validation.check_positive_int("max_iter", max_iter)
 
-  def weighting(gram, **_):
-    return fairgrad_weighting(gram, a, max_norm=max_norm, max_iter=max_iter)
+  def weighting(gram, previous, **_):
+    return _solve(gram, a, max_norm=max_norm, tol=None, max_iter=max_iter, previous=previous)
 
-  return aggregator.stateless_gram_method(weighting, shared=shared, num_tasks=num_tasks,
-                                         precision=precision)
+  return aggregator.warm_started_gram_method(weighting, lambda k: (k,), warm_start=warm_start,
+                                             shared=shared, num_tasks=num_tasks,
+                                             precision=precision)

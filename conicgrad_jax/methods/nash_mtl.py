@@ -11,11 +11,13 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import validation
+from conicgrad_jax.solvers import barrier
 from conicgrad_jax.solvers import power_condition
 
 
 def nash_mtl_weighting(gram: jax.Array, *, max_norm: float = 1.0, tol: Optional[float] = None,
-                       max_iter: int = 100) -> tuple[jax.Array, aggregator.SolverInfo]:
+                       max_iter: int = 100,
+                       previous=None) -> tuple[jax.Array, aggregator.SolverInfo]:
   r"""Nash-MTL weights: α > 0 with Gα = 1/α (the Nash bargaining solution), d = Σ α_i g_i.
 
   Solved exactly by Newton's method on ½αᵀGα − Σ log α_i
@@ -28,12 +30,24 @@ def nash_mtl_weighting(gram: jax.Array, *, max_norm: float = 1.0, tol: Optional[
       (torchjd's form of the reference's gradient clipping); 0 disables it.
     tol: Newton target gap (default 1e-12).
     max_iter: cap on Newton steps.
+    previous: an optional :class:`~conicgrad_jax.solvers.barrier.PreviousSolution`
+      holding an earlier α (before the ``max_norm`` scaling) to start
+      Newton's method from.
 
   Returns:
     ``(weights (K,), SolverInfo(iterations))``.
   """
-  w, iterations = power_condition.solve_power_condition(gram, 1.0, tol=tol, max_iter=max_iter)
-  return power_condition.clip_to_norm(gram, w, max_norm), aggregator.SolverInfo(iterations)
+  weights, info, _ = _solve(gram, max_norm=max_norm, tol=tol, max_iter=max_iter,
+                            previous=previous)
+  return weights, info
+
+
+def _solve(gram, *, max_norm, tol, max_iter, previous):
+  """The weights, SolverInfo and the unscaled α (the next solve's start)."""
+  w, iterations = power_condition.solve_power_condition(gram, 1.0, tol=tol, max_iter=max_iter,
+                                                        previous=previous)
+  return (power_condition.clip_to_norm(gram, w, max_norm), aggregator.SolverInfo(iterations),
+          w)
 
 
 class NashMTLState(NamedTuple):
@@ -45,16 +59,21 @@ class NashMTLState(NamedTuple):
       of ``update_weights_every``).
     info: the :class:`~conicgrad_jax.aggregator.SolverInfo` of the last update
       (0 iterations when α was reused).
+    previous: the last solution α before the ``max_norm`` scaling
+      (:class:`~conicgrad_jax.solvers.barrier.PreviousSolution`), from which
+      the next solve starts.
     nonfinite_steps: updates skipped because of NaN/Inf gradients.
   """
   weights: jax.Array
   step: jax.Array
   info: aggregator.SolverInfo
+  previous: barrier.PreviousSolution
   nonfinite_steps: jax.Array
 
 
 def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: int = 100,
-             shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
+             warm_start: bool = True, shared: validation.SharedSpec = None,
+             num_tasks: Optional[int] = None,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Nash-MTL: the update the tasks would agree on in a Nash bargaining game.
 
@@ -74,6 +93,10 @@ def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: 
     max_norm: if > 0 and ‖d‖ > ``max_norm``, α is scaled down so that
       ‖d‖ = ``max_norm`` (default 1.0, as the reference clips); 0 disables it.
     max_iter: cap on Newton steps per recomputation.
+    warm_start: start Newton's method from the last α (kept in the state,
+      before the ``max_norm`` scaling); that answer is kept only when its
+      Newton decrement meets the cold solve's stopping rule, otherwise
+      Newton restarts from the cold start.
     shared: which leaves are shared (the Gram matrix and the weighting use
       only these): ``None`` (all), a pytree of bools shaped like the
       parameters, or a predicate ``(key_path, leaf) -> bool``. Other leaves
@@ -112,22 +135,28 @@ def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: 
   validation.check_positive_int("max_iter", max_iter)
   _check_max_norm(max_norm)
 
+  warm_start = validation.check_bool("warm_start", warm_start)
+
   def init_state(k, dtype):
     zero = jnp.zeros((), jnp.int32)
     return NashMTLState(aggregator.placeholder_weights(k, dtype), zero,
-                        aggregator.no_solver_info(), zero)
+                        aggregator.no_solver_info(),
+                        barrier.no_previous_solution((k or 0,), dtype), zero)
 
   def weigh(gram, state, **_):
     def solve(_):
-      w, info = nash_mtl_weighting(gram, max_norm=max_norm, max_iter=max_iter)
-      return w.astype(state.weights.dtype), info
+      w, info, solution = _solve(gram, max_norm=max_norm, tol=None, max_iter=max_iter,
+                                 previous=state.previous if warm_start else None)
+      dtype = state.weights.dtype
+      return (w.astype(dtype), info,
+              barrier.PreviousSolution(solution.astype(dtype), jnp.asarray(True)))
 
     def reuse(_):
-      return state.weights, aggregator.no_solver_info()
+      return state.weights, aggregator.no_solver_info(), state.previous
 
     recompute = state.step % update_weights_every == 0
-    weights, info = jax.lax.cond(recompute, solve, reuse, None)
-    return state._replace(weights=weights, info=info, step=state.step + 1)
+    weights, info, previous = jax.lax.cond(recompute, solve, reuse, None)
+    return state._replace(weights=weights, info=info, previous=previous, step=state.step + 1)
 
   return aggregator.gram_weighting_transformation(
       weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision)

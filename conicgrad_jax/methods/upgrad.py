@@ -16,8 +16,8 @@ from conicgrad_jax.solvers import dual_cone
 
 def upgrad_weighting(gram: jax.Array, preference: Optional[jax.Array] = None, *,
                      norm_eps: float = dual_cone.NORM_EPS, reg_eps: float = dual_cone.REG_EPS,
-                     tol: Optional[float] = None,
-                     max_iter: int = 100) -> tuple[jax.Array, aggregator.SolverInfo]:
+                     tol: Optional[float] = None, max_iter: int = 100,
+                     previous=None) -> tuple[jax.Array, aggregator.SolverInfo]:
   r"""UPGrad weights: w = Σ_i v*(p_i e_i), the sum of each scaled gradient's dual-cone projection.
 
   v*(u) = argmin_{v ≥ u} vᵀĜv with Ĝ = G/trace(G) + reg_eps·I
@@ -32,21 +32,40 @@ def upgrad_weighting(gram: jax.Array, preference: Optional[jax.Array] = None, *,
     reg_eps: the ridge added to the trace-normalised G (torchjd's ``reg_eps``).
     tol: barrier-method target gap (default: the solver's, per dtype).
     max_iter: cap on Newton steps per QP.
+    previous: an optional :class:`~conicgrad_jax.solvers.barrier.PreviousSolution`
+      holding the K QPs' earlier solutions v*(p_i e_i) as rows, to start from.
 
   Returns:
     ``(weights (K,), SolverInfo(iterations))``, iterations summed over the K QPs.
   """
+  v, info = upgrad_projections(gram, preference, norm_eps=norm_eps, reg_eps=reg_eps, tol=tol,
+                               max_iter=max_iter, previous=previous)
+  return jnp.sum(v, axis=0), info
+
+
+def upgrad_projections(gram, preference=None, *, norm_eps=dual_cone.NORM_EPS,
+                       reg_eps=dual_cone.REG_EPS, tol=None, max_iter=100, previous=None):
+  """The K projections' coefficients v*(p_i e_i), as the rows of a K×K matrix.
+
+  Returns:
+    ``(v (K, K), SolverInfo(iterations))``, iterations summed over the K QPs.
+  """
   p_hat = dual_cone.regularized_gram(gram, norm_eps, reg_eps)
   k = p_hat.shape[0]
   p = _numeric.as_preference(preference, k, p_hat.dtype)
-  v, iterations = jax.vmap(lambda u: dual_cone.dual_cone_projection_weights(
-      p_hat, u, tol=tol, max_iter=max_iter))(jnp.diag(p))
-  return jnp.sum(v, axis=0), aggregator.SolverInfo(jnp.sum(iterations))
+  if previous is None:
+    v, iterations = jax.vmap(lambda u: dual_cone.dual_cone_projection_weights(
+        p_hat, u, tol=tol, max_iter=max_iter))(jnp.diag(p))
+  else:
+    v, iterations = jax.vmap(lambda u, x: dual_cone.dual_cone_projection_weights(
+        p_hat, u, tol=tol, max_iter=max_iter, previous=previous._replace(x=x)))(
+            jnp.diag(p), previous.x)
+  return v, aggregator.SolverInfo(jnp.sum(iterations))
 
 
 def upgrad(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
            reg_eps: float = dual_cone.REG_EPS, shared: validation.SharedSpec = None,
-           num_tasks: Optional[int] = None, max_iter: int = 100,
+           num_tasks: Optional[int] = None, max_iter: int = 100, warm_start: bool = True,
            precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Unconflicting projection of gradients: average each task gradient's projection onto the dual cone.
 
@@ -77,12 +96,17 @@ def upgrad(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
     num_tasks: K, to fix the state's shapes at ``init`` (needed for
       ``lax.scan`` carries); otherwise the first update fixes it.
     max_iter: cap on the barrier method's Newton steps per QP.
+    warm_start: start each of the K solves from its solution at the previous
+      update (kept in the state): first the exact solve on its active set,
+      then the barrier from it; either answer is kept only when its duality
+      gap is within the cold solve's tolerance, otherwise that QP starts
+      from scratch.
     precision: matmul precision of the Gram matrix and the combination.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``; its state is an
-    :class:`~conicgrad_jax.aggregator.GramMethodState`. ``update`` needs no
-    extra arguments.
+    An ``optax.GradientTransformationExtraArgs``; its state is a
+    :class:`~conicgrad_jax.aggregator.WarmGramMethodState` (``previous``
+    holds the K QPs' solutions as rows). ``update`` needs no extra arguments.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -108,10 +132,12 @@ def upgrad(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
     if v is not None and not v >= 0:
       raise ValueError(f"`{name}` must be a non-negative number, got {value!r}.")
 
-  def weighting(gram, **_):
-    return upgrad_weighting(gram, preference, norm_eps=norm_eps, reg_eps=reg_eps,
-                            max_iter=max_iter)
+  def weighting(gram, previous, **_):
+    v, info = upgrad_projections(gram, preference, norm_eps=norm_eps, reg_eps=reg_eps,
+                                 max_iter=max_iter, previous=previous)
+    return jnp.sum(v, axis=0), info, v
 
-  return aggregator.stateless_gram_method(weighting, shared=shared, num_tasks=num_tasks,
-                                         precision=precision)
+  return aggregator.warm_started_gram_method(weighting, lambda k: (k, k),
+                                             warm_start=warm_start, shared=shared,
+                                             num_tasks=num_tasks, precision=precision)
 

@@ -12,6 +12,7 @@ program in K variables (MGDA, CAGrad, UPGrad/DualProj, Nash-MTL, FairGrad).
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -20,6 +21,8 @@ import jax.numpy as jnp
 _LINE_SEARCH_STEPS = 30
 _KAPPA = 10.0
 _CENTRED = 0.25
+_QUADRATIC = 1e-4   # centre_only: Newton's decrement² below which full steps are taken
+_WARM_GAP = 0.1   # a warm start centres at ν·μ = tol/10: room for its certificate, gap ≤ tol
 
 
 def armijo_step(objective, x, step, decrement2, *, steps=_LINE_SEARCH_STEPS):
@@ -42,6 +45,8 @@ class BarrierResult(NamedTuple):
   x: jax.Array
   iterations: jax.Array
   gap_bound: jax.Array   # ν·μ at exit: the barrier's bound on f(x) − f* when centred
+  decrement2: jax.Array  # the last Newton decrement² (at x, or just before the last step)
+  converged: jax.Array   # stopped centred at ν·μ ≤ tol (or at the rounding floor), not stalled
 
 
 class _State(NamedTuple):
@@ -49,6 +54,8 @@ class _State(NamedTuple):
   mu: jax.Array
   iterations: jax.Array
   done: jax.Array
+  decrement2: jax.Array
+  converged: jax.Array
 
 
 def default_tol(dtype) -> float:
@@ -57,12 +64,14 @@ def default_tol(dtype) -> float:
 
 def barrier_minimize(f: Callable[[jax.Array], jax.Array], x0: jax.Array, *,
                      simplex: bool, tol=None, max_iter: int = 100,
-                     mu0: float = 1.0, centre_only: bool = False) -> BarrierResult:
+                     mu0=1.0, centre_only: bool = False, skip=False) -> BarrierResult:
   """Minimises f over {x > 0} (and Σx = 1 if ``simplex``) from a strictly feasible x0.
 
   With ``centre_only`` it minimises f(x)/μ0 − Σ log x_i itself (no path
   following): Newton until the decrement is negligible. Problems whose
   objective already contains −Σ log x (Nash-MTL, FairGrad) use this.
+  ``mu0`` may be traced (a warm start begins low on the central path);
+  ``skip`` (a traced bool) returns x0 after 0 iterations.
   """
   dtype = x0.dtype
   k = x0.shape[0]
@@ -95,18 +104,32 @@ def barrier_minimize(f: Callable[[jax.Array], jax.Array], x0: jax.Array, *,
     alpha, step, finite = armijo_step(lambda v: objective(v, mu), x, step, decrement2)
     small_mu = (nu * mu <= tol) | centre_only
     centred = decrement2 < jnp.where(centre_only, tol, _CENTRED)
+    # In Newton's quadratic region Armijo's test is decided by rounding alone;
+    # the full step is then still the better point unless it leaves the
+    # domain or raises the objective beyond rounding.
+    quadratic_region = decrement2 < jnp.where(centre_only, _QUADRATIC, _CENTRED)
+    f0, f1 = objective(x, mu), objective(x + step, mu)
+    full = (quadratic_region & finite & jnp.isfinite(f1)
+            & (f1 <= f0 + 16 * jnp.finfo(dtype).eps * (1 + jnp.abs(f0))))
+    alpha = jnp.where(full, 1.0, alpha)
     stalled = alpha == 0.0
+    # Deep in the quadratic region the decrement² falls at least 4× per
+    # step; when it no longer does, it has reached the rounding floor
+    # (float32 may not reach a small tol): converged to working precision.
+    stagnated = centre_only & (decrement2 < _QUADRATIC) & (4 * decrement2 > state.decrement2)
     new_mu = jnp.where((centred | stalled) & ~small_mu, mu / _KAPPA, mu)
-    done = (small_mu & (centred | stalled)) | ~finite
-    return _State(x + alpha * step, new_mu, state.iterations + 1, done)
+    done = (small_mu & (centred | stalled | stagnated)) | ~finite
+    converged = small_mu & (centred | stagnated) & finite
+    return _State(x + alpha * step, new_mu, state.iterations + 1, done, decrement2, converged)
 
   def cond(state):
     return (~state.done) & (state.iterations < max_iter)
 
   final = jax.lax.while_loop(
       cond, body, _State(x0, jnp.asarray(mu0, dtype), jnp.asarray(0, jnp.int32),
-                         jnp.asarray(False)))
-  return BarrierResult(final.x, final.iterations, nu * final.mu)
+                         jnp.asarray(skip), jnp.asarray(jnp.inf, dtype), jnp.asarray(False)))
+  return BarrierResult(final.x, final.iterations, nu * final.mu, final.decrement2,
+                       final.converged)
 
 
 def polish_quadratic(f: Callable[[jax.Array], jax.Array], x: jax.Array,
@@ -135,3 +158,143 @@ def polish_quadratic(f: Callable[[jax.Array], jax.Array], x: jax.Array,
   ok = (jnp.all(sol >= 0) & jnp.all(jnp.isfinite(sol))
         & (f(sol) <= f(x) + 10 * jnp.finfo(dtype).eps * (1 + jnp.abs(f(x)))))
   return jnp.where(ok, sol, x)
+
+
+def simplex_gap(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
+  """The Frank–Wolfe gap ∇f(x)ᵀx − min_i ∇f(x)_i, a bound on f(x) − min_Δ f (convex f).
+
+  x is first scaled to sum 1 (the barrier's iterates drift off Σx = 1 by rounding).
+  """
+  x = x / jnp.sum(x)
+  grad = jax.grad(f)(x)
+  return jnp.dot(grad, x) - jnp.min(grad)
+
+
+def orthant_qp_gap(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
+  """A duality gap at x ≥ 0 of min_{x ≥ 0} f(x), f a convex quadratic, nonsingular Hessian H.
+
+  With the multipliers λ = max(∇f(x), 0) and r = ∇f(x) − λ, the Lagrangian
+  dual bound gives f(x) − f* ≤ λᵀx + ½ rᵀH⁻¹r.
+  """
+  grad = jax.grad(f)(x)
+  lam = jnp.maximum(grad, 0.0)
+  r = grad - lam
+  hess = jax.hessian(f)(x)
+  return jnp.dot(lam, x) + 0.5 * jnp.dot(r, jnp.linalg.solve(hess, r))
+
+
+class PreviousSolution(NamedTuple):
+  """A solver's last solution, to start the next solve from (the last training step's).
+
+  Attributes:
+    x: the solution (its shape is the solver's).
+    valid: whether ``x`` holds one (False before the first solve).
+  """
+  x: jax.Array
+  valid: jax.Array
+
+
+def no_previous_solution(shape, dtype=jnp.float32) -> PreviousSolution:
+  """A :class:`PreviousSolution` that holds nothing: the next solve starts from scratch."""
+  return PreviousSolution(jnp.zeros(shape, dtype), jnp.asarray(False))
+
+
+class WarmStartedResult(NamedTuple):
+  x: jax.Array
+  iterations: jax.Array   # Newton steps over the stages run (an active-face solve counts 1)
+  warm: jax.Array         # whether the answer came from the previous solution
+
+
+def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array,
+                          previous, *, simplex: bool, gap=None, tol=None,
+                          max_iter: int = 100, quadratic: bool = False,
+                          centre_only: bool = False) -> WarmStartedResult:
+  """:func:`barrier_minimize` started from a previous solution, kept only when certified.
+
+  Without ``previous`` (or while it holds nothing) this is the cold solve:
+  the barrier from ``x_cold`` at μ = 1 (then, for a ``quadratic`` f, the
+  exact active-face solve :func:`polish_quadratic`). Otherwise, stages that
+  each run only when the earlier ones were not certified:
+
+  1. (``quadratic``) the active-face solve on the previous solution's
+     support (counted as one Newton step): exact when the support is unchanged;
+  2. the barrier from the previous solution moved strictly inside,
+     (1 − ε)x_prev + ε·x_cold with ε = √tol, centred once at the final
+     μ0 = tol/(10ν) (no path following: from a nearby point the damped
+     Newton steps are few), then the active-face solve for a ``quadratic`` f;
+     with ``centre_only``, Newton from x_prev itself;
+  3. the cold solve.
+
+  x_prev is ``previous.x`` clipped at 0 (and scaled to sum 1 on the simplex);
+  a non-finite one, or one outside the open orthant for ``centre_only``,
+  counts as none.
+
+  A warm stage is certified when its barrier converged by the cold solve's
+  own rule (``BarrierResult.converged``: centred, Newton decrement² < ¼, at
+  ν·μ ≤ tol, the barrier's bound on f(x) − f*; with ``centre_only`` a
+  decrement² below tol or at the rounding floor), not stalled nor stopped by
+  ``max_iter``, or when ``gap(x)`` ≤ tol, ``gap`` an upper bound on
+  f(x) − f* (:func:`simplex_gap`, :func:`orthant_qp_gap`; the only
+  certificate of stage 1).
+  """
+  dtype = x_cold.dtype
+  tol = default_tol(dtype) if tol is None else tol
+  nu = jnp.asarray(x_cold.shape[0], dtype)
+
+  def finish(res):
+    return polish_quadratic(f, res.x, res.gap_bound, simplex=simplex) if quadratic else res.x
+
+  def certified(x, res):
+    # The cold solve's own exit rule (centred, at ν·μ ≤ tol), or the gap bound.
+    ok = jnp.asarray(False) if res is None else res.converged
+    if gap is not None:
+      g = gap(x)
+      ok |= jnp.isfinite(g) & (g <= tol)
+    return ok
+
+  if previous is None:
+    res = barrier_minimize(f, x_cold, simplex=simplex, tol=tol, max_iter=max_iter,
+                           centre_only=centre_only)
+    return WarmStartedResult(finish(res), res.iterations, jnp.asarray(False))
+
+  x_prev = jnp.maximum(previous.x.astype(dtype), 0.0)
+  usable = jnp.asarray(previous.valid) & jnp.all(jnp.isfinite(x_prev))
+  if simplex:
+    total = jnp.sum(x_prev)
+    usable &= total > 0
+    x_prev = x_prev / jnp.where(total > 0, total, 1.0)
+  if centre_only:
+    usable &= jnp.all(x_prev > 0)
+  x_prev = jnp.where(usable, x_prev, x_cold)
+
+  if centre_only:
+    mu_warm, start = jnp.asarray(1.0, dtype), x_prev
+  else:
+    mu_warm = jnp.asarray(_WARM_GAP * tol, dtype) / nu
+    eps = min(math.sqrt(tol), 0.5)
+    start = (1.0 - eps) * x_prev + eps * x_cold
+
+  # The stages share one barrier loop and one active-face solve (one
+  # compilation each): attempt 0 is the active-face solve at x_prev (the
+  # barrier skipped), 1 the warm barrier, 2 the cold solve; 0 and 1 must be
+  # certified.
+  def attempt(carry):
+    index, _, iterations, _ = carry
+    crossover, cold = index == 0, index == 2
+    res = barrier_minimize(f, jnp.where(cold, x_cold, jnp.where(crossover, x_prev, start)),
+                           simplex=simplex, tol=tol, max_iter=max_iter,
+                           mu0=jnp.where(cold, 1.0, mu_warm), centre_only=centre_only,
+                           skip=crossover)
+    if quadratic:
+      bound = jnp.where(crossover, jnp.asarray(tol * tol, dtype), res.gap_bound)
+      x = polish_quadratic(f, res.x, bound, simplex=simplex)
+    else:
+      x = res.x
+    ok = cold | (certified(x, res) & ~crossover) | (crossover & certified(x, None))
+    return index + 1, x, iterations + res.iterations + crossover, ok
+
+  first = jnp.where(usable, 0 if quadratic else 1, 2)
+  index, x, iterations, _ = jax.lax.while_loop(
+      lambda carry: ~carry[3], attempt,
+      (first, x_cold, jnp.asarray(0, jnp.int32), jnp.asarray(False)))
+  return WarmStartedResult(x, iterations, index <= 2)

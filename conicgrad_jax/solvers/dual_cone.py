@@ -20,15 +20,24 @@ def regularized_gram(gram, norm_eps=NORM_EPS, reg_eps=REG_EPS):
   return normalized + reg_eps * jnp.eye(gram.shape[0], dtype=dtype)
 
 
-def dual_cone_projection_weights(p_hat, u, *, tol=None, max_iter=100):
+def dual_cone_projection_weights(p_hat, u, *, tol=None, max_iter=100, previous=None):
   """v* = argmin_v vᵀP̂v s.t. v ≥ u: Jᵀv* projects Jᵀu onto {x : Jx ≥ 0}.
 
   Solved as a non-negative QP in z = v − u by the barrier method and an
-  exact active-face solve (torchjd uses quadprog).
+  exact active-face solve (torchjd uses quadprog). With ``previous`` (a
+  :class:`~conicgrad_jax.solvers.barrier.PreviousSolution` holding an
+  earlier v*) the solve starts from it and keeps the answer only when its
+  duality gap certifies it to ``tol``
+  (:func:`~conicgrad_jax.solvers.barrier.warm_started_minimize`).
+
+  Returns:
+    ``(v (K,), iterations)``.
   """
   k = p_hat.shape[0]
   f = lambda z: _numeric.quad(p_hat, z + u)
-  res = barrier.barrier_minimize(f, jnp.ones((k,), p_hat.dtype), simplex=False, tol=tol,
-                                 max_iter=max_iter)
-  z = barrier.polish_quadratic(f, res.x, res.gap_bound, simplex=False)
-  return z + u, res.iterations
+  if previous is not None:
+    previous = previous._replace(x=previous.x.astype(p_hat.dtype) - u)
+  res = barrier.warm_started_minimize(
+      f, jnp.ones((k,), p_hat.dtype), previous, simplex=False,
+      gap=lambda z: barrier.orthant_qp_gap(f, z), tol=tol, max_iter=max_iter, quadratic=True)
+  return res.x + u, res.iterations

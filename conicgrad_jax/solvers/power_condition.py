@@ -10,7 +10,7 @@ from conicgrad_jax.solvers import barrier
 RIDGE = 1e-6
 
 
-def solve_power_condition(gram, alpha, *, tol=None, max_iter=100):
+def solve_power_condition(gram, alpha, *, tol=None, max_iter=100, previous=None):
   r"""w > 0 with (G w)_i = w_i^{−1/α}, the stationarity of a strictly convex function.
 
   F(w) = ½wᵀGw − Σ_i h(w_i), h = log for α = 1 and w^{1−1/α}/(1−1/α) otherwise,
@@ -25,6 +25,11 @@ def solve_power_condition(gram, alpha, *, tol=None, max_iter=100):
     alpha: the fairness exponent α > 0 (a Python float).
     tol: target gap (default 1e-12).
     max_iter: cap on Newton steps.
+    previous: an optional :class:`~conicgrad_jax.solvers.barrier.PreviousSolution`
+      holding an earlier w (for another G) to start Newton's method from; the
+      answer is kept only when its Newton decrement² is below ``tol``, as the
+      cold solve's, otherwise Newton restarts from the cold start
+      (:func:`~conicgrad_jax.solvers.barrier.warm_started_minimize`).
 
   Returns:
     ``(w (K,), iterations)``.
@@ -42,8 +47,10 @@ def solve_power_condition(gram, alpha, *, tol=None, max_iter=100):
     h = lambda w: jnp.sum(w ** power) / power
   # barrier_minimize minimises f − Σ log w at μ = 1: add Σ log w back.
   f = lambda w: 0.5 * _numeric.quad(m, w) - h(w) + jnp.sum(jnp.log(w))
-  res = barrier.barrier_minimize(f, jnp.ones((k,), dtype), simplex=False, tol=tol or 1e-12,
-                                 max_iter=max_iter, centre_only=True)
+  if previous is not None:   # w = β·nf^(−α/(α+1)): the previous w in this G's units
+    previous = previous._replace(x=previous.x.astype(dtype) * nf ** (alpha / (alpha + 1.0)))
+  res = barrier.warm_started_minimize(f, jnp.ones((k,), dtype), previous, simplex=False,
+                                      tol=tol or 1e-12, max_iter=max_iter, centre_only=True)
   return res.x * nf ** (-alpha / (alpha + 1.0)), res.iterations
 
 

@@ -117,3 +117,69 @@ def check_state_dtypes_follow_params(factory):
               if jnp.issubdtype(x.dtype, jnp.floating)]
     assert all(x.dtype == jnp.float64 for x in floats)
     return new_state
+
+
+def drifting_jacobians(seed, n=3, steps=12, k=4, m=9, drift=0.01, jump_at=7):
+  """n sequences of ``steps`` K×m Jacobians J_t = A + drift·t·D (conflicting), each
+  replaced from step ``jump_at`` on by an unrelated sequence B + drift·t·D, so that step's
+  previous solution belongs to a very different G. Shape (n, steps, k, m)."""
+  rng = np.random.default_rng(seed)
+  out = np.empty((n, steps, k, m))
+  for i in range(n):
+    a, b = (random_J(int(rng.integers(1 << 30)), k, m) for _ in range(2))
+    d = rng.standard_normal((k, m))
+    for t in range(steps):
+      out[i, t] = (a if t < jump_at else b) + drift * t * d
+  return out
+
+
+def warm_and_cold_runs(factory, jacobians, **kwargs):
+  """Weights and SolverInfo iterations per step, warm-started and cold.
+
+  ``jacobians``: (n, steps, K, m); each sequence is one ``lax.scan`` of ``update``. The
+  cold run is the same program with the state's previous solution marked empty before
+  every step (what ``warm_start=False`` solves), so both runs share one compilation, under
+  ``vmap``. Returns ``(weights (2, n, steps, K), iterations (2, n, steps))``, warm first.
+  Jit this once per module (float32 and float64 inputs compile once each).
+  """
+  tx = factory(num_tasks=jacobians.shape[2], **kwargs)
+
+  def run(seq, warm):
+    def body(state, J):
+      previous = state.previous._replace(valid=state.previous.valid & warm)
+      _, state = tx.update({"w": J}, state._replace(previous=previous))
+      return state, (state.weights, state.info.iterations)
+    return jax.lax.scan(body, tx.init({"w": seq[0, 0]}), seq)[1]
+
+  both = jax.vmap(jax.vmap(run, in_axes=(0, None)), in_axes=(None, 0))
+  return both(jacobians, jnp.array([True, False]))
+
+
+def check_warm_start(runs, *, rtol32, rtol64, jump_at=7, fewer=0.5):
+  """Warm-started weights equal the cold solve's at every step (float32 and float64), also
+  right after the jump (a previous solution from a very different G), and the drifting
+  steps take at most ``fewer`` × the cold solve's Newton steps.
+
+  ``runs``: a jitted ``warm_and_cold_runs`` for the method (one argument, the Jacobians).
+  Returns the cold solve's iterations per dtype.
+  """
+  jacobians = drifting_jacobians(0, jump_at=jump_at)
+  cold_iterations = {}
+  for dtype, rtol in ((np.float32, rtol32), (np.float64, rtol64)):
+    if dtype == np.float64:
+      (w_warm, w_cold), (it_warm, it_cold) = x64(runs, jacobians)
+    else:
+      out = runs(jnp.asarray(jacobians, jnp.float32))
+      (w_warm, w_cold), (it_warm, it_cold) = jax.tree_util.tree_map(np.asarray, out)
+    scale = np.max(np.abs(w_cold), axis=-1, keepdims=True)
+    np.testing.assert_allclose(w_warm / scale, w_cold / scale, atol=rtol, rtol=0,
+                               err_msg=str(dtype))
+    np.testing.assert_allclose(w_warm[:, jump_at] / scale[:, jump_at],
+                               w_cold[:, jump_at] / scale[:, jump_at], atol=rtol, rtol=0,
+                               err_msg=f"{dtype}: after the jump")
+    drifting = [t for t in range(1, jacobians.shape[1]) if t != jump_at]
+    assert np.all(it_cold[:, drifting] > 0), dtype
+    assert it_warm[:, drifting].sum() <= fewer * it_cold[:, drifting].sum(), (
+        dtype, it_warm.tolist(), it_cold.tolist())
+    cold_iterations[dtype] = it_cold
+  return cold_iterations

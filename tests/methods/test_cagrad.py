@@ -33,6 +33,8 @@ def test_cagrad_solves_its_ball_problem():
 
 
 def test_options_are_validated():
+  with pytest.raises(ValueError, match="warm_start"):
+    cg.cagrad(warm_start="yes")
   with pytest.raises(ValueError, match="rescale"):
     cg.cagrad(rescale=3)
   with pytest.raises(ValueError, match="`c`"):
@@ -45,3 +47,10 @@ def test_degenerate_inputs_give_finite_updates():
 
 def test_optax_contract():
   _common.check_optax_contract(cg.cagrad)
+
+
+_warm_and_cold = jax.jit(lambda Js: _common.warm_and_cold_runs(cg.cagrad, Js))
+
+
+def test_warm_start_agrees_with_cold_solve_in_fewer_newton_steps():
+  _common.check_warm_start(_warm_and_cold, rtol32=1e-4, rtol64=1e-8)

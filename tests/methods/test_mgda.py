@@ -64,6 +64,8 @@ def test_options_are_validated():
     cg.mgda("bogus")
   with pytest.raises(ValueError, match="max_iter"):
     cg.mgda(max_iter=0)
+  with pytest.raises(ValueError, match="warm_start"):
+    cg.mgda(warm_start=1)
 
 
 def test_degenerate_inputs_give_finite_updates():
@@ -74,3 +76,10 @@ def test_degenerate_inputs_give_finite_updates():
 
 def test_optax_contract():
   _common.check_optax_contract(cg.mgda)
+
+
+_warm_and_cold = jax.jit(lambda Js: _common.warm_and_cold_runs(cg.mgda, Js))
+
+
+def test_warm_start_agrees_with_cold_solve_in_fewer_newton_steps():
+  _common.check_warm_start(_warm_and_cold, rtol32=1e-4, rtol64=1e-8)
