@@ -72,7 +72,7 @@ class NashMTLState(NamedTuple):
 
 
 def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: int = 100,
-             warm_start: bool = True, shared: validation.SharedSpec = None,
+             warm_start: bool = False, shared: validation.SharedSpec = None,
              num_tasks: Optional[int] = None,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Nash-MTL: the update the tasks would agree on in a Nash bargaining game.
@@ -96,7 +96,10 @@ def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: 
     warm_start: start Newton's method from the last α (kept in the state,
       before the ``max_norm`` scaling); that answer is kept only when its
       Newton decrement meets the cold solve's stopping rule, otherwise
-      Newton restarts from the cold start.
+      Newton restarts from the cold start. Off by default: Newton from the
+      cold start already converges in about 6 steps, and warm-starting
+      measured no fewer (``python -m benchmarks perf --parts solver``) while
+      it adds to the compiled program.
     shared: which leaves are shared (the Gram matrix and the weighting use
       only these): ``None`` (all), a pytree of bools shaped like the
       parameters, or a predicate ``(key_path, leaf) -> bool``. Other leaves

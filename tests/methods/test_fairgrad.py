@@ -52,7 +52,7 @@ def test_optax_contract():
   _common.check_optax_contract(cg.fairgrad)
 
 
-_warm_and_cold = jax.jit(lambda Js: _common.warm_and_cold_runs(cg.fairgrad, Js))
+_warm_and_cold = jax.jit(lambda Js: _common.warm_and_cold_runs(cg.fairgrad, Js, warm_start=True))
 
 
 def test_warm_start_agrees_with_cold_solve_in_fewer_newton_steps():

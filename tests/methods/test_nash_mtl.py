@@ -84,7 +84,7 @@ def test_optax_contract():
   _common.check_optax_contract(cg.nash_mtl)
 
 
-_warm_and_cold = jax.jit(lambda Js: _common.warm_and_cold_runs(cg.nash_mtl, Js))
+_warm_and_cold = jax.jit(lambda Js: _common.warm_and_cold_runs(cg.nash_mtl, Js, warm_start=True))
 
 
 def test_warm_start_agrees_with_cold_solve_in_fewer_newton_steps():
