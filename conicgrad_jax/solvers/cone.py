@@ -425,10 +425,10 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
   null_projector = jnp.eye(num_tasks, dtype=dtype) - jnp.matmul(
       null_basis, null_basis.T, precision=_numeric.HIGHEST)
 
-  def from_barrier():
+  def from_barrier(limit=max_iter):
     factor = eigvecs * root_eig[None, :]                  # G = L Lᵀ
     z0 = _mv(factor.T, p) / n0
-    y, multipliers, slacks, _, iterations = _primal_barrier(factor, z0, c, tol, max_iter)
+    y, multipliers, slacks, _, iterations = _primal_barrier(factor, z0, c, tol, limit)
     # The barrier's z mapped back to task coefficients u (d = Jₙᵀu = Vᵀ-coords z).
     cutoff = jnp.sqrt(eps) * root_eig[-1]
     inv_root = jnp.where(root_eig > cutoff,
@@ -459,8 +459,10 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
     def body(carry):
       index, _, _, iterations = carry
       use_previous = index == 0
-      u_start, multipliers, slacks, its = jax.lax.cond(use_previous, from_previous,
-                                                       from_barrier)
+      # The barrier takes no step on the pass that starts from the previous solution.
+      barrier_start = from_barrier(jnp.where(use_previous, 0, max_iter))
+      u_start, multipliers, slacks, its = jax.tree_util.tree_map(
+          lambda a, b: jnp.where(use_previous, a, b), from_previous(), barrier_start)
       found = attempt(u_start, multipliers, slacks)
       certified = (jnp.isfinite(found.value) & jnp.isfinite(found.upper)
                    & (found.upper - found.value <= tol))
