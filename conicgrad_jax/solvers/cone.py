@@ -39,11 +39,38 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from conicgrad_jax import _numeric
-from conicgrad_jax.solvers import barrier
 
 SCALES = ("g0", "unit", "raw")
+
+
+def _mv(matrix, vector):
+  """``matrix @ vector`` as a multiply and a row sum (cheap to compile on XLA:CPU)."""
+  return jnp.sum(matrix * vector[..., None, :], axis=-1)
+
+
+def _fence(x):
+  """Materialises x as one array (``optimization_barrier``).
+
+  XLA:CPU compiles every fused kernel separately, and it does not duplicate
+  an expensive elementwise result (a division, a square root) into several
+  consumers, so each such value with many users becomes a kernel of its own.
+  Stacking the per-candidate scalars of a stage and fencing them makes the
+  whole stage one kernel; the compile time of the solver is mostly the
+  number of its kernels.
+  """
+  return jax.lax.optimization_barrier(x)
+
+
+def _dot(a, b):
+  return jnp.sum(a * b, axis=-1)
+
+
+def _quad(matrix, vector):
+  return _dot(vector, _mv(matrix, vector))
+
 
 _LINE_SEARCH_STEPS = 24
 _KAPPA = 10.0          # barrier parameter reduction per centring
@@ -90,8 +117,8 @@ def _sin(c):
 
 def _lam_star(gram_n, q, c, w):
   """Closed-form λ*(w) and the pieces a = wᵀq, ‖g_w‖²."""
-  a = jnp.dot(w, q, precision=_numeric.HIGHEST)
-  gw2 = jnp.maximum(_numeric.quad(gram_n, w), 0.0)
+  a = _dot(w, q)
+  gw2 = jnp.maximum(_quad(gram_n, w), 0.0)
   b = jnp.sqrt(jnp.maximum(gw2 - a * a, 0.0))
   s = _sin(c)
   lam = jnp.maximum(0.0, c * b / jnp.maximum(s, jnp.finfo(gw2.dtype).tiny) - a)
@@ -103,19 +130,6 @@ def dual_function(gram_n, q, c, w):
   lam, a, gw2 = _lam_star(gram_n, q, c, w)
   d2 = jnp.maximum(gw2 + 2.0 * lam * a + lam * lam, 0.0)
   return jnp.sqrt(d2) - c * lam
-
-
-def _direction_from_weights(gram_n, q, p, n0, c, w):
-  """Unit-direction coefficients u (d̂ = Jₙᵀu) from dual weights, and ‖d‖.
-
-  d = g_w + λ*(w) ĝ0; when it vanishes the weights do not determine the
-  direction (the primal candidate covers that case) and ``valid`` is False.
-  """
-  lam, a, gw2 = _lam_star(gram_n, q, c, w)
-  d_norm = jnp.sqrt(jnp.maximum(gw2 + 2.0 * lam * a + lam * lam, 0.0))
-  valid = d_norm > jnp.sqrt(jnp.finfo(gram_n.dtype).eps)
-  u = (w + (lam / n0) * p) / jnp.where(valid, d_norm, 1.0)
-  return u, valid
 
 
 def cap_rounding_bound(norms, p, n0, u):
@@ -131,29 +145,7 @@ def cap_rounding_bound(norms, p, n0, u):
   """
   eps = jnp.finfo(u.dtype).eps
   k = u.shape[0]
-  return (2 * k + 1) * eps * jnp.dot(jnp.abs(u), norms) * jnp.dot(p, norms) / n0
-
-
-def _into_cap(gram_n, q, p, n0, c, u):
-  """Moves d = Jₙᵀu into the cap {‖d‖ ≤ 1, ⟨d, ĝ0⟩ ≥ c}, exactly up to rounding.
-
-  Scales d into the unit ball, then mixes in ĝ0 (= Jₙᵀp/‖g0‖) just enough to
-  meet the cap's plane; both moves stay in the ball by convexity.
-  """
-  norm = jnp.sqrt(jnp.maximum(_numeric.quad(gram_n, u), 0.0))
-  u = u / jnp.maximum(norm, 1.0)
-  a = jnp.dot(q, u, precision=_numeric.HIGHEST)
-  theta = jnp.clip((c - a) / jnp.maximum(1.0 - a, jnp.finfo(u.dtype).eps),
-                   0.0, 1.0)
-  return (1.0 - theta) * u + theta * p / n0
-
-
-class _BarrierState(NamedTuple):
-  y: jax.Array        # (z, t)
-  mu: jax.Array
-  iterations: jax.Array
-  final_steps: jax.Array   # Newton steps taken at the final μ
-  done: jax.Array
+  return (2 * k + 1) * eps * _dot(jnp.abs(u), norms) * _dot(p, norms) / n0
 
 
 def _primal_barrier(factor, z0, c, tol, max_iter):
@@ -161,84 +153,100 @@ def _primal_barrier(factor, z0, c, tol, max_iter):
 
   z are coordinates of d in the row space of Jₙ (so ‖d‖ = ‖z‖ and
   ⟨g_i, d⟩ = (Lz)_i with G = LLᵀ); every term of the barrier is a logarithm of
-  an affine or concave quadratic function, hence self-concordant.
+  an affine or concave quadratic function, hence self-concordant. With
+  y = (z, t) the K + 1 affine constraints are Ay ≥ b (rows (L_i, −1) and
+  (z0, 0)); one row sum over [A ⊙ y; z ⊙ z] gives every slack, also for all
+  line-search points at once. The loop carries one vector (y, μ, steps,
+  steps at the final μ, done), so that an iteration compiles to few kernels.
   Returns ((z, t), multipliers, slacks, μ, iterations).
   """
   num_tasks = factor.shape[0]
   dim = factor.shape[1]
+  n = dim + 1
   dtype = factor.dtype
-  nu = jnp.asarray(num_tasks + 2, dtype)
+  nu = num_tasks + 2
   # Centre tightly at the last μ in float64; float32 cannot resolve slacks
   # much below √eps, so it stops earlier and leaves the rest to the crossover.
   final_centring = 1e-6 if dtype == jnp.float64 else 1e-2
+  cons = jnp.concatenate([
+      jnp.concatenate([factor, -jnp.ones((num_tasks, 1), dtype)], axis=1),
+      jnp.concatenate([z0, jnp.zeros((1,), dtype)])[None, :]])
+  offset = jnp.concatenate([jnp.zeros((num_tasks,), dtype), c[None]])
+  in_z = (np.arange(n) < dim).astype(np.dtype(dtype))   # the coordinates of z in y
+  e_t = 1.0 - in_z
+  eye_z = np.diag(in_z)
+  alphas = np.concatenate([[0.0], 0.5 ** np.arange(_LINE_SEARCH_STEPS)]).astype(
+      np.dtype(dtype))
 
   def slacks(y):
-    z, t = y[:dim], y[dim]
-    return (jnp.matmul(factor, z, precision=_numeric.HIGHEST) - t,
-            1.0 - jnp.dot(z, z), jnp.dot(z0, z) - c)
+    """The K + 1 affine slacks and the ball's 1 − ‖z‖², last (y may be a batch)."""
+    # One row sum gives Ay and ‖z‖².
+    zz = y * in_z
+    sums = jnp.sum(jnp.concatenate([cons * y[..., None, :], (zz * zz)[..., None, :]],
+                                   axis=-2), axis=-1)
+    return jnp.concatenate([sums[..., :-1] - offset, 1.0 - sums[..., -1:]], axis=-1)
 
-  def objective(y, mu):
-    s, ball, cap = slacks(y)
-    feasible = jnp.all(s > 0) & (ball > 0) & (cap > 0)
-    value = (-y[dim] / mu - jnp.sum(jnp.log(jnp.where(s > 0, s, 1.0)))
-             - jnp.log(jnp.where(ball > 0, ball, 1.0))
-             - jnp.log(jnp.where(cap > 0, cap, 1.0)))
-    return jnp.where(feasible, value, jnp.inf)
-
-  def newton_step(y, mu):
-    z = y[:dim]
-    s, ball, cap = slacks(y)
-    inv_s = 1.0 / s
-    lt_inv_s = jnp.matmul(factor.T, inv_s, precision=_numeric.HIGHEST)
-    grad_z = -lt_inv_s + 2.0 * z / ball - z0 / cap
-    grad_t = -1.0 / mu + jnp.sum(inv_s)
-    weighted = factor * inv_s[:, None]
-    h_zz = (jnp.matmul(weighted.T, weighted, precision=_numeric.HIGHEST)
-            + (2.0 / ball) * jnp.eye(dim, dtype=dtype)
-            + 4.0 * jnp.outer(z, z) / ball**2 + jnp.outer(z0, z0) / cap**2)
-    h_zt = -jnp.matmul(factor.T, inv_s**2, precision=_numeric.HIGHEST)
-    h_tt = jnp.sum(inv_s**2)
-    hess = jnp.block([[h_zz, h_zt[:, None]], [h_zt[None, :], h_tt[None, None]]])
-    grad = jnp.concatenate([grad_z, grad_t[None]])
+  def body(carry):
+    y, mu, iterations, final_steps = carry[:n], carry[n], carry[n + 1], carry[n + 2]
+    zz = y * in_z
+    # 1/slack of every constraint and 1/μ, in one kernel.
+    recip = _fence(1.0 / jnp.concatenate([slacks(y), mu[None]]))
+    inv_s, inv_ball, inv_mu = recip[:-2], recip[-2], recip[-1]
+    weighted = _fence(cons * inv_s[:, None])
+    # Column sums: Aᵀ(1/s) and the diagonal of Aᵀdiag(1/s²)A.
+    cols = jnp.sum(jnp.stack([weighted, weighted * weighted]), axis=1)
+    grad = -e_t * inv_mu - cols[0] + 2.0 * zz * inv_ball
     # Jacobi scaling keeps the Cholesky factorisation well conditioned.
-    scale = 1.0 / jnp.sqrt(jnp.diagonal(hess))
-    hess_scaled = scale[:, None] * hess * scale[None, :]
-    chol = jax.scipy.linalg.cho_factor(hess_scaled, lower=True)
-    step = -scale * jax.scipy.linalg.cho_solve(chol, scale * grad)
-    return step, -jnp.dot(grad, step)
-
-  def body(state):
-    y, mu = state.y, state.mu
-    step, decrement2 = newton_step(y, mu)
-    alpha, step, finite = barrier.armijo_step(lambda v: objective(v, mu), y, step, decrement2,
-                                              steps=_LINE_SEARCH_STEPS)
+    scale = jax.lax.rsqrt(cols[1] + 2.0 * in_z * inv_ball + 4.0 * zz * zz * inv_ball**2)
+    hess = (jnp.matmul(weighted.T, weighted, precision=_numeric.HIGHEST)
+            + (2.0 * inv_ball) * eye_z + 4.0 * zz[:, None] * zz[None, :] * inv_ball**2)
+    chol = jax.lax.linalg.cholesky(scale[:, None] * hess * scale[None, :],
+                                   symmetrize_input=False)
+    half = jax.lax.linalg.triangular_solve(chol, (scale * grad)[:, None],
+                                           left_side=True, lower=True)
+    step = -scale * jax.lax.linalg.triangular_solve(
+        chol, half, left_side=True, lower=True, transpose_a=True)[:, 0]
+    # The decrement, and a finiteness probe (0, or NaN if the step is not finite).
+    sums = jnp.sum(jnp.stack([-grad * step, 0.0 * step]), axis=1)
+    decrement2 = sums[0]
+    finite = jnp.isfinite(decrement2) & jnp.isfinite(sums[1])
+    step = jnp.where(finite, step, 0.0)
+    # Armijo backtracking over 1, ½, ¼, ... at once (α = 0 is the current point),
+    # every trial point's slacks computed afresh; log(0) = −∞ makes the value
+    # +∞ outside the domain.
+    trial_y = y[None, :] + alphas[:, None] * step[None, :]
+    trial = slacks(trial_y)
+    value = (-trial_y[:, dim] * inv_mu
+             - jnp.sum(jnp.log(jnp.maximum(trial, 0.0)), axis=1))
+    ok = (value[1:] <= value[0] - 0.25 * alphas[1:] * decrement2) & finite
+    alpha = jnp.max(jnp.where(ok, alphas[1:], 0.0))   # the longest accepted step
     small_mu = nu * mu <= tol
     centred = decrement2 < jnp.where(small_mu, final_centring, _CENTRED)
     stalled = (alpha == 0.0) | ~finite
-    new_mu = jnp.where(centred & ~small_mu, mu / _KAPPA, mu)
-    final_steps = state.final_steps + small_mu.astype(jnp.int32)
+    final_steps = final_steps + small_mu
     done = ((small_mu & (centred | stalled | (final_steps >= _FINAL_STEPS)))
             | ~finite)
-    return _BarrierState(y + alpha * step, new_mu, state.iterations + 1,
-                         final_steps, done)
+    return jnp.concatenate([
+        y + alpha * jnp.where(finite, step, 0.0),
+        jnp.stack([jnp.where(centred & ~small_mu, mu / _KAPPA, mu), iterations + 1.0,
+                   final_steps, done.astype(dtype)])])
 
-  def cond(state):
-    return (~state.done) & (state.iterations < max_iter)
+  def cond(carry):
+    return (carry[n + 3] == 0) & (carry[n + 1] < max_iter)
 
   z_init = 0.5 * (1.0 + c) * z0
-  t_init = jnp.min(jnp.matmul(factor, z_init, precision=_numeric.HIGHEST)) - 1.0
-  init = _BarrierState(jnp.concatenate([z_init, t_init[None]]),
-                       jnp.asarray(1.0, dtype), jnp.asarray(0, jnp.int32),
-                       jnp.asarray(0, jnp.int32), jnp.asarray(False))
+  t_init = jnp.min(_mv(factor, z_init)) - 1.0
+  init = jnp.concatenate([z_init, t_init[None], jnp.array([1.0, 0.0, 0.0, 0.0], dtype)])
   final = jax.lax.while_loop(cond, body, init)
+  y, mu = final[:n], final[n]
   tiny = jnp.finfo(dtype).tiny
-  s, ball, cap = slacks(final.y)
-  mu = final.mu
+  s_all = slacks(y)
+  s, ball = s_all[:-1], s_all[-1]
   # Barrier multipliers: μ/slack for each constraint (Σ_i μ/s_i = 1 when centred).
-  multipliers = (mu / jnp.maximum(s, tiny), mu / jnp.maximum(ball, tiny),
-                 mu / jnp.maximum(cap, tiny))
-  slacks_out = (s, ball, cap)
-  return final.y, multipliers, slacks_out, mu, final.iterations
+  multipliers = (mu / jnp.maximum(s[:num_tasks], tiny), mu / jnp.maximum(ball, tiny),
+                 mu / jnp.maximum(s[num_tasks], tiny))
+  slacks_out = (s[:num_tasks], ball, s[num_tasks])
+  return y, multipliers, slacks_out, mu, final[n + 1].astype(jnp.int32)
 
 
 RCOND_EXPONENT = 1.0
@@ -248,8 +256,63 @@ def _lstsq_rcond(dtype):
   return float(jnp.finfo(dtype).eps) ** RCOND_EXPONENT
 
 
-def _crossover(gram_n, q, p, n0, c, u, multipliers, slacks, null_basis,
-               ball_active, cap_active):
+def _kkt_system(gram_n, q, p_n0, c, task_active, ball_active, cap_active, x):
+  """The crossover's KKT residual at x = (u, t, w, β, γ) and its Jacobian, written out.
+
+  Equations (see :func:`_crossover`), in this order: stationarity (K),
+  complementarity (K), Σw = 1, the ball's and the cap's equation.
+  """
+  k = gram_n.shape[0]
+  dtype = gram_n.dtype
+  u, t, w, beta, gamma = x[:k], x[k], x[k + 1:2 * k + 1], x[-2], x[-1]
+  combo = w + gamma * p_n0
+  # One row sum gives Gu, G(w + γp/‖g0‖), uᵀGu, qᵀu and Σw.
+  prods = jnp.sum(jnp.concatenate([
+      gram_n * u[None, :], gram_n * combo[None, :],
+      jnp.stack([u * _mv(gram_n, u), q * u, w])]), axis=1)
+  gu, g_combo, ugu, qu, sum_w = (prods[:k], prods[k:2 * k], prods[-3],
+                                 prods[-2], prods[-1])
+  residual = jnp.concatenate([
+      jnp.where(ball_active, combo - 2.0 * beta * u, g_combo),
+      jnp.where(task_active, gu - t, w),
+      jnp.stack([sum_w - 1.0, jnp.where(ball_active, ugu - 1.0, beta),
+                 jnp.where(cap_active, qu - c, gamma)])])
+  eye = jnp.eye(k, dtype=dtype)
+  ta = task_active.astype(dtype)
+  col = jnp.zeros((k, 1), dtype)
+  zero = jnp.zeros((1,), dtype)
+  jac = jnp.concatenate([
+      jnp.concatenate([jnp.where(ball_active, -2.0 * beta, 0.0) * eye, col,
+                       jnp.where(ball_active, eye, gram_n),
+                       jnp.where(ball_active, -2.0 * u, 0.0)[:, None],
+                       jnp.where(ball_active, p_n0, q)[:, None]], axis=1),
+      jnp.concatenate([ta[:, None] * gram_n, -ta[:, None], jnp.diag(1.0 - ta), col, col],
+                      axis=1),
+      jnp.concatenate([jnp.zeros((k + 1,), dtype), jnp.ones((k,), dtype),
+                       jnp.zeros((2,), dtype)])[None, :],
+      jnp.concatenate([jnp.where(ball_active, 2.0 * gu, 0.0), zero, jnp.zeros((k,), dtype),
+                       jnp.where(ball_active, 0.0, 1.0).astype(dtype)[None], zero])[None, :],
+      jnp.concatenate([jnp.where(cap_active, q, 0.0), zero, jnp.zeros((k,), dtype), zero,
+                       jnp.where(cap_active, 0.0, 1.0).astype(dtype)[None]])[None, :]])
+  return residual, jac
+
+
+def _crossover_start(gram_n, u, multipliers, slacks):
+  """The crossover's starting point x0 = (u, t, w, β, γ) and active tasks."""
+  s, _, _ = slacks
+  w, beta, gamma = multipliers
+  # Active: slack below multiplier; if none is, the tasks of least slack.
+  # One min over rows gives min(s − w) and min(s).
+  least = jnp.min(jnp.stack([s - w, s]), axis=1)
+  task_active = jnp.where(least[0] < 0, s < w, s <= least[1])
+  w = jnp.where(task_active, w, 0.0)
+  t = jnp.min(jnp.where(task_active, _mv(gram_n, u), jnp.inf))
+  x0 = _fence(jnp.concatenate([u, t[None], w / jnp.sum(w), beta[None], gamma[None]]))
+  return x0, task_active
+
+
+def _crossover(gram_n, q, p, n0, c, x0, task_active, null_projector, ball_active,
+               cap_active):
   """Newton steps on the KKT system of the cap problem for given active sets.
 
   Works in task coefficients u (d = Jₙᵀu) so that every equation uses G itself
@@ -265,47 +328,24 @@ def _crossover(gram_n, q, p, n0, c, u, multipliers, slacks, null_basis,
   at a centred point); the ball and cap activities are given, because at the
   float32 floor of μ they can be ambiguous and the caller tries each. Steps
   are least-squares solutions, so rank-deficient G (K > m, duplicated tasks)
-  is fine; ``null_basis`` (columns spanning G's numerical null space, zero
-  columns elsewhere) is projected out of u after each step, since those
-  components do not change d but would grow without bound. Returns the
-  iterates' (u, w), starting point first.
+  is fine; G's numerical null space is projected out of u after each step
+  (``null_projector`` is the projector onto its complement), since those
+  components do not change d but would grow without bound. ``x0`` and
+  ``task_active`` come from :func:`_crossover_start`. Returns the iterates'
+  (u, w) after each step.
   """
-  num_tasks = gram_n.shape[0]
-  k = num_tasks
-  s, _, _ = slacks
-  w, beta, gamma = multipliers
-  task_active = s < w
-  task_active = jnp.where(jnp.any(task_active), task_active, s <= jnp.min(s))
-  w = jnp.where(task_active, w, 0.0)
-  w = w / jnp.sum(w)
-  beta = jnp.where(ball_active, beta, 0.0)
-  gamma = jnp.where(cap_active, gamma, 0.0)
-  t = jnp.min(jnp.where(task_active, _numeric.matvec(gram_n, u), jnp.inf))
-
-  def drop_null(v):
-    return v - _numeric.matvec(null_basis, _numeric.matvec(null_basis.T, v))
-
-  def residual(x):
-    u, t, w, beta, gamma = x[:k], x[k], x[k + 1:2 * k + 1], x[-2], x[-1]
-    gu = _numeric.matvec(gram_n, u)
-    combo = w + gamma * p / n0
-    stationarity = jnp.where(ball_active, combo - 2.0 * beta * u,
-                             _numeric.matvec(gram_n, combo))
-    complementarity = jnp.where(task_active, gu - t, w)
-    ball_eq = jnp.where(ball_active, jnp.dot(u, gu) - 1.0, beta)
-    cap_eq = jnp.where(cap_active, jnp.dot(q, u) - c, gamma)
-    return jnp.concatenate([stationarity, complementarity,
-                            (jnp.sum(w) - 1.0)[None], ball_eq[None],
-                            cap_eq[None]])
+  k = gram_n.shape[0]
+  keep = jnp.concatenate([jnp.ones((2 * k + 1,), bool), jnp.stack([ball_active, cap_active])])
+  x0 = jnp.where(keep, x0, 0.0)     # β = 0, γ = 0 for an inactive ball, cap
 
   def newton(x, _):
-    jac = jax.jacfwd(residual)(x)
-    step = jnp.linalg.lstsq(jac, -residual(x), rcond=_lstsq_rcond(jac.dtype))[0]
+    residual, jac = _kkt_system(gram_n, q, p / n0, c, task_active, ball_active,
+                                cap_active, x)
+    step = jnp.linalg.lstsq(jac, -residual, rcond=_lstsq_rcond(jac.dtype))[0]
     x = x + jnp.where(jnp.isfinite(step), step, 0.0)
-    x = x.at[:k].set(drop_null(x[:k]))
+    x = x.at[:k].set(_mv(null_projector, x[:k]))
     return x, x
 
-  x0 = jnp.concatenate([u, t[None], w, beta[None], gamma[None]])
   _, x = jax.lax.scan(newton, x0, None, length=_POLISH_STEPS)
   return x[:, :k], x[:, k + 1:2 * k + 1]
 
@@ -330,11 +370,13 @@ def cold_start(num_tasks: int, dtype=jnp.float32) -> WarmStart:
 
 
 class _Attempt(NamedTuple):
-  u: jax.Array
-  w: jax.Array
-  value: jax.Array
-  upper: jax.Array
-  norm2: jax.Array
+  u: jax.Array        # the best primal candidate (in the cap)
+  w: jax.Array        # the best dual candidate (on the simplex)
+  value: jax.Array    # min_i ⟨g_i, d⟩ at u: the lower bound
+  upper: jax.Array    # ψ(w): the upper bound
+  norm2: jax.Array    # uᵀGu
+  cos: jax.Array      # qᵀu
+  lam: jax.Array      # λ*(w)
 
 
 def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
@@ -369,26 +411,29 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
   c = jnp.asarray(c, dtype)
   p = _numeric.as_preference(preference, num_tasks, dtype)
   eps = jnp.finfo(dtype).eps
-  n0_2 = _numeric.quad(gram_n, p)
   norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram_n), 0.0))
-  g0_vanishes = n0_2 <= num_tasks * eps * jnp.dot(p, norms) ** 2
+  gp = _mv(gram_n, p)
+  n0_2, p_norms = jnp.sum(jnp.stack([p * gp, p * norms]), axis=1)
+  g0_vanishes = n0_2 <= num_tasks * eps * p_norms ** 2
   n0 = jnp.sqrt(jnp.where(g0_vanishes, 1.0, n0_2))
-  q = _numeric.matvec(gram_n, p) / n0
-  root_sigma = jnp.sqrt(sigma)
+  scalars = _fence(jnp.concatenate([gp / n0, jnp.stack([n0, jnp.sqrt(sigma)])]))
+  q, n0, root_sigma = scalars[:num_tasks], scalars[-2], scalars[-1]
 
-  eigvals, eigvecs = jnp.linalg.eigh(gram_n)
+  eigvals, eigvecs = jnp.linalg.eigh(gram_n)        # ascending eigenvalues
   root_eig = jnp.sqrt(jnp.maximum(eigvals, 0.0))
-  null_basis = eigvecs * (eigvals <= num_tasks * eps * jnp.max(eigvals))[None, :]
+  null_basis = eigvecs * (eigvals <= num_tasks * eps * eigvals[-1])[None, :]
+  null_projector = jnp.eye(num_tasks, dtype=dtype) - jnp.matmul(
+      null_basis, null_basis.T, precision=_numeric.HIGHEST)
 
-  def from_barrier():
+  def from_barrier(limit=max_iter):
     factor = eigvecs * root_eig[None, :]                  # G = L Lᵀ
-    z0 = jnp.matmul(factor.T, p, precision=_numeric.HIGHEST) / n0
-    y, multipliers, slacks, _, iterations = _primal_barrier(factor, z0, c, tol, max_iter)
+    z0 = _mv(factor.T, p) / n0
+    y, multipliers, slacks, _, iterations = _primal_barrier(factor, z0, c, tol, limit)
     # The barrier's z mapped back to task coefficients u (d = Jₙᵀu = Vᵀ-coords z).
-    cutoff = jnp.sqrt(eps) * jnp.max(root_eig)
+    cutoff = jnp.sqrt(eps) * root_eig[-1]
     inv_root = jnp.where(root_eig > cutoff,
                          1.0 / jnp.where(root_eig > cutoff, root_eig, 1.0), 0.0)
-    u_ipm = _numeric.matvec(eigvecs, inv_root * y[:num_tasks])
+    u_ipm = _mv(eigvecs, inv_root * y[:num_tasks])
     return u_ipm, multipliers, slacks, iterations
 
   def from_previous():
@@ -403,7 +448,8 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
     return u_prev, multipliers, slacks, jnp.asarray(0, jnp.int32)
 
   def attempt(u_start, multipliers, slacks):
-    return _candidates(gram_n, q, p, n0, c, norms, null_basis, u_start, multipliers, slacks)
+    return _candidates(gram_n, q, p, n0, c, null_basis, null_projector, u_start,
+                       multipliers, slacks)
 
   if warm_start is None:
     u_start, multipliers, slacks, iterations = from_barrier()
@@ -413,8 +459,10 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
     def body(carry):
       index, _, _, iterations = carry
       use_previous = index == 0
-      u_start, multipliers, slacks, its = jax.lax.cond(use_previous, from_previous,
-                                                       from_barrier)
+      # The barrier takes no step on the pass that starts from the previous solution.
+      barrier_start = from_barrier(jnp.where(use_previous, 0, max_iter))
+      u_start, multipliers, slacks, its = jax.tree_util.tree_map(
+          lambda a, b: jnp.where(use_previous, a, b), from_previous(), barrier_start)
       found = attempt(u_start, multipliers, slacks)
       certified = (jnp.isfinite(found.value) & jnp.isfinite(found.upper)
                    & (found.upper - found.value <= tol))
@@ -423,72 +471,91 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
     def cond(carry):
       return ~carry[1]
 
-    empty = _Attempt(jnp.zeros((num_tasks,), dtype), p, jnp.zeros((), dtype),
-                     jnp.zeros((), dtype), jnp.zeros((), dtype))
+    zero = jnp.zeros((), dtype)
+    empty = _Attempt(jnp.zeros((num_tasks,), dtype), p, zero, zero, zero, zero, zero)
     first = jnp.where(jnp.asarray(warm_start.valid) & jnp.all(
         jnp.isfinite(warm_start.unit_coefficients)), 0, 1)
     _, _, best, iterations = jax.lax.while_loop(
         cond, body, (first, jnp.asarray(False), empty, jnp.asarray(0, jnp.int32)))
 
-  u, w, value, upper = best.u, best.w, best.value, best.upper
+  u, w = best.u, best.w
   d_norm = jnp.sqrt(jnp.maximum(best.norm2, 0.0))
   # d* = 0 happens only for c = 0 at a Pareto-stationary point (any c > 0 keeps
   # ‖d*‖ ≥ c); a length at rounding level is that zero.
-  u = jnp.where(d_norm > eps, u / jnp.where(d_norm > eps, d_norm, 1.0), 0.0)
-  # An exactly zero task gradient takes no part in d: its coefficient is 0
-  # (any value gives the same update; solvers leave rounding noise there).
-  u = jnp.where(norms > 0, u, 0.0)
-  residual = jnp.maximum(upper - value, 0.0)
-  cosine = jnp.dot(q, u, precision=_numeric.HIGHEST)
-  lam, _, _ = _lam_star(gram_n, q, c, w)
-  dual_norm = upper + c * lam
-
-  zero = jnp.zeros((), dtype)
+  inv_d = jnp.where(d_norm > eps, 1.0 / jnp.where(d_norm > eps, d_norm, 1.0), 0.0)
+  residual = jnp.maximum(best.upper - best.value, 0.0)
+  # Every reported number in one kernel (all zero when g0 = 0).
+  out = _fence(jnp.where(g0_vanishes, 0.0, jnp.stack([
+      best.lam * root_sigma, best.cos * inv_d, best.value * root_sigma, residual,
+      n0 * root_sigma, (best.upper + c * best.lam) * root_sigma, inv_d / root_sigma])))
   diagnostics = ConicDiagnostics(
       simplex_weights=jnp.where(g0_vanishes, p, w),
-      lam=jnp.where(g0_vanishes, zero, lam * root_sigma),
-      cosine=jnp.where(g0_vanishes, zero, cosine),
-      value=jnp.where(g0_vanishes, zero, value * root_sigma),
-      residual=jnp.where(g0_vanishes, zero, residual),
-      iterations=iterations,
-      g0_norm=jnp.where(g0_vanishes, zero, n0 * root_sigma),
-      dual_norm=jnp.where(g0_vanishes, zero, dual_norm * root_sigma),
-  )
-  unit_coefficients = jnp.where(g0_vanishes, jnp.zeros_like(u), u / root_sigma)
+      lam=out[0], cosine=out[1], value=out[2], residual=out[3],
+      iterations=iterations, g0_norm=out[4], dual_norm=out[5])
+  # An exactly zero task gradient takes no part in d: its coefficient is 0
+  # (any value gives the same update; solvers leave rounding noise there).
+  unit_coefficients = jnp.where(norms > 0, u * out[6], 0.0)
   return unit_coefficients, diagnostics
 
 
-def _candidates(gram_n, q, p, n0, c, norms, null_basis, u_start, multipliers, slacks):
-  """Crossover from a start point, then the best dual and primal candidates (an :class:`_Attempt`)."""
+def _candidates(gram_n, q, p, n0, c, null_basis, null_projector, u_start, multipliers,
+                slacks):
+  """Crossover from a start point, then the best dual and primal candidates (an :class:`_Attempt`).
+
+  All candidates are scored together, as rows of matrices, so that the
+  program stays small: each row sum below serves every candidate at once.
+  """
   num_tasks = gram_n.shape[0]
   dtype = gram_n.dtype
   eps = jnp.finfo(dtype).eps
+  tiny = jnp.finfo(dtype).tiny
   hypotheses = jnp.array(list(itertools.product([False, True], repeat=2)))
+  x0, task_active = _crossover_start(gram_n, u_start, multipliers, slacks)
   u_cross, w_cross = jax.vmap(
-      lambda h: _crossover(gram_n, q, p, n0, c, u_start, multipliers, slacks,
-                           null_basis, h[0], h[1]))(hypotheses)
+      lambda h: _crossover(gram_n, q, p, n0, c, x0, task_active, null_projector,
+                           h[0], h[1]))(hypotheses)
   u_primal = jnp.concatenate([u_start[None], u_cross.reshape(-1, num_tasks)])
-  w_candidates = jnp.concatenate([(multipliers[0] / jnp.sum(multipliers[0]))[None],
-                                  w_cross.reshape(-1, num_tasks)])
-  w_candidates = jnp.maximum(jnp.where(jnp.isfinite(w_candidates),
-                                       w_candidates, 0.0), 0.0)
-  w_candidates = w_candidates / jnp.maximum(
-      jnp.sum(w_candidates, axis=1, keepdims=True), jnp.finfo(dtype).tiny)
+  # The preference p itself is a dual candidate too (a fallback bound).
+  w_raw = jnp.concatenate([multipliers[0][None], w_cross.reshape(-1, num_tasks), p[None]])
+  w_raw = jnp.maximum(jnp.where(jnp.isfinite(w_raw), w_raw, 0.0), 0.0)
 
-  # Dual candidates: any simplex w gives the upper bound ψ(w).
-  psi = jax.vmap(lambda w: dual_function(gram_n, q, c, w))(w_candidates)
-  psi = jnp.where(jnp.isfinite(psi) & (jnp.sum(w_candidates, axis=1) > 0.5),
-                  psi, jnp.inf)
-  upper = jnp.min(psi)
-  w = jnp.where(jnp.isfinite(upper), w_candidates[jnp.argmin(psi)], p)
+  w_candidates = _fence(w_raw / jnp.maximum(jnp.sum(w_raw, axis=1, keepdims=True), tiny))
+
+  # Dual candidates: any simplex w gives the upper bound ψ(w); one row sum
+  # gives Σw, wᵀq and wᵀGw of every candidate.
+  wg = jnp.matmul(w_candidates, gram_n, precision=_numeric.HIGHEST)
+  sums = jnp.sum(jnp.stack([w_candidates, w_candidates * q[None, :],
+                            w_candidates * wg]), axis=2)
+  a, gw2 = sums[1], jnp.maximum(sums[2], 0.0)
+  lam = jnp.maximum(0.0, c * jnp.sqrt(jnp.maximum(gw2 - a * a, 0.0))
+                    / jnp.maximum(_sin(c), tiny) - a)
+  d_norm = jnp.sqrt(jnp.maximum(gw2 + 2.0 * lam * a + lam * lam, 0.0))
+  psi = jnp.where(jnp.isfinite(d_norm - c * lam) & (sums[0] > 0.5), d_norm - c * lam,
+                  jnp.inf)
+  # The direction d(w) = g_w + λ*ĝ0 of each dual candidate, as coefficients
+  # u = (w + λ* p/‖g0‖)/‖d‖; when d vanishes w does not determine it (invalid).
+  valid_dual = d_norm > jnp.sqrt(eps)
+  inv_d = 1.0 / jnp.where(valid_dual, d_norm, 1.0)
+  psi, w_scale, p_scale, valid_dual, lam = _fence(
+      jnp.stack([psi, inv_d, lam * inv_d / n0, valid_dual.astype(dtype), lam]))
+  best_dual = jnp.argmin(psi)
+  upper = psi[best_dual]
+  w = jnp.where(jnp.isfinite(upper), w_candidates[best_dual], p)
+  lam = jnp.where(jnp.isfinite(upper), lam[best_dual], 0.0)
 
   # Primal candidates: any d in the cap gives the lower bound min_i ⟨g_i, d⟩:
-  # the start point's and crossover's points, and the direction d(w) of each
-  # dual candidate.
-  u_dual, valid = jax.vmap(
-      lambda v: _direction_from_weights(gram_n, q, p, n0, c, v))(w_candidates)
+  # the start point's and crossover's points, and the directions d(w).
+  u_dual = w_scale[:, None] * w_candidates + p_scale[:, None] * p[None, :]
   u_all = jnp.concatenate([u_primal, u_dual])
-  u_all = jax.vmap(lambda u: _into_cap(gram_n, q, p, n0, c, u))(u_all)
+  # Into the cap {‖d‖ ≤ 1, ⟨d, ĝ0⟩ ≥ c}: scale into the ball, then mix in
+  # ĝ0 (= Jₙᵀp/‖g0‖) just enough to meet the cap's plane.
+  ug = jnp.matmul(u_all, gram_n, precision=_numeric.HIGHEST)
+  sums = jnp.sum(jnp.stack([u_all * ug, u_all * q[None, :]]), axis=2)
+  inv_shrink = 1.0 / jnp.maximum(jnp.sqrt(jnp.maximum(sums[0], 0.0)), 1.0)
+  cos_in = sums[1] * inv_shrink
+  theta = jnp.clip((c - cos_in) / jnp.maximum(1.0 - cos_in, eps), 0.0, 1.0)
+  u_scale, p_scale = _fence(jnp.stack([(1.0 - theta) * inv_shrink, theta / n0]))
+  u_all = u_scale[:, None] * u_all + p_scale[:, None] * p[None, :]
   # Large coefficients along G's (numerical) null space leave d = Jₙᵀu unchanged
   # in exact arithmetic but make uᵀGu and Jₙᵀu disagree by rounding (K > m,
   # rank-deficient G); drop them when they exceed O(1), where that error starts
@@ -500,18 +567,19 @@ def _candidates(gram_n, q, p, n0, c, norms, null_basis, u_start, multipliers, sl
                         null_basis.T, precision=_numeric.HIGHEST)
     u_all = jnp.where(jnp.sum(jnp.abs(u_null), axis=1, keepdims=True) > 1.0,
                       u_all - u_null, u_all)
-  valid = jnp.concatenate([jnp.ones((u_primal.shape[0],), bool), valid])
-  norms2 = jax.vmap(lambda u: _numeric.quad(gram_n, u))(u_all)
-  cos_all = jnp.matmul(u_all, q, precision=_numeric.HIGHEST)
+  u_all = _fence(u_all)
+  valid = jnp.concatenate([jnp.ones((u_primal.shape[0],), bool), valid_dual > 0.5])
+  ug = jnp.matmul(u_all, gram_n, precision=_numeric.HIGHEST)
+  sums = jnp.sum(jnp.stack([u_all * ug, u_all * q[None, :], jnp.abs(u_all)]), axis=2)
+  norms2, cos_all = sums[0], sums[1]
   slack = 100 * eps
   # Coefficients this large would make Σ_k u_k g_k mostly cancellation error.
-  trusted = jnp.sum(jnp.abs(u_all), axis=1) <= eps ** -0.5
+  trusted = sums[2] <= eps ** -0.5
   feasible = (valid & trusted & (norms2 <= 1.0 + slack) & (cos_all >= c - slack))
-  lower_all = jnp.min(jnp.matmul(u_all, gram_n, precision=_numeric.HIGHEST),
-                      axis=1)
+  lower_all = jnp.min(ug, axis=1)
   lower_all = jnp.where(feasible & jnp.isfinite(lower_all), lower_all, -jnp.inf)
   best = jnp.argmax(lower_all)
-  return _Attempt(u_all[best], w, lower_all[best], upper, norms2[best])
+  return _Attempt(u_all[best], w, lower_all[best], upper, norms2[best], cos_all[best], lam)
 
 
 def conic_weighting(gram, c=0.5, *, preference=None, scale="g0", tol=None,
