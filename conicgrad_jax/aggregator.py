@@ -33,12 +33,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from conicgrad_jax._types import PyTree
 from conicgrad_jax import _numeric
 from conicgrad_jax import linalg
 from conicgrad_jax import validation
 from conicgrad_jax.solvers import barrier
 
-PyTree = Any
 
 
 class Weigh(Protocol):

@@ -10,14 +10,13 @@ matrices are reduced, so the stacked gradients are never gathered.
 
 from __future__ import annotations
 
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from conicgrad_jax._types import PyTree
 from conicgrad_jax import _numeric
 
-PyTree = Any
 
 
 def _accumulation_dtype(dtype) -> jnp.dtype:

@@ -13,7 +13,8 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-PyTree = Any
+from conicgrad_jax._types import PyTree
+
 SharedSpec = Optional[PyTree | Callable[[tuple, Any], bool]]
 
 

@@ -11,8 +11,8 @@ need to see gets it from a hidden prelude, an HTML comment placed before it::
 (blocks that are not meant to run are fenced as ```text or ```bash).
 
 The pages run in one separate process (``python tests/test_docs.py PAGE...``) with XLA's
-backend optimisations off: the blocks check behaviour, not speed, and compiling them
-unoptimised takes about half the time.
+fast-compiling code generation of ``tests/conftest.py``: the blocks check behaviour, not
+speed.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def page_errors():
   """Runs every page once in a fresh process; page id -> traceback ('' when it ran)."""
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+                       "--xla_cpu_use_fusion_emitters=false "
                        "--xla_backend_optimization_level=0")
   result = subprocess.run([sys.executable, __file__] + [str(p) for p in RUNNABLE],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)

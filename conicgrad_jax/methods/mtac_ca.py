@@ -74,15 +74,6 @@ def mtac_ca_weighting(gram: jax.Array, weights: jax.Array, *, lr: float = 0.5,
   return w, aggregator.SolverInfo(jnp.asarray(steps, jnp.int32))
 
 
-def _cross_gram(a_leaves, b_leaves, precision):
-  out = 0.0
-  for a, b in zip(a_leaves, b_leaves):
-    axes = tuple(range(1, a.ndim))
-    out = out + jax.lax.dot_general(a, b, ((axes, axes), ((), ())), precision=precision,
-                                    preferred_element_type=_numeric.solver_dtype(a.dtype))
-  return out
-
-
 def weight_grad_leaves(weight_grads, num_shared: int):
   """The two shared-leaf lists of ``weight_grads=(g1, g2)``; a ValueError naming it otherwise."""
   if not (isinstance(weight_grads, (tuple, list)) and len(weight_grads) == 2):
@@ -168,7 +159,7 @@ def mtac_ca(lr: float = 0.5, *, rho: float = 0.01, steps: int = 1,
       m = linalg.gram_matrix(leaves, precision)
     else:
       xi1, xi2 = weight_grad_leaves(weight_grads, len(leaves))
-      m = _cross_gram(xi1, xi2, precision)
+      m = linalg.cross_gram_matrix(xi1, xi2, precision)
     finite = jnp.all(jnp.isfinite(m)) & jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
     k = state.weights.shape[0]

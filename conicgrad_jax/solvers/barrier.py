@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 
 _LINE_SEARCH_STEPS = 30
-_KAPPA = 10.0
-_CENTRED = 0.25
+KAPPA = 10.0      # barrier parameter reduction per centring (also the cone solver's)
+CENTRED = 0.25    # Newton decrement² below which a point counts as centred
 _QUADRATIC = 1e-4   # centre_only: Newton's decrement² below which full steps are taken
 _WARM_GAP = 0.1   # a warm start centres at ν·μ = tol/10: room for its certificate, gap ≤ tol
 
@@ -103,11 +103,11 @@ def barrier_minimize(f: Callable[[jax.Array], jax.Array], x0: jax.Array, *,
     step, decrement2 = newton_step(x, mu)
     alpha, step, finite = armijo_step(lambda v: objective(v, mu), x, step, decrement2)
     small_mu = (nu * mu <= tol) | centre_only
-    centred = decrement2 < jnp.where(centre_only, tol, _CENTRED)
+    centred = decrement2 < jnp.where(centre_only, tol, CENTRED)
     # In Newton's quadratic region Armijo's test is decided by rounding alone;
     # the full step is then still the better point unless it leaves the
     # domain or raises the objective beyond rounding.
-    quadratic_region = decrement2 < jnp.where(centre_only, _QUADRATIC, _CENTRED)
+    quadratic_region = decrement2 < jnp.where(centre_only, _QUADRATIC, CENTRED)
     f0, f1 = objective(x, mu), objective(x + step, mu)
     full = (quadratic_region & finite & jnp.isfinite(f1)
             & (f1 <= f0 + 16 * jnp.finfo(dtype).eps * (1 + jnp.abs(f0))))
@@ -117,7 +117,7 @@ def barrier_minimize(f: Callable[[jax.Array], jax.Array], x0: jax.Array, *,
     # step; when it no longer does, it has reached the rounding floor
     # (float32 may not reach a small tol): converged to working precision.
     stagnated = centre_only & (decrement2 < _QUADRATIC) & (4 * decrement2 > state.decrement2)
-    new_mu = jnp.where((centred | stalled) & ~small_mu, mu / _KAPPA, mu)
+    new_mu = jnp.where((centred | stalled) & ~small_mu, mu / KAPPA, mu)
     done = (small_mu & (centred | stalled | stagnated)) | ~finite
     converged = small_mu & (centred | stagnated) & finite
     return _State(x + alpha * step, new_mu, state.iterations + 1, done, decrement2, converged)

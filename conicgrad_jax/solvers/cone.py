@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from conicgrad_jax import _numeric
+from conicgrad_jax.solvers.barrier import CENTRED, KAPPA
 
 SCALES = ("g0", "unit", "raw")
 
@@ -73,8 +74,6 @@ def _quad(matrix, vector):
 
 
 _LINE_SEARCH_STEPS = 24
-_KAPPA = 10.0          # barrier parameter reduction per centring
-_CENTRED = 0.25        # Newton decrement² below which a point counts as centred
 _POLISH_STEPS = 4
 _FINAL_STEPS = 8       # most Newton steps spent centring at the final μ
 
@@ -221,14 +220,14 @@ def _primal_barrier(factor, z0, c, tol, max_iter):
     ok = (value[1:] <= value[0] - 0.25 * alphas[1:] * decrement2) & finite
     alpha = jnp.max(jnp.where(ok, alphas[1:], 0.0))   # the longest accepted step
     small_mu = nu * mu <= tol
-    centred = decrement2 < jnp.where(small_mu, final_centring, _CENTRED)
+    centred = decrement2 < jnp.where(small_mu, final_centring, CENTRED)
     stalled = (alpha == 0.0) | ~finite
     final_steps = final_steps + small_mu
     done = ((small_mu & (centred | stalled | (final_steps >= _FINAL_STEPS)))
             | ~finite)
     return jnp.concatenate([
         y + alpha * jnp.where(finite, step, 0.0),
-        jnp.stack([jnp.where(centred & ~small_mu, mu / _KAPPA, mu), iterations + 1.0,
+        jnp.stack([jnp.where(centred & ~small_mu, mu / KAPPA, mu), iterations + 1.0,
                    final_steps, done.astype(dtype)])])
 
   def cond(carry):
@@ -247,13 +246,6 @@ def _primal_barrier(factor, z0, c, tol, max_iter):
                  mu / jnp.maximum(s[num_tasks], tiny))
   slacks_out = (s[:num_tasks], ball, s[num_tasks])
   return y, multipliers, slacks_out, mu, final[n + 1].astype(jnp.int32)
-
-
-RCOND_EXPONENT = 1.0
-
-
-def _lstsq_rcond(dtype):
-  return float(jnp.finfo(dtype).eps) ** RCOND_EXPONENT
 
 
 def _kkt_system(gram_n, q, p_n0, c, task_active, ball_active, cap_active, x):
@@ -341,7 +333,7 @@ def _crossover(gram_n, q, p, n0, c, x0, task_active, null_projector, ball_active
   def newton(x, _):
     residual, jac = _kkt_system(gram_n, q, p / n0, c, task_active, ball_active,
                                 cap_active, x)
-    step = jnp.linalg.lstsq(jac, -residual, rcond=_lstsq_rcond(jac.dtype))[0]
+    step = jnp.linalg.lstsq(jac, -residual, rcond=float(jnp.finfo(jac.dtype).eps))[0]
     x = x + jnp.where(jnp.isfinite(step), step, 0.0)
     x = x.at[:k].set(_mv(null_projector, x[:k]))
     return x, x

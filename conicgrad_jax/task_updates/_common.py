@@ -7,9 +7,9 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from conicgrad_jax._types import PyTree
 from conicgrad_jax import validation
 
-PyTree = Any
 STRATEGIES = ("loop", "vmap")
 
 
