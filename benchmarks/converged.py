@@ -115,6 +115,7 @@ class Protocol:
   window_percent: int = 20
   checkpoint_every: int = 2        # epochs
   fresh_pairs: bool = False        # new training pairs every epoch (overlaid images)
+  lr_halvings: Optional[int] = None  # converged once the lr is this many times halved
 
   @property
   def min_window(self) -> int:
@@ -122,7 +123,8 @@ class Protocol:
 
   def tag(self) -> str:
     return (f"b{self.batch_size}_lr{self.lr:g}_p{self.lr_patience}_d{self.min_delta:g}"
-            f"_min{self.min_epochs}_max{self.max_epochs}{'_fresh' if self.fresh_pairs else ''}")
+            f"_min{self.min_epochs}_max{self.max_epochs}{'_fresh' if self.fresh_pairs else ''}"
+            f"{f'_h{self.lr_halvings}' if self.lr_halvings else ''}")
 
   def rule(self) -> str:
     direction = "higher" if self.higher_is_better else "lower"
@@ -136,18 +138,25 @@ class Protocol:
         f"by {self.lr_factor:g} after {self.lr_patience} consecutive epochs without an "
         f"improvement (the count restarts after each reduction). The run stops with "
         f"converged=True after epoch n >= {self.min_epochs} when the last improvement lies "
-        f"before the last max(ceil({self.window_percent}% of n), {self.min_window}) epochs, "
-        f"and otherwise at the cap of {self.max_epochs} epochs with converged=False (or at "
+        f"before the last max(ceil({self.window_percent}% of n), {self.min_window}) epochs"
+        + (f", or once the learning rate has been reduced {self.lr_halvings} times (to "
+           f"{self.lr * self.lr_factor ** self.lr_halvings:g}: what further epochs could "
+           f"change is below the score's epoch-to-epoch noise)" if self.lr_halvings else "")
+        + f", and otherwise at the cap of {self.max_epochs} epochs with converged=False (or at "
         f"non-finite parameters, converged=False). The reported test metrics are those of "
         f"the epoch with the best validation score.")
+
+
+CONVERGED_STOPS = ("plateau", "lr floor")
+"""The stop reasons that count as converged."""
 
 
 class Plateau:
   """The stopping rule and learning-rate schedule, epoch by epoch; its state is JSON.
 
   ``update(score)`` after each epoch; ``lr_scale`` is the factor for the next
-  epoch; ``stop()`` is None while training goes on, else ``"plateau"`` (converged)
-  or ``"cap"``. ``selected_epoch`` is the epoch with the best score (what the
+  epoch; ``stop()`` is None while training goes on, else ``"plateau"`` or
+  ``"lr floor"`` (both converged) or ``"cap"``. ``selected_epoch`` is the epoch with the best score (what the
   test metrics are reported for); ``best_epoch`` the last significant
   improvement (what the rule counts from).
   """
@@ -190,6 +199,10 @@ class Plateau:
     n = self.epochs
     if n >= self.protocol.min_epochs and self.best_epoch < n - self.window():
       return "plateau"
+    halvings = self.protocol.lr_halvings
+    if (halvings and n >= self.protocol.min_epochs
+        and self.lr_scale <= self.protocol.lr_factor ** halvings * (1 + 1e-9)):
+      return "lr floor"
     if n >= self.protocol.max_epochs:
       return "cap"
     return None
@@ -545,7 +558,7 @@ def train_run(bench: Bench, job: Job, data, checkpoint: Optional[str] = None,
   wall += time.perf_counter() - t_start
   result = {"method": job.method, "config": dict(job.kwargs), "seed": job.seed, "key": job.key,
             "mode": mode, "strategy": bench.strategy if mode == "stacked" else None,
-            "converged": stop == "plateau", "stop_reason": stop, "epochs_run": rule.epochs,
+            "converged": stop in CONVERGED_STOPS, "stop_reason": stop, "epochs_run": rule.epochs,
             "best_epoch": rule.selected_epoch if best_params is not None else None,
             "best_val_score": _r(rule.selected, 8) if best_params is not None else None,
             "final_lr": protocol.lr * rule.lr_scale, "wall_s": round(wall, 1),

