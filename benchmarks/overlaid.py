@@ -212,19 +212,27 @@ def build_converged_data(name, sizes=CONVERGED_SIZES, seed=1234, pools=None,
 _TRAIN_SOURCES = {}
 
 
-def resample_train_pairs(name, n, rng, seed=1234):
+def _train_sources(name, pools, seed):
+  n_test = len(pools["test"][0]) if "test" in pools else 0
+  pool, idx = converged_sources(name, np.random.default_rng(seed), n_test)["train"]
+  return pools[pool], idx
+
+
+def resample_train_pairs(name, n, rng, seed=1234, pools=None):
   """n fresh training pairs (new partners and shifts) of the training split's source images.
 
-  The training split's images are those of :func:`build_converged_data` (same ``seed``);
-  drawing new pairs every epoch gives the network as many distinct pairs as it can use
-  while validation and test pairs keep their own, disjoint source images.
+  The training split's images are those of :func:`build_converged_data` (same ``seed``;
+  ``pools`` as there, loaded once and kept when None); drawing new pairs every epoch
+  gives the network as many distinct pairs as it can use while validation and test
+  pairs keep their own, disjoint source images.
   """
-  if (name, seed) not in _TRAIN_SOURCES:
-    pools = _pools(name)
-    n_test = len(pools["test"][0]) if "test" in pools else 0
-    pool, idx = converged_sources(name, np.random.default_rng(seed), n_test)["train"]
-    _TRAIN_SOURCES[name, seed] = (pools[pool], idx)
-  (x, y), idx = _TRAIN_SOURCES[name, seed]
+  if pools is not None:
+    sources = _train_sources(name, pools, seed)
+  else:
+    if (name, seed) not in _TRAIN_SOURCES:
+      _TRAIN_SOURCES[name, seed] = _train_sources(name, _pools(name), seed)
+    sources = _TRAIN_SOURCES[name, seed]
+  (x, y), idx = sources
   i, j = idx[rng.integers(0, len(idx), n)], idx[rng.integers(0, len(idx), n)]
   shifts = rng.integers(0, 5, (n, 4))
   return overlay_pairs(x, i, j, shifts), np.stack([y[i], y[j]], 1).astype(np.int32)

@@ -267,6 +267,24 @@ def test_converged_splits_have_disjoint_sources():
   assert not set(src["train"][1]) & set(src["val"][1])
 
 
+def test_fresh_training_pairs_come_from_the_training_images_only():
+  from benchmarks import overlaid
+  rng = np.random.default_rng(0)
+  # Labels name the source image, so the pairs' labels show which images were drawn.
+  pools = {"mnist": (rng.random((5000, 28, 28)).astype(np.float32), np.arange(5000))}
+  (_, y_train), (_, y_val), (_, y_test) = overlaid.build_converged_data(
+      "multimnist", (2000, 500, 500), pools=pools)
+  train_images = set(overlaid.converged_sources("multimnist",
+                                                np.random.default_rng(1234))["train"][1])
+  assert set(np.ravel(y_train)) <= train_images
+  epochs = [overlaid.resample_train_pairs("multimnist", 2000, np.random.default_rng(e),
+                                          pools=pools) for e in (1, 2)]
+  for x, y in epochs:
+    assert x.shape == (2000, 36, 36, 1) and set(np.ravel(y)) <= train_images
+    assert not set(np.ravel(y)) & (set(np.ravel(y_val)) | set(np.ravel(y_test)))
+  assert not np.array_equal(epochs[0][1], epochs[1][1])     # new pairs each epoch
+
+
 def test_overlay_pairs_places_both_images():
   from benchmarks import overlaid
   imgs = np.zeros((2, 28, 28), np.float32)
