@@ -15,10 +15,14 @@ def gram_by_columns(of_shared, vjp_shared, shared_leaves, k: int, dtype,
                     unroll: bool) -> jax.Array:
   """G column by column: g_i = VJP(e_i), then (J g_i)_j = ⟨g_j, g_i⟩ as a JVP.
 
-  With ``unroll`` the K columns are straight-line code, column i + 1 made to
-  wait for column i (``lax.optimization_barrier``), so one task gradient is
-  live at a time and XLA:CPU runs the convolutions at top-level speed;
-  without it, a ``lax.scan`` (the accelerator default).
+  With ``unroll`` the K columns are straight-line code (XLA:CPU runs the
+  convolutions at top-level speed) and column i + 1 depends on column i
+  through its basis vector (e_{i+1} + 0·G_{0i}), so XLA cannot schedule
+  the columns side by side and one task gradient is live at a time. (An
+  ``optimization_barrier`` does not do this on XLA:CPU: it is removed before
+  scheduling.) A non-finite column makes the later ones non-finite, and a
+  non-finite G gives a zero update anyway. Without ``unroll``, a ``lax.scan``
+  (the accelerator default).
   """
   basis = jnp.eye(k, dtype=dtype)
 
@@ -31,8 +35,7 @@ def gram_by_columns(of_shared, vjp_shared, shared_leaves, k: int, dtype,
     for i in range(k):
       row = basis[i]
       if col is not None:
-        col, row = jax.lax.optimization_barrier((col, row))
-        cols[-1] = col
+        row = row + 0.0 * col[0]
       col = column(row)
       cols.append(col)
     cols = jnp.stack(cols)

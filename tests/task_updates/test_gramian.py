@@ -44,3 +44,28 @@ def test_gramian_mode_equals_the_stacked_path(unroll, log_losses):
   for a, b in zip(jax.tree_util.tree_leaves(update), jax.tree_util.tree_leaves(expected)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
   assert float(info.cosine) >= 0.5 - 1e-4
+
+
+def _gramian_temp_bytes(k, d=64, h=256, batch=16):
+  rng = np.random.default_rng(0)
+  params = {"enc": {"w1": jnp.asarray(rng.standard_normal((d, h)) * 0.1, jnp.float32),
+                    "w2": jnp.asarray(rng.standard_normal((h, h)) * 0.1, jnp.float32)},
+            "heads": jnp.asarray(rng.standard_normal((h, k)) * 0.1, jnp.float32)}
+  x = jnp.asarray(rng.standard_normal((batch, d)), jnp.float32)
+
+  def losses(p, x):
+    z = jnp.tanh(jnp.tanh(x @ p["enc"]["w1"]) @ p["enc"]["w2"])
+    return jnp.mean((z @ p["heads"] - 1.0) ** 2, axis=0)
+
+  shared = {"enc": {"w1": True, "w2": True}, "heads": False}
+  fn = gramian_value_and_update(losses, lambda G: conic_weighting(G, 0.5), shared=shared,
+                                unroll=True)
+  compiled = jax.jit(lambda p, x: fn(p, x)[1]).lower(params, x).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_unrolled_gramian_memory_does_not_grow_with_k():
+  """One task gradient live at a time, under XLA's default scheduler (docs: memory modes)."""
+  gradient_bytes = 4 * (64 * 256 + 256 * 256)
+  small, large = _gramian_temp_bytes(2), _gramian_temp_bytes(16)
+  assert large <= small + 2 * gradient_bytes, (small, large)
