@@ -18,9 +18,9 @@ def gram_by_columns(of_shared, vjp_shared, shared_leaves, k: int, dtype,
   With ``unroll`` the K columns are straight-line code (XLA:CPU runs the
   convolutions at top-level speed) and column i + 1 depends on column i
   through its basis vector (e_{i+1} + 0·G_{0i}), so XLA cannot schedule
-  the columns side by side and one task gradient is live at a time. (An
-  ``optimization_barrier`` does not do this on XLA:CPU: it is removed before
-  scheduling.) A non-finite column makes the later ones non-finite, and a
+  the columns side by side and one task gradient is live at a time. (A
+  chain of ``optimization_barrier``s did not: they are gone from XLA:CPU's
+  compiled program, and its scheduler ran the columns concurrently.) A non-finite column makes the later ones non-finite, and a
   non-finite G gives a zero update anyway. Without ``unroll``, a ``lax.scan``
   (the accelerator default).
   """
