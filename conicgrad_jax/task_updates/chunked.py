@@ -12,10 +12,12 @@ def chunked_cotangents(vjp_fn, k: int, dtype, chunk_size: int, strategy: str,
                        unroll: bool) -> list:
   """The K VJPs of the basis rows, ``chunk_size`` rows per backward batch.
 
-  With ``unroll`` the chunks are straight-line code, each made to wait for
-  the previous one (``lax.optimization_barrier``) so that only one chunk's
-  backward intermediates are live at a time; rows inside a chunk follow
-  ``strategy``. Without it they run in ``lax.map`` (each chunk vmapped), the
+  With ``unroll`` the chunks are straight-line code, each chunk's basis rows
+  made to depend on the previous chunk's result (rows + 0·g), so that XLA
+  runs them one after another and only one chunk's backward intermediates
+  are live at a time (a chain of ``optimization_barrier``s did not do this
+  on XLA:CPU; see :func:`~conicgrad_jax.task_updates.gramian.gram_by_columns`);
+  rows inside a chunk follow ``strategy``. Without it they run in ``lax.map`` (each chunk vmapped), the
   form accelerators prefer and XLA:CPU runs slowly (convolutions in loop
   bodies, jax issue 12868).
   """
@@ -27,8 +29,7 @@ def chunked_cotangents(vjp_fn, k: int, dtype, chunk_size: int, strategy: str,
   for start in range(0, k, chunk_size):
     rows = basis[start:start + chunk_size]
     if previous is not None:
-      previous, rows = jax.lax.optimization_barrier((previous, rows))
-      chunks[-1] = previous
+      rows = rows + 0.0 * jnp.ravel(previous[0])[0]
     n = rows.shape[0]
     if strategy == "vmap":
       leaves = jax.tree_util.tree_leaves(jax.vmap(vjp_fn)(rows)[0])
