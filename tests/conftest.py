@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 
+import hypothesis
 import pytest
 
 _DEVICES = "--xla_force_host_platform_device_count=8"
@@ -35,6 +36,11 @@ def _add_xla_flags(*flags):
 
 
 _add_xla_flags(_DEVICES)
+
+# CI replays the same examples on every run (HYPOTHESIS_PROFILE=ci); elsewhere each
+# run draws new ones.
+hypothesis.settings.register_profile("ci", derandomize=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 sys.path.insert(0, os.path.dirname(__file__))
 

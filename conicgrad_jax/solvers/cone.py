@@ -174,6 +174,7 @@ def _primal_barrier(factor, z0, c, tol, max_iter):
   in_z = (np.arange(n) < dim).astype(np.dtype(dtype))   # the coordinates of z in y
   e_t = 1.0 - in_z
   eye_z = np.diag(in_z)
+  ridge = (n * np.finfo(np.dtype(dtype)).eps * np.eye(n)).astype(np.dtype(dtype))
   alphas = np.concatenate([[0.0], 0.5 ** np.arange(_LINE_SEARCH_STEPS)]).astype(
       np.dtype(dtype))
 
@@ -199,7 +200,9 @@ def _primal_barrier(factor, z0, c, tol, max_iter):
     scale = jax.lax.rsqrt(cols[1] + 2.0 * in_z * inv_ball + 4.0 * zz * zz * inv_ball**2)
     hess = (jnp.matmul(weighted.T, weighted, precision=_numeric.HIGHEST)
             + (2.0 * inv_ball) * eye_z + 4.0 * zz[:, None] * zz[None, :] * inv_ball**2)
-    chol = jax.lax.linalg.cholesky(scale[:, None] * hess * scale[None, :],
+    # A ridge at rounding level (the scaled diagonal is 1) keeps the factorisation
+    # defined when one constraint's 1/s² dwarfs the rest (a nearly active task).
+    chol = jax.lax.linalg.cholesky(scale[:, None] * hess * scale[None, :] + ridge,
                                    symmetrize_input=False)
     half = jax.lax.linalg.triangular_solve(chol, (scale * grad)[:, None],
                                            left_side=True, lower=True)
