@@ -15,17 +15,18 @@ Six parts, each timed in interleaved rounds (medians; ratios within one run):
   K ∈ {2, 6, 10}: step time and compile time.
 * ``modes``: a full training step (task gradients, method, Adam, apply) for
   linear scalarisation and ConicGrad in each mode of ``make_task_update``
-  (stacked by loop and by vmap, chunked and gramian unrolled, representation,
-  the reuse step alone, amortised with a host schedule and with
-  ``lax.cond``): time per step and XLA temporary memory of the compiled step,
-  as ratios to linear scalarisation and to the stacked step, and compile
-  times, on the CelebA-like CNN at width 0.25 with K = 6 tasks, batch 8,
-  N = 4; also the loop-bodied forms (chunks in ``lax.map``, Gram columns in
-  ``lax.scan``, the stacked ``lax.cond`` step), which XLA:CPU runs many
-  times slower; and the CPU defaults alone on a 3-task CNN over 15 rounds.
-  Amortised modes are timed over whole cycles of N steps. (``modes_part``
-  takes K, width, batch and N for larger set-ups, e.g. the 40-task 5.2M
-  model of ``celeba_scaling``.)
+  (stacked by loop and by vmap, chunked and gramian unrolled and looped
+  (``lax.map``/``lax.scan``), representation, the reuse step alone,
+  amortised with a host schedule and with ``lax.cond``): time per step and
+  XLA temporary memory of the compiled step, as ratios to linear
+  scalarisation and to the stacked step, and compile times, on the
+  CelebA-like CNN at width 0.25 with K = 6 tasks, batch 8, N = 4; also the
+  looped and branched forms with their convolutions as autodiff wrote them
+  (``canonical_convolutions=False``), which XLA:CPU runs many times slower;
+  and the CPU defaults alone on a 3-task CNN over 15 rounds. Amortised modes
+  are timed over whole cycles of N steps. (``modes_part`` takes K, width,
+  batch and N for larger set-ups, e.g. the 40-task 5.2M model of
+  ``celeba_scaling``.)
 * ``compile``: compile time of ``jax.jit(method.update)`` at K = 10 on a
   two-leaf pytree (ConicGrad with and without warm start, MGDA, UPGrad,
   IMTL-G, linear scalarisation; wall and process-CPU seconds, and the trace
@@ -168,12 +169,18 @@ def _mode_candidates(k, every, full_grid):
                                                              every=every),
       f"amortised(N={every}), representation, host schedule": dict(
           mode="representation", every=every, host=True),
+      f"amortised(N={every}), stacked, lax.cond": dict(mode="stacked", every=every),
+      "chunked(8) lax.map": dict(mode="chunked", chunk_size=min(8, k - 1), unroll=False),
+      "gramian lax.scan": dict(mode="gramian", unroll=False),
   }
-  if full_grid:  # the loop-bodied forms XLA:CPU runs slowly: small models only
+  if full_grid:  # the bodies' convolutions as autodiff wrote them, which XLA:CPU runs slowly
+    as_traced = dict(canonical_convolutions=False)
     c.update({
-        "chunked(8) lax.map": dict(mode="chunked", chunk_size=min(8, k - 1), unroll=False),
-        "gramian lax.scan": dict(mode="gramian", unroll=False),
-        f"amortised(N={every}), stacked, lax.cond": dict(mode="stacked", every=every),
+        "chunked(8) lax.map, as traced": dict(mode="chunked", chunk_size=min(8, k - 1),
+                                              unroll=False, **as_traced),
+        "gramian lax.scan, as traced": dict(mode="gramian", unroll=False, **as_traced),
+        f"amortised(N={every}), stacked, lax.cond, as traced": dict(
+            mode="stacked", every=every, **as_traced),
     })
   return c
 

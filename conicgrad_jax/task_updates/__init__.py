@@ -27,13 +27,15 @@ representation gradients instead of the parameter gradients).
 0, N, 2N, … in the chosen mode; the N − 1 steps in between cost one forward
 pass, one backward pass of Σ_k w_k L_k through the shared leaves and one of
 Σ_k L_k through the heads. ``step`` picks the branch with ``lax.cond``, so it
-runs inside ``jit`` and ``lax.scan``. XLA's CPU backend runs convolutions
-inside a conditional's branches many times slower than at the top level (jax
-issue 12868), so on CPU a Python training loop should call ``recompute`` and
-``reuse`` (same signature, each jitted on its own) on its own step counter
-(``python -m benchmarks perf`` measures both). In representation mode the
-encoder's forward and backward passes sit outside the conditional, so
-``step`` costs the same as that host schedule.
+runs inside ``jit`` and ``lax.scan``; ``recompute`` and ``reuse`` (same
+signature) are the two branches, for a training loop that keeps its own step
+counter. XLA's CPU backend runs the convolutions of a backward pass inside a
+conditional's branches or a loop's body many times slower than at the top
+level (jax issue 12868), because there it keeps them in the dimension order
+autodiff wrote; on CPU the branches and the ``lax.map``/``lax.scan`` bodies
+of ``unroll=False`` therefore get their convolutions rewritten into canonical
+order (``canonical_convolutions``, :mod:`.conv_layout`), and ``step`` costs
+what the host schedule does (``python -m benchmarks perf`` measures both).
 
 "gramian", "representation" and ``every > 1`` need a method whose update is
 Σ_k w_k g_k with its weights in ``state.weights``: every Gram weighting and
@@ -53,6 +55,7 @@ from conicgrad_jax import validation
 from conicgrad_jax.task_updates import _common
 from conicgrad_jax.task_updates import amortised
 from conicgrad_jax.task_updates import chunked
+from conicgrad_jax.task_updates import conv_layout
 from conicgrad_jax.task_updates import gramian
 from conicgrad_jax.task_updates import representation
 from conicgrad_jax.task_updates import stacked
@@ -113,6 +116,7 @@ def make_task_update(
     encode: Optional[Callable[..., Any]] = None,
     strategy: Optional[str] = None,
     unroll: Optional[bool] = None,
+    canonical_convolutions: Optional[bool] = None,
     log_losses: bool = False,
     num_tasks: Optional[int] = None,
 ) -> TaskUpdate:
@@ -147,6 +151,11 @@ def make_task_update(
     unroll: run chunks ("chunked") and Gram columns ("gramian") as
       straight-line code (``True``) or in ``lax.map``/``lax.scan``
       (``False``); ``None``: unrolled on CPU, looped on GPU/TPU.
+    canonical_convolutions: rewrite the convolutions of ``step``'s
+      ``lax.cond`` branches (``every > 1``) and of the ``lax.map``/``lax.scan``
+      bodies (``unroll=False``) into XLA's canonical dimension order
+      (:mod:`~conicgrad_jax.task_updates.conv_layout`), which XLA:CPU does
+      at the top level of a program only; ``None``: on CPU only.
     log_losses: differentiate log L_k instead of L_k, so every Gram method
       weighs ∇ log L_k = ∇L_k / L_k (the log-MGDA / log-CAGrad / log-IMTL
       variants of Liu et al.'s FAMO code); the heads get Σ_k ∇ log L_k. The
@@ -175,6 +184,8 @@ def make_task_update(
   validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
   strategy = _common.check_strategy(strategy)
   unroll = _common.check_unroll(unroll)
+  canonical = _common.check_canonical_convolutions(canonical_convolutions)
+  in_branch = conv_layout.canonical_convolutions if canonical else lambda branch: branch
   if mode == "chunked" and chunk_size is None:
     raise ValueError('mode="chunked" needs `chunk_size`.')
   if mode != "chunked" and chunk_size is not None:
@@ -192,9 +203,11 @@ def make_task_update(
                           log_losses=log_losses)
   elif mode == "chunked":
     exact = chunked.build(fun, method, shared=shared, strategy=strategy, unroll=unroll,
-                          chunk_size=chunk_size, log_losses=log_losses)
+                          chunk_size=chunk_size, log_losses=log_losses,
+                          canonical_convolutions=canonical)
   elif mode == "gramian":
-    exact = gramian.build(fun, method, shared=shared, unroll=unroll, log_losses=log_losses)
+    exact = gramian.build(fun, method, shared=shared, unroll=unroll, log_losses=log_losses,
+                          canonical_convolutions=canonical)
   else:
     exact = representation.build(fun, encode, method, strategy=strategy,
                                  log_losses=log_losses)
@@ -231,7 +244,8 @@ def make_task_update(
       return recompute(params, state, *args)
     if mode == "representation":
       return _representation_step(params, state, *args)
-    return jax.lax.cond(state.step % every == 0, recompute, reuse, params, state, *args)
+    return jax.lax.cond(state.step % every == 0, in_branch(recompute), in_branch(reuse),
+                        params, state, *args)
 
   def _representation_step(params, state, *args):
     # Encoder passes outside the conditional; only the heads' work is branched.
@@ -250,7 +264,8 @@ def make_task_update(
       return heads_vjp(weights.astype(diff.dtype))[1].astype(z.dtype), method_state, weights
 
     combined, method_state, weights = jax.lax.cond(
-        state.step % every == 0, fresh, last, state.method_state, state.weights)
+        state.step % every == 0, in_branch(fresh), in_branch(last), state.method_state,
+        state.weights)
     update = representation.combine(encoder_vjp, heads_vjp, z, combined, diff, params)
     finite = _common.all_finite(losses, update)
     return (losses, _common.zero_unless(finite, update),

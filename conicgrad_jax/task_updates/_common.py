@@ -33,6 +33,17 @@ def default_unroll() -> bool:
   return jax.default_backend() == "cpu"
 
 
+def default_canonical_convolutions() -> bool:
+  """Rewrite convolutions in branches and loop bodies into canonical order on CPU only.
+
+  XLA:CPU leaves the convolutions of a ``lax.cond`` branch or a
+  ``lax.map``/``lax.scan`` body in the order autodiff gave them, off its fast
+  path (:mod:`~conicgrad_jax.task_updates.conv_layout`); other backends
+  choose their own layouts.
+  """
+  return jax.default_backend() == "cpu"
+
+
 def check_strategy(strategy: Optional[str]) -> str:
   if strategy is None:
     return default_strategy()
@@ -42,11 +53,20 @@ def check_strategy(strategy: Optional[str]) -> str:
 
 
 def check_unroll(unroll: Optional[bool]) -> bool:
-  if unroll is None:
-    return default_unroll()
-  if not isinstance(unroll, bool):
-    raise ValueError(f"`unroll` must be True, False or None, got {unroll!r}.")
-  return unroll
+  return check_backend_flag("unroll", unroll, default_unroll)
+
+
+def check_canonical_convolutions(value: Optional[bool]) -> bool:
+  return check_backend_flag("canonical_convolutions", value, default_canonical_convolutions)
+
+
+def check_backend_flag(name: str, value: Optional[bool], default: Callable[[], bool]) -> bool:
+  """``value``, or the backend's ``default()`` for ``None``; anything else is an error."""
+  if value is None:
+    return default()
+  if not isinstance(value, bool):
+    raise ValueError(f"`{name}` must be True, False or None, got {value!r}.")
+  return value
 
 
 def loss_function(fun: Callable[..., Any], args, kwargs, *, has_aux: bool = False,

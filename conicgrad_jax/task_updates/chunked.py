@@ -5,11 +5,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from conicgrad_jax.task_updates import conv_layout
 from conicgrad_jax.task_updates import stacked
 
 
 def chunked_cotangents(vjp_fn, k: int, dtype, chunk_size: int, strategy: str,
-                       unroll: bool) -> list:
+                       unroll: bool, canonical_convolutions: bool = False) -> list:
   """The K VJPs of the basis rows, ``chunk_size`` rows per backward batch.
 
   With ``unroll`` the chunks are straight-line code, each chunk's basis rows
@@ -17,13 +18,17 @@ def chunked_cotangents(vjp_fn, k: int, dtype, chunk_size: int, strategy: str,
   runs them one after another and only one chunk's backward intermediates
   are live at a time (a chain of ``optimization_barrier``s did not do this
   on XLA:CPU; see :func:`~conicgrad_jax.task_updates.gramian.gram_by_columns`);
-  rows inside a chunk follow ``strategy``. Without it they run in ``lax.map`` (each chunk vmapped), the
-  form accelerators prefer and XLA:CPU runs slowly (convolutions in loop
-  bodies, jax issue 12868).
+  rows inside a chunk follow ``strategy``. Without it they run in ``lax.map``
+  (each chunk vmapped), the form accelerators prefer; XLA:CPU runs it at
+  the unrolled form's speed only with ``canonical_convolutions`` (the
+  body's convolutions rewritten, :mod:`~conicgrad_jax.task_updates.conv_layout`).
   """
   basis = jnp.eye(k, dtype=dtype)
   if not unroll:
-    out = jax.lax.map(lambda e: vjp_fn(e)[0], basis, batch_size=chunk_size)
+    body = lambda e: vjp_fn(e)[0]
+    if canonical_convolutions:
+      body = conv_layout.canonical_convolutions(body)
+    out = jax.lax.map(body, basis, batch_size=chunk_size)
     return jax.tree_util.tree_leaves(out)
   chunks, previous = [], None
   for start in range(0, k, chunk_size):
@@ -41,10 +46,12 @@ def chunked_cotangents(vjp_fn, k: int, dtype, chunk_size: int, strategy: str,
   return [jnp.concatenate(col) for col in zip(*chunks)]
 
 
-def build(fun, method, *, shared, strategy, unroll, chunk_size, log_losses):
+def build(fun, method, *, shared, strategy, unroll, chunk_size, log_losses,
+          canonical_convolutions=False):
   """``exact(params, method_state, *args)`` with the K backward passes in chunks."""
   per_task = lambda vjp_fn, k, dtype: (
-      chunked_cotangents(vjp_fn, k, dtype, chunk_size, strategy, unroll)
+      chunked_cotangents(vjp_fn, k, dtype, chunk_size, strategy, unroll,
+                         canonical_convolutions)
       if chunk_size < k else stacked.stacked_cotangents(vjp_fn, k, dtype, strategy))
   return stacked.build(fun, method, shared=shared, strategy=strategy, log_losses=log_losses,
                        per_task=per_task)

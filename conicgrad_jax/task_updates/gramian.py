@@ -9,10 +9,11 @@ import jax.numpy as jnp
 
 from conicgrad_jax import validation
 from conicgrad_jax.task_updates import _common
+from conicgrad_jax.task_updates import conv_layout
 
 
 def gram_by_columns(of_shared, vjp_shared, shared_leaves, k: int, dtype,
-                    unroll: bool) -> jax.Array:
+                    unroll: bool, canonical_convolutions: bool = False) -> jax.Array:
   """G column by column: g_i = VJP(e_i), then (J g_i)_j = ⟨g_j, g_i⟩ as a JVP.
 
   With ``unroll`` the K columns are straight-line code (XLA:CPU runs the
@@ -22,7 +23,9 @@ def gram_by_columns(of_shared, vjp_shared, shared_leaves, k: int, dtype,
   chain of ``optimization_barrier``s did not: they are gone from XLA:CPU's
   compiled program, and its scheduler ran the columns concurrently.) A non-finite column makes the later ones non-finite, and a
   non-finite G gives a zero update anyway. Without ``unroll``, a ``lax.scan``
-  (the accelerator default).
+  (the accelerator default), whose body's convolutions are rewritten into
+  canonical order with ``canonical_convolutions``
+  (:mod:`~conicgrad_jax.task_updates.conv_layout`).
   """
   basis = jnp.eye(k, dtype=dtype)
 
@@ -40,11 +43,14 @@ def gram_by_columns(of_shared, vjp_shared, shared_leaves, k: int, dtype,
       cols.append(col)
     cols = jnp.stack(cols)
   else:
-    cols = jax.lax.scan(lambda _, row: (None, column(row)), None, basis)[1]
+    body = lambda row: column(row)
+    if canonical_convolutions:
+      body = conv_layout.canonical_convolutions(body)
+    cols = jax.lax.scan(lambda _, row: (None, body(row)), None, basis)[1]
   return 0.5 * (cols + cols.T)
 
 
-def gramian_core(fun, weighting, *, shared, unroll, log_losses):
+def gramian_core(fun, weighting, *, shared, unroll, log_losses, canonical_convolutions=False):
   """``(params, *args) -> (losses, update, gram, info)``; ``weighting(gram, losses) -> (w, info)``.
 
   Non-finite weights or updates (from a non-finite G or losses) give a zero
@@ -64,7 +70,7 @@ def gramian_core(fun, weighting, *, shared, unroll, log_losses):
     of_shared = lambda s: of_both(s, head_leaves)[0]
     k = diff.shape[0]
     gram = gram_by_columns(of_shared, lambda row: vjp_both(row)[0], shared_leaves, k,
-                           diff.dtype, unroll)
+                           diff.dtype, unroll, canonical_convolutions)
     weights, info = weighting(gram, losses)
     finite = jnp.all(jnp.isfinite(weights))
     shared_update = vjp_both(jnp.where(finite, weights, 0.0).astype(diff.dtype))[0]
@@ -83,6 +89,7 @@ def gramian_value_and_update(
     *,
     shared: validation.SharedSpec = None,
     unroll: Optional[bool] = None,
+    canonical_convolutions: Optional[bool] = None,
     log_losses: bool = False,
 ) -> Callable[..., Any]:
   r"""Losses and a Gram-weighted update without ever holding the K task gradients at once.
@@ -103,6 +110,8 @@ def gramian_value_and_update(
     unroll: K columns as straight-line code (``True``, the CPU default) or a
       ``lax.scan`` (``False``, the GPU/TPU default); see
       :func:`gram_by_columns`.
+    canonical_convolutions: rewrite the convolutions of the ``lax.scan``
+      body into XLA's canonical dimension order; ``None``: on CPU.
     log_losses: weigh the gradients of log L_k (see
       :func:`value_and_task_grads`).
 
@@ -112,7 +121,9 @@ def gramian_value_and_update(
   """
   validation.check_shared_spec(shared)
   return gramian_core(fun, lambda gram, losses: weighting(gram), shared=shared,
-                      unroll=_common.check_unroll(unroll), log_losses=log_losses)
+                      unroll=_common.check_unroll(unroll), log_losses=log_losses,
+                      canonical_convolutions=_common.check_canonical_convolutions(
+                          canonical_convolutions))
 
 
 def gram_surrogate(gram: jax.Array) -> jax.Array:
@@ -121,7 +132,7 @@ def gram_surrogate(gram: jax.Array) -> jax.Array:
   return vectors * jnp.sqrt(jnp.maximum(eigenvalues, 0.0))[None, :]
 
 
-def build(fun, method, *, shared, unroll, log_losses):
+def build(fun, method, *, shared, unroll, log_losses, canonical_convolutions=False):
   """``exact(params, method_state, *args)``: the method weighs a K×K stand-in with the same G."""
 
   def exact(params, method_state, *args):
@@ -131,7 +142,8 @@ def build(fun, method, *, shared, unroll, log_losses):
       return new_state.weights, new_state
 
     losses, update, _, method_state = gramian_core(
-        fun, weighting, shared=shared, unroll=unroll, log_losses=log_losses)(params, *args)
+        fun, weighting, shared=shared, unroll=unroll, log_losses=log_losses,
+        canonical_convolutions=canonical_convolutions)(params, *args)
     return losses, update, method_state
 
   return exact

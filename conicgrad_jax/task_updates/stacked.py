@@ -50,6 +50,7 @@ def value_and_task_grads(
     chunk_size: Optional[int] = None,
     strategy: Optional[str] = None,
     unroll: Optional[bool] = None,
+    canonical_convolutions: Optional[bool] = None,
     log_losses: bool = False,
 ) -> Callable[..., Any]:
   """Wraps a vector-valued loss to return its K losses and stacked task gradients.
@@ -80,6 +81,9 @@ def value_and_task_grads(
     unroll: with ``chunk_size``, run the chunks as straight-line code
       (``True``, the CPU default) or in ``lax.map`` (``False``, the
       accelerator default).
+    canonical_convolutions: rewrite the convolutions of the ``lax.map``
+      body into XLA's canonical dimension order
+      (:mod:`~conicgrad_jax.task_updates.conv_layout`); ``None``: on CPU.
     log_losses: differentiate log L_k instead of L_k (∇ log L_k = ∇L_k / L_k,
       the "log" variants of the Gram methods, e.g. log-MGDA of Liu et al.'s
       FAMO code). The returned losses are still L_k.
@@ -101,11 +105,13 @@ def value_and_task_grads(
   validation.check_positive_int("chunk_size", chunk_size, allow_none=True)
   strategy = _common.check_strategy(strategy)
   unroll = _common.check_unroll(unroll)
+  canonical = _common.check_canonical_convolutions(canonical_convolutions)
 
   def per_task(vjp_fn, k, dtype):
     if chunk_size is None or chunk_size >= k:
       return stacked_cotangents(vjp_fn, k, dtype, strategy)
-    return chunked.chunked_cotangents(vjp_fn, k, dtype, chunk_size, strategy, unroll)
+    return chunked.chunked_cotangents(vjp_fn, k, dtype, chunk_size, strategy, unroll,
+                                      canonical)
 
   def wrapped(params, *args, **kwargs):
     losses, aux, sp, shared_leaves, head_leaves = task_gradients(

@@ -1,0 +1,167 @@
+"""canonical_convolutions: same values, canonical dimension numbers everywhere, and the amortised step built on it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import conicgrad_jax as cg
+from conicgrad_jax.task_updates.conv_layout import canonical_convolutions
+
+# (lhs, rhs, out) layouts, image shape (batch first as the layout says), kernel shape,
+# strides, padding, feature groups.
+CONVS = {
+    "nhwc_hwio_stride2": (("NHWC", "HWIO", "NHWC"), (3, 9, 9, 4), (3, 3, 4, 6), (2, 2),
+                          "SAME", 1),
+    "nchw_oihw_valid": (("NCHW", "OIHW", "NCHW"), (2, 4, 8, 7), (6, 4, 3, 2), (1, 1),
+                        "VALID", 1),
+    "nwc_1d_grouped": (("NWC", "WIO", "NWC"), (2, 11, 4), (3, 2, 6), (1,), "SAME", 2),
+    "ndhwc_3d": (("NDHWC", "DHWIO", "NDHWC"), (2, 5, 6, 4, 3), (2, 3, 2, 3, 4),
+                 (1, 2, 1), "SAME", 1),
+}
+
+
+def _net(name):
+  layout, x_shape, w_shape, strides, padding, groups = CONVS[name]
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
+
+  def loss(w, x):
+    y = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=layout,
+                                 feature_group_count=groups)
+    return jnp.sum(jnp.tanh(y) ** 2)
+
+  # Gradients in both arguments: the kernel and input gradients are the permuted
+  # (batch-grouped and feature-grouped) convolutions autodiff writes.
+  return jax.grad(loss, argnums=(0, 1)), (w, x)
+
+
+def _is_canonical(dn):
+  n = len(dn.lhs_spec) - 2
+  order = (0, n + 1, *range(1, n + 1))
+  return (tuple(dn.lhs_spec) == order and tuple(dn.out_spec) == order
+          and tuple(dn.rhs_spec) == (n + 1, n, *range(n)))
+
+
+def _convolutions(jaxpr):
+  """The dimension numbers of every convolution in a jaxpr, nested ones included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "conv_general_dilated":
+      found.append(eqn.params["dimension_numbers"])
+    found += _nested_convolutions(eqn)
+  return found
+
+
+def _nested_convolutions(eqn):
+  """The convolutions in the bodies (sub-jaxprs) of one equation."""
+  found = []
+  for param in eqn.params.values():
+    for sub in param if isinstance(param, (tuple, list)) else (param,):
+      if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+        found += _convolutions(sub.jaxpr)
+      elif hasattr(sub, "eqns"):
+        found += _convolutions(sub)
+  return found
+
+
+def _convolutions_in(jaxpr, primitive):
+  """The convolutions inside the bodies of every top-level ``primitive`` equation."""
+  return [dn for eqn in jaxpr.eqns if eqn.primitive.name == primitive
+          for dn in _nested_convolutions(eqn)]
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_rewritten_gradients_equal_the_original_and_are_canonical(name):
+  grad, args = _net(name)
+  rewritten = canonical_convolutions(grad)
+  expected = jax.jit(grad)(*args)
+  got = jax.jit(rewritten)(*args)
+  for a, b in zip(got, expected):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+  before = _convolutions(jax.make_jaxpr(grad)(*args).jaxpr)
+  after = _convolutions(jax.make_jaxpr(rewritten)(*args).jaxpr)
+  assert len(after) == len(before) == 3
+  assert not all(_is_canonical(dn) for dn in before)
+  assert all(_is_canonical(dn) for dn in after)
+
+
+def test_nested_jit_is_rewritten_and_other_primitives_are_kept():
+  grad, args = _net("nhwc_hwio_stride2")
+  nested = lambda w, x: jax.jit(grad)(w, x)
+  jaxpr = jax.make_jaxpr(canonical_convolutions(nested))(*args).jaxpr
+  assert all(_is_canonical(dn) for dn in _convolutions(jaxpr))
+  # A loop inside the function stays a loop (with its body as it was).
+  looped = lambda x: lax.while_loop(lambda c: c[0] < 3,
+                                     lambda c: (c[0] + 1, jnp.sin(c[1]) + c[0]), (0, x))[1]
+  jaxpr = jax.make_jaxpr(canonical_convolutions(looped))(jnp.ones(4)).jaxpr
+  assert [e.primitive.name for e in jaxpr.eqns].count("while") == 1
+  np.testing.assert_allclose(canonical_convolutions(looped)(jnp.ones(4)),
+                             looped(jnp.ones(4)), rtol=1e-6)
+
+
+def _conv_problem(k=3, seed=0):
+  rng = np.random.default_rng(seed)
+  params = {"conv": jnp.asarray(rng.standard_normal((3, 3, 2, 4)) * 0.3, jnp.float32),
+            "heads": jnp.asarray(rng.standard_normal((4, k)) * 0.3, jnp.float32)}
+  x = jnp.asarray(rng.standard_normal((5, 8, 8, 2)), jnp.float32)
+  y = jnp.asarray(rng.standard_normal((5, k)), jnp.float32)
+
+  def losses(p, x, y):
+    h = lax.conv_general_dilated(x, p["conv"], (2, 2), "SAME",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    z = jnp.mean(jax.nn.relu(h), axis=(1, 2))
+    return jnp.mean((z @ p["heads"] - y) ** 2, axis=0)
+
+  return losses, params, x, y
+
+
+def test_amortised_step_equals_the_host_schedule_with_canonical_branches():
+  losses, params, x, y = _conv_problem()
+  shared = lambda path, leaf: "conv" in jax.tree_util.keystr(path)
+  task = cg.make_task_update(losses, cg.conicgrad(0.5, num_tasks=3), shared=shared,
+                             every=2, canonical_convolutions=True)
+  step = jax.jit(task.step)
+  host = (jax.jit(task.recompute), jax.jit(task.reuse))
+  state_step = state_host = task.init(params)
+  for i in range(4):
+    _, u_step, state_step = step(params, state_step, x, y)
+    _, u_host, state_host = host[i % 2](params, state_host, x, y)
+    for a, b in zip(jax.tree_util.tree_leaves(u_step), jax.tree_util.tree_leaves(u_host)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  jaxpr = jax.make_jaxpr(task.step)(params, task.init(params), x, y).jaxpr
+  assert [e.primitive.name for e in jaxpr.eqns].count("cond") == 1
+  found = _convolutions_in(jaxpr, "cond")
+  assert found and all(_is_canonical(dn) for dn in found)
+
+
+def test_canonical_convolutions_option_is_validated_and_defaults_to_cpu():
+  from conicgrad_jax.task_updates import _common
+  assert _common.default_canonical_convolutions() == (jax.default_backend() == "cpu")
+  losses, *_ = _conv_problem()
+  with pytest.raises(ValueError, match="canonical_convolutions"):
+    cg.make_task_update(losses, cg.conicgrad(0.5, num_tasks=3), every=2,
+                        canonical_convolutions="yes")
+
+
+@pytest.mark.parametrize("mode", ["chunked", "gramian"])
+def test_loop_bodies_are_canonical_and_give_the_unrolled_update(mode):
+  losses, params, x, y = _conv_problem(k=4)
+  shared = lambda path, leaf: "conv" in jax.tree_util.keystr(path)
+  options = dict(chunk_size=2) if mode == "chunked" else {}
+  build = lambda **kw: cg.make_task_update(losses, cg.mgda(num_tasks=4), mode=mode,
+                                           shared=shared, **options, **kw)
+  looped, unrolled = build(unroll=False, canonical_convolutions=True), build(unroll=True)
+  state = looped.init(params)
+  _, u_loop, _ = jax.jit(looped.step)(params, state, x, y)
+  _, u_unrolled, _ = jax.jit(unrolled.step)(params, state, x, y)
+  for a, b in zip(jax.tree_util.tree_leaves(u_loop), jax.tree_util.tree_leaves(u_unrolled)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # The convolutions inside the loop body (those at the top level XLA rewrites itself).
+  found = _convolutions_in(jax.make_jaxpr(looped.step)(params, state, x, y).jaxpr, "scan")
+  assert found and all(_is_canonical(dn) for dn in found)
+  as_traced = build(unroll=False, canonical_convolutions=False)
+  found = _convolutions_in(jax.make_jaxpr(as_traced.step)(params, state, x, y).jaxpr, "scan")
+  assert not all(_is_canonical(dn) for dn in found)
