@@ -82,9 +82,9 @@ def train_and_evaluate(task: Task, method_name: str, seed: int, protocol: Protoc
   opt_state = init(params)
 
   def epoch(p, s, xs, ys):
-    # A Python loop over one jitted step: XLA:CPU runs the body of a lax.scan over
-    # convolutions many times slower than the same step jitted on its own
-    # (python -m benchmarks perf measures the same effect for lax.cond).
+    # A Python loop over one jitted step: XLA:CPU runs the convolutions of a
+    # lax.scan body many times slower than the same step jitted on its own
+    # (docs/performance.md, "Branches and loops on XLA:CPU").
     losses = []
     for x, y in zip(xs, ys):
       p, s, l = step(p, s, x, y)
