@@ -165,3 +165,21 @@ def test_loop_bodies_are_canonical_and_give_the_unrolled_update(mode):
   as_traced = build(unroll=False, canonical_convolutions=False)
   found = _convolutions_in(jax.make_jaxpr(as_traced.step)(params, state, x, y).jaxpr, "scan")
   assert not all(_is_canonical(dn) for dn in found)
+
+
+def test_vmapped_amortised_step_is_the_same_with_and_without_the_rewrite():
+  """Under vmap (here over two parameter sets) the rewritten branches batch like the originals."""
+  losses, params, x, y = _conv_problem()
+  shared = lambda path, leaf: "conv" in jax.tree_util.keystr(path)
+  batched = jax.tree_util.tree_map(lambda a: jnp.stack([a, 1.1 * a]), params)
+  updates = []
+  for canonical in (True, False):
+    task = cg.make_task_update(losses, cg.conicgrad(0.5, num_tasks=3), shared=shared,
+                               every=2, canonical_convolutions=canonical)
+    step = jax.jit(jax.vmap(task.step, in_axes=(0, 0, None, None)))
+    states = jax.vmap(task.init)(batched)
+    for _ in range(3):
+      _, update, states = step(batched, states, x, y)
+    updates.append(update)
+  for a, b in zip(*map(jax.tree_util.tree_leaves, updates)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
