@@ -24,9 +24,9 @@ Six parts, each timed in interleaved rounds (medians; ratios within one run):
   looped and branched forms with their convolutions as autodiff wrote them
   (``canonical_convolutions=False``), which XLA:CPU runs many times slower;
   and the CPU defaults alone on a 3-task CNN over 15 rounds. Amortised modes
-  are timed over whole cycles of N steps. (``modes_part`` takes K, width,
-  batch and N for larger set-ups, e.g. the 40-task 5.2M model of
-  ``celeba_scaling``.)
+  are timed over whole cycles of N steps.
+* ``modes_large``: the same defaults on the 40-task, 5.2M-parameter model of
+  ``celeba_scaling`` (batch 8, N = 10, 3 rounds).
 * ``compile``: compile time of ``jax.jit(method.update)`` at K = 10 on a
   two-leaf pytree (ConicGrad with and without warm start, MGDA, UPGrad,
   IMTL-G, linear scalarisation; wall and process-CPU seconds, and the trace
@@ -41,7 +41,7 @@ Writes ``perf.json``, ``perf.png`` and the tables ``perf.md`` (``perf_quick.*``
 with ``--quick``).
 
 Usage:
-  python -m benchmarks perf [--quick] [--parts aggregation,torchjd,task_grads,modes,compile,solver]
+  python -m benchmarks perf [--quick] [--parts aggregation,torchjd,task_grads,modes,modes_large,compile,solver]
                             [--out DIR]
 """
 
@@ -63,7 +63,7 @@ from benchmarks import models
 from benchmarks import timing
 from conicgrad_jax import linalg
 
-PARTS = ("aggregation", "torchjd", "task_grads", "modes", "compile", "solver")
+PARTS = ("aggregation", "torchjd", "task_grads", "modes", "modes_large", "compile", "solver")
 
 
 def _jacobian(k, m, seed):
@@ -448,8 +448,9 @@ def markdown(rows, machine) -> str:
     out += [f"| {r['K']} | {r['strategy']} | {1e3 * r['median_s']:.1f} | "
             f"{r['ratio_to_loop']:.2f} | {r['compile_s']:.1f} |" for r in tg]
     out.append("")
-  for config in dict.fromkeys(r["config"] for r in rows if r["part"] == "modes"):
-    md = [r for r in rows if r["part"] == "modes" and r["config"] == config]
+  mode_rows = [r for r in rows if r["part"] in ("modes", "modes_large")]
+  for config in dict.fromkeys(r["config"] for r in mode_rows):
+    md = [r for r in mode_rows if r["config"] == config]
     r0 = md[0]
     out += [f"## Training step per mode: {config} (K = {r0['K']}, {r0['m_shared'] / 1e6:.2f}M "
             f"shared parameters, batch {r0['batch']})", "",
@@ -540,6 +541,11 @@ def main(argv=None):
     else:
       rows += modes_part(6, 0.25, 8, 5, 4, full_grid=True, label="small CNN")
       rows += modes_part(3, 0.25, 8, 15, 4, full_grid=False, label="3-task CNN, 15 rounds")
+  if "modes_large" in parts:
+    large = (modes_part(40, 0.1, 2, 1, 2, full_grid=False, label="40-task CNN, quick") if q
+             else modes_part(40, models.WIDTHS["5.2M"], 8, 3, 10, full_grid=False,
+                             label="40-task CNN (celeba_scaling's 5.2M model)"))
+    rows += [dict(r, part="modes_large") for r in large]
   if "compile" in parts:
     rows += compile_part(4, 1) if q else compile_part(10, 3)
     rows += (fast_compile_runtime(3, 0.25, 8, 3) if q
