@@ -44,7 +44,7 @@ def _canonical_convolution(lhs, rhs, *, dimension_numbers, **params):
 
 def _bind(eqn, invals):
   params = eqn.primitive.get_bind_params(eqn.params)
-  # jax < 0.9 returns (subfuns, params); later versions the params alone.
+  # jax 0.8 returns (subfuns, params); jax 0.10 the params alone.
   subfuns, params = params if isinstance(params, tuple) else ((), params)
   return eqn.primitive.bind(*subfuns, *invals, **params)
 
