@@ -1,6 +1,6 @@
 """Performance against the hardware floor, against torchjd, and per training-step mode.
 
-Six parts, each timed in interleaved rounds (medians; ratios within one run):
+Seven parts, each timed in interleaved rounds (medians; ratios within one run):
 
 * ``aggregation``: ConicGrad's update (Gram + solve + combine on a 4-leaf
   pytree) for K ∈ {2, 10, 40, 128} × m ∈ {1e5, 1e6, 5.2e6}, float32, against
@@ -23,10 +23,11 @@ Six parts, each timed in interleaved rounds (medians; ratios within one run):
   CelebA-like CNN at width 0.25 with K = 6 tasks, batch 8, N = 4; also the
   looped and branched forms with their convolutions as autodiff wrote them
   (``canonical_convolutions=False``), which XLA:CPU runs many times slower;
-  and the CPU defaults alone on a 3-task CNN over 15 rounds. Amortised modes
-  are timed over whole cycles of N steps.
-* ``modes_large``: the same defaults on the 40-task, 5.2M-parameter model of
-  ``celeba_scaling`` (batch 8, N = 10, 3 rounds).
+  and the same without the as-traced forms on a 3-task CNN over 15 rounds.
+  Amortised modes are timed over whole cycles of N steps.
+* ``modes_large``: the same candidates, without the as-traced forms, on the
+  40-task, 5.2M-parameter model of ``celeba_scaling`` (batch 8, N = 10, 3
+  rounds).
 * ``compile``: compile time of ``jax.jit(method.update)`` at K = 10 on a
   two-leaf pytree (ConicGrad with and without warm start, MGDA, UPGrad,
   IMTL-G, linear scalarisation; wall and process-CPU seconds, and the trace

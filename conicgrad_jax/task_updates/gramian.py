@@ -43,7 +43,7 @@ def gram_by_columns(of_shared, vjp_shared, shared_leaves, k: int, dtype,
       cols.append(col)
     cols = jnp.stack(cols)
   else:
-    body = lambda row: column(row)
+    body = column
     if canonical_convolutions:
       body = conv_layout.canonical_convolutions(body)
     cols = jax.lax.scan(lambda _, row: (None, body(row)), None, basis)[1]

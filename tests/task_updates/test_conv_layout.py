@@ -93,6 +93,14 @@ def test_nested_jit_is_rewritten_and_other_primitives_are_kept():
   nested = lambda w, x: jax.jit(grad)(w, x)
   jaxpr = jax.make_jaxpr(canonical_convolutions(nested))(*args).jaxpr
   assert all(_is_canonical(dn) for dn in _convolutions(jaxpr))
+  for a, b in zip(jax.jit(canonical_convolutions(nested))(*args), jax.jit(grad)(*args)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+  # A nested jit with an output sharding is kept whole, so its sharding survives.
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  pinned = lambda w, x: jax.jit(grad, out_shardings=sharding)(w, x)
+  eqns = jax.make_jaxpr(canonical_convolutions(pinned))(*args).jaxpr.eqns
+  assert [e.primitive.name for e in eqns] in (["jit"], ["pjit"])
+  assert eqns[0].params["out_shardings"] == (sharding, sharding)
   # A loop inside the function stays a loop (with its body as it was).
   looped = lambda x: lax.while_loop(lambda c: c[0] < 3,
                                      lambda c: (c[0] + 1, jnp.sin(c[1]) + c[0]), (0, x))[1]
@@ -150,7 +158,7 @@ def test_canonical_convolutions_option_is_validated_and_defaults_to_cpu():
 def test_loop_bodies_are_canonical_and_give_the_unrolled_update(mode):
   losses, params, x, y = _conv_problem(k=4)
   shared = lambda path, leaf: "conv" in jax.tree_util.keystr(path)
-  options = dict(chunk_size=2) if mode == "chunked" else {}
+  options = {"chunk_size": 2} if mode == "chunked" else {}
   build = lambda **kw: cg.make_task_update(losses, cg.mgda(num_tasks=4), mode=mode,
                                            shared=shared, **options, **kw)
   looped, unrolled = build(unroll=False, canonical_convolutions=True), build(unroll=True)
@@ -183,3 +191,31 @@ def test_vmapped_amortised_step_is_the_same_with_and_without_the_rewrite():
     updates.append(update)
   for a, b in zip(*map(jax.tree_util.tree_leaves, updates)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_public_task_gradient_functions_take_the_option():
+  losses, params, x, y = _conv_problem(k=4)
+  shared = lambda path, leaf: "conv" in jax.tree_util.keystr(path)
+  grads = {canonical: cg.value_and_task_grads(losses, shared=shared, chunk_size=2, unroll=False,
+                                              canonical_convolutions=canonical)
+           for canonical in (True, False)}
+  found = _convolutions_in(jax.make_jaxpr(grads[True])(params, x, y).jaxpr, "scan")
+  assert found and all(_is_canonical(dn) for dn in found)
+  found = _convolutions_in(jax.make_jaxpr(grads[False])(params, x, y).jaxpr, "scan")
+  assert not all(_is_canonical(dn) for dn in found)
+  for a, b in zip(*[jax.tree_util.tree_leaves(jax.jit(grads[c])(params, x, y)) for c in (True, False)]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+  weighting = lambda gram: cg.conic_weighting(gram, 0.5)
+  updates = {canonical: cg.gramian_value_and_update(losses, weighting, shared=shared, unroll=False,
+                                                    canonical_convolutions=canonical)
+             for canonical in (True, False)}
+  found = _convolutions_in(jax.make_jaxpr(updates[True])(params, x, y).jaxpr, "scan")
+  assert found and all(_is_canonical(dn) for dn in found)
+  out = [jax.jit(updates[c])(params, x, y) for c in (True, False)]
+  for a, b in zip(jax.tree_util.tree_leaves(out[0][1]), jax.tree_util.tree_leaves(out[1][1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  for build in (lambda: cg.value_and_task_grads(losses, canonical_convolutions=1),
+                lambda: cg.gramian_value_and_update(losses, weighting, canonical_convolutions=1)):
+    with pytest.raises(ValueError, match="canonical_convolutions"):
+      build()
