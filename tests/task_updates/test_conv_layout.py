@@ -175,6 +175,7 @@ def test_loop_bodies_are_canonical_and_give_the_unrolled_update(mode):
   assert not all(_is_canonical(dn) for dn in found)
 
 
+@pytest.mark.slow
 def test_vmapped_amortised_step_is_the_same_with_and_without_the_rewrite():
   """Under vmap (here over two parameter sets) the rewritten branches batch like the originals."""
   losses, params, x, y = _conv_problem()
