@@ -185,7 +185,7 @@ def make_task_update(
   strategy = _common.check_strategy(strategy)
   unroll = _common.check_unroll(unroll)
   canonical = _common.check_canonical_convolutions(canonical_convolutions)
-  in_branch = conv_layout.canonical_convolutions if canonical else lambda branch: branch
+  in_branch = lambda branch: conv_layout.canonical_convolutions_if(canonical, branch)
   if mode == "chunked" and chunk_size is None:
     raise ValueError('mode="chunked" needs `chunk_size`.')
   if mode != "chunked" and chunk_size is not None:

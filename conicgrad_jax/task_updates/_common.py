@@ -44,6 +44,18 @@ def default_canonical_convolutions() -> bool:
   return jax.default_backend() == "cpu"
 
 
+def after(x, previous):
+  """``x``, made to depend on ``previous`` (x + 0·previous₀) so that XLA computes it afterwards.
+
+  Unrolled task passes chained this way run one after another, so one pass's
+  intermediates are live at a time; a chain of ``optimization_barrier``s did
+  not do this on XLA:CPU (they are gone from its compiled program, and its
+  scheduler ran the passes concurrently). A non-finite ``previous`` makes
+  ``x`` non-finite, which the callers' finiteness checks turn into a zero update.
+  """
+  return x + 0.0 * jnp.ravel(previous)[0]
+
+
 def check_strategy(strategy: Optional[str]) -> str:
   if strategy is None:
     return default_strategy()

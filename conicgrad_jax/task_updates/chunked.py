@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from conicgrad_jax.task_updates import _common
 from conicgrad_jax.task_updates import conv_layout
 from conicgrad_jax.task_updates import stacked
 
@@ -14,27 +15,24 @@ def chunked_cotangents(vjp_fn, k: int, dtype, chunk_size: int, strategy: str,
   """The K VJPs of the basis rows, ``chunk_size`` rows per backward batch.
 
   With ``unroll`` the chunks are straight-line code, each chunk's basis rows
-  made to depend on the previous chunk's result (rows + 0·g), so that XLA
-  runs them one after another and only one chunk's backward intermediates
-  are live at a time (a chain of ``optimization_barrier``s did not do this
-  on XLA:CPU; see :func:`~conicgrad_jax.task_updates.gramian.gram_by_columns`);
-  rows inside a chunk follow ``strategy``. Without it they run in ``lax.map``
+  made to depend on the previous chunk's result (``_common.after``), so that
+  only one chunk's backward intermediates are live at a time; rows inside a
+  chunk follow ``strategy``. Without it they run in ``lax.map``
   (each chunk vmapped), the form accelerators prefer; XLA:CPU runs it at
   the unrolled form's speed only with ``canonical_convolutions`` (the
   body's convolutions rewritten, :mod:`~conicgrad_jax.task_updates.conv_layout`).
   """
   basis = jnp.eye(k, dtype=dtype)
   if not unroll:
-    body = lambda e: vjp_fn(e)[0]
-    if canonical_convolutions:
-      body = conv_layout.canonical_convolutions(body)
+    body = conv_layout.canonical_convolutions_if(canonical_convolutions,
+                                                 lambda e: vjp_fn(e)[0])
     out = jax.lax.map(body, basis, batch_size=chunk_size)
     return jax.tree_util.tree_leaves(out)
   chunks, previous = [], None
   for start in range(0, k, chunk_size):
     rows = basis[start:start + chunk_size]
     if previous is not None:
-      rows = rows + 0.0 * jnp.ravel(previous[0])[0]
+      rows = _common.after(rows, previous[0])
     n = rows.shape[0]
     if strategy == "vmap":
       leaves = jax.tree_util.tree_leaves(jax.vmap(vjp_fn)(rows)[0])

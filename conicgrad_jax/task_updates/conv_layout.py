@@ -86,6 +86,11 @@ def _evaluate(jaxpr, consts, *args) -> list:
   return [read(v) for v in jaxpr.outvars]
 
 
+def canonical_convolutions_if(enabled: bool, fun: Callable[..., Any]) -> Callable[..., Any]:
+  """:func:`canonical_convolutions` of ``fun`` when ``enabled``, else ``fun`` itself."""
+  return canonical_convolutions(fun) if enabled else fun
+
+
 def canonical_convolutions(fun: Callable[..., Any]) -> Callable[..., Any]:
   """``fun`` with the convolutions of its trace (and of nested ``jit`` calls) in canonical order.
 

@@ -18,11 +18,8 @@ def gram_by_columns(of_shared, vjp_shared, shared_leaves, k: int, dtype,
 
   With ``unroll`` the K columns are straight-line code (XLA:CPU runs the
   convolutions at top-level speed) and column i + 1 depends on column i
-  through its basis vector (e_{i+1} + 0·G_{0i}), so XLA cannot schedule
-  the columns side by side and one task gradient is live at a time. (A
-  chain of ``optimization_barrier``s did not: they are gone from XLA:CPU's
-  compiled program, and its scheduler ran the columns concurrently.) A non-finite column makes the later ones non-finite, and a
-  non-finite G gives a zero update anyway. Without ``unroll``, a ``lax.scan``
+  through its basis vector (``_common.after``), so one task gradient is
+  live at a time. Without ``unroll``, a ``lax.scan``
   (the accelerator default), whose body's convolutions are rewritten into
   canonical order with ``canonical_convolutions``
   (:mod:`~conicgrad_jax.task_updates.conv_layout`).
@@ -38,14 +35,12 @@ def gram_by_columns(of_shared, vjp_shared, shared_leaves, k: int, dtype,
     for i in range(k):
       row = basis[i]
       if col is not None:
-        row = row + 0.0 * col[0]
+        row = _common.after(row, col)
       col = column(row)
       cols.append(col)
     cols = jnp.stack(cols)
   else:
-    body = column
-    if canonical_convolutions:
-      body = conv_layout.canonical_convolutions(body)
+    body = conv_layout.canonical_convolutions_if(canonical_convolutions, column)
     cols = jax.lax.scan(lambda _, row: (None, body(row)), None, basis)[1]
   return 0.5 * (cols + cols.T)
 
