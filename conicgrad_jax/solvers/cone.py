@@ -251,51 +251,46 @@ def _primal_barrier(factor, z0, c, tol, max_iter):
   return y, multipliers, slacks_out, mu, final[n + 1].astype(jnp.int32)
 
 
-def _kkt_system(gram_n, q, p_n0, c, task_active, ball_active, cap_active, x):
-  """The crossover's KKT residual at x = (u, t, w, β, γ) and its Jacobian, written out.
+def _kkt_linear_part(gram_n, q, p_n0, c, task_active, ball_active, cap_active):
+  """The crossover's KKT system at x = (u, t, w, β, γ): its part linear in x.
 
   Equations (see :func:`_crossover`), in this order: stationarity (K),
-  complementarity (K), Σw = 1, the ball's and the cap's equation.
+  complementarity (K), Σw = 1, the ball's and the cap's equation. All of
+  them are linear in x except the ball's terms −2βu (stationarity) and uᵀGu
+  (the ball's equation), which :func:`_crossover` adds. Returns (A, b) with
+  residual = Ax − b + those terms; the blocks of A are placed by padding and
+  summed, which compiles to one elementwise kernel.
   """
   k = gram_n.shape[0]
+  n = 2 * k + 3
   dtype = gram_n.dtype
-  u, t, w, beta, gamma = x[:k], x[k], x[k + 1:2 * k + 1], x[-2], x[-1]
-  combo = w + gamma * p_n0
-  # One row sum gives Gu, G(w + γp/‖g0‖), uᵀGu, qᵀu and Σw.
-  prods = jnp.sum(jnp.concatenate([
-      gram_n * u[None, :], gram_n * combo[None, :],
-      jnp.stack([u * _mv(gram_n, u), q * u, w])]), axis=1)
-  gu, g_combo, ugu, qu, sum_w = (prods[:k], prods[k:2 * k], prods[-3],
-                                 prods[-2], prods[-1])
-  residual = jnp.concatenate([
-      jnp.where(ball_active, combo - 2.0 * beta * u, g_combo),
-      jnp.where(task_active, gu - t, w),
-      jnp.stack([sum_w - 1.0, jnp.where(ball_active, ugu - 1.0, beta),
-                 jnp.where(cap_active, qu - c, gamma)])])
-  eye = jnp.eye(k, dtype=dtype)
+  ball = ball_active.astype(dtype)
+  cap = cap_active.astype(dtype)
   ta = task_active.astype(dtype)
-  col = jnp.zeros((k, 1), dtype)
-  zero = jnp.zeros((1,), dtype)
-  jac = jnp.concatenate([
-      jnp.concatenate([jnp.where(ball_active, -2.0 * beta, 0.0) * eye, col,
-                       jnp.where(ball_active, eye, gram_n),
-                       jnp.where(ball_active, -2.0 * u, 0.0)[:, None],
-                       jnp.where(ball_active, p_n0, q)[:, None]], axis=1),
-      jnp.concatenate([ta[:, None] * gram_n, -ta[:, None], jnp.diag(1.0 - ta), col, col],
-                      axis=1),
-      jnp.concatenate([jnp.zeros((k + 1,), dtype), jnp.ones((k,), dtype),
-                       jnp.zeros((2,), dtype)])[None, :],
-      jnp.concatenate([jnp.where(ball_active, 2.0 * gu, 0.0), zero, jnp.zeros((k,), dtype),
-                       jnp.where(ball_active, 0.0, 1.0).astype(dtype)[None], zero])[None, :],
-      jnp.concatenate([jnp.where(cap_active, q, 0.0), zero, jnp.zeros((k,), dtype), zero,
-                       jnp.where(cap_active, 0.0, 1.0).astype(dtype)[None]])[None, :]])
-  return residual, jac
+
+  def place(block, row, col):
+    return jnp.pad(block, ((row, n - row - block.shape[0]), (col, n - col - block.shape[1])))
+
+  matrix = (place(jnp.where(ball_active, jnp.asarray(np.eye(k), dtype), gram_n), 0, k + 1)
+            + place(jnp.where(ball_active, p_n0, q)[:, None], 0, n - 1)
+            + place(ta[:, None] * gram_n, k, 0)
+            + place(-ta[:, None], k, k)
+            + place(jnp.diag(1.0 - ta), k, k + 1)
+            + place(jnp.ones((1, k), dtype), 2 * k, k + 1)
+            + place((1.0 - ball)[None, None], 2 * k + 1, 2 * k + 1)
+            + place(cap * q[None, :], 2 * k + 2, 0)
+            + place((1.0 - cap)[None, None], 2 * k + 2, 2 * k + 2))
+  offset = jnp.concatenate([jnp.zeros((2 * k,), dtype),
+                            jnp.stack([jnp.ones((), dtype), ball, cap * c])])
+  return matrix, offset
 
 
-def _crossover_start(gram_n, u, multipliers, slacks):
-  """The crossover's starting point x0 = (u, t, w, β, γ) and active tasks."""
-  s, _, _ = slacks
-  w, beta, gamma = multipliers
+def _crossover_start(gram_n, u, w, s, beta, gamma):
+  """The crossover's starting point x0 = (u, t, w, β, γ) and active tasks.
+
+  ``w``, ``s``: the tasks' multipliers and slacks; ``beta``, ``gamma``: the
+  ball's and the cap's multipliers.
+  """
   # Active: slack below multiplier; if none is, the tasks of least slack.
   # One min over rows gives min(s − w) and min(s).
   least = jnp.min(jnp.stack([s - w, s]), axis=1)
@@ -330,15 +325,30 @@ def _crossover(gram_n, q, p, n0, c, x0, task_active, null_projector, ball_active
   (u, w) after each step.
   """
   k = gram_n.shape[0]
+  n = 2 * k + 3
+  dtype = gram_n.dtype
   keep = jnp.concatenate([jnp.ones((2 * k + 1,), bool), jnp.stack([ball_active, cap_active])])
   x0 = jnp.where(keep, x0, 0.0)     # β = 0, γ = 0 for an inactive ball, cap
+  matrix, offset = _kkt_linear_part(gram_n, q, p / n0, c, task_active, ball_active,
+                                    cap_active)
+  ball = ball_active.astype(dtype)
+  in_u = (np.arange(n) < k).astype(np.dtype(dtype))
+  e_beta = np.eye(n, dtype=np.dtype(dtype))[2 * k + 1]     # β's column, the ball's row
+  eye_u = np.diag(in_u)
+  # The step's u is projected off G's numerical null space, the rest kept.
+  projector = (jnp.pad(null_projector, ((0, n - k), (0, n - k)))
+               + jnp.asarray(np.diag(1.0 - in_u), dtype))
 
   def newton(x, _):
-    residual, jac = _kkt_system(gram_n, q, p / n0, c, task_active, ball_active,
-                                cap_active, x)
+    u, beta = x * in_u, x[2 * k + 1]
+    gu = jnp.pad(_mv(gram_n, u[:k]), (0, n - k))
+    # The ball's nonlinear terms: −2βu and uᵀGu, and their derivatives.
+    residual = (_mv(matrix, x) - offset
+                + ball * (-2.0 * beta * u + e_beta * _dot(u, gu)))
+    jac = matrix + ball * (-2.0 * beta * eye_u + (-2.0 * u)[:, None] * e_beta[None, :]
+                           + e_beta[:, None] * (2.0 * gu)[None, :])
     step = jnp.linalg.lstsq(jac, -residual, rcond=float(jnp.finfo(jac.dtype).eps))[0]
-    x = x + jnp.where(jnp.isfinite(step), step, 0.0)
-    x = x.at[:k].set(_mv(null_projector, x[:k]))
+    x = _mv(projector, x + jnp.where(jnp.isfinite(step), step, 0.0))
     return x, x
 
   _, x = jax.lax.scan(newton, x0, None, length=_POLISH_STEPS)
@@ -429,7 +439,8 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
     inv_root = jnp.where(root_eig > cutoff,
                          1.0 / jnp.where(root_eig > cutoff, root_eig, 1.0), 0.0)
     u_ipm = _mv(eigvecs, inv_root * y[:num_tasks])
-    return u_ipm, multipliers, slacks, iterations
+    return _pack_start(u_ipm, multipliers[0], slacks[0], multipliers[1], multipliers[2],
+                       iterations.astype(dtype))
 
   def from_previous():
     # The previous direction in this G's normalised units, and its active set:
@@ -438,41 +449,39 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
     w_prev = jnp.maximum(warm_start.simplex_weights.astype(dtype), 0.0)
     active = w_prev > jnp.sqrt(eps) * jnp.max(w_prev)
     zero = jnp.zeros((), dtype)
-    multipliers = (jnp.where(active, w_prev, 0.0), zero, zero)
-    slacks = (jnp.where(active, 0.0, 1.0).astype(dtype), zero, zero)
-    return u_prev, multipliers, slacks, jnp.asarray(0, jnp.int32)
+    return _pack_start(u_prev, jnp.where(active, w_prev, 0.0),
+                       jnp.where(active, 0.0, 1.0).astype(dtype), zero, zero, zero)
 
-  def attempt(u_start, multipliers, slacks):
-    return _candidates(gram_n, q, p, n0, c, null_basis, null_projector, u_start,
-                       multipliers, slacks)
+  def attempt(start):
+    return _candidates(gram_n, q, p, n0, c, null_basis, null_projector, start)
 
   if warm_start is None:
-    u_start, multipliers, slacks, iterations = from_barrier()
-    best = attempt(u_start, multipliers, slacks)
-    iterations = iterations + _POLISH_STEPS
+    start = from_barrier()
+    best = attempt(start)
+    iterations = start[-1].astype(jnp.int32) + _POLISH_STEPS
   else:
     def body(carry):
       index, _, _, iterations = carry
       use_previous = index == 0
       # The barrier takes no step on the pass that starts from the previous solution.
-      barrier_start = from_barrier(jnp.where(use_previous, 0, max_iter))
-      u_start, multipliers, slacks, its = jax.tree_util.tree_map(
-          lambda a, b: jnp.where(use_previous, a, b), from_previous(), barrier_start)
-      found = attempt(u_start, multipliers, slacks)
-      certified = (jnp.isfinite(found.value) & jnp.isfinite(found.upper)
-                   & (found.upper - found.value <= tol))
-      return index + 1, certified | ~use_previous, found, iterations + its + _POLISH_STEPS
+      start = jnp.where(use_previous, from_previous(),
+                        from_barrier(jnp.where(use_previous, 0, max_iter)))
+      found = attempt(start)
+      value, upper = found[2 * num_tasks], found[2 * num_tasks + 3]
+      certified = jnp.isfinite(value) & jnp.isfinite(upper) & (upper - value <= tol)
+      return (index + 1, certified | ~use_previous, found,
+              iterations + start[-1].astype(jnp.int32) + _POLISH_STEPS)
 
     def cond(carry):
       return ~carry[1]
 
-    zero = jnp.zeros((), dtype)
-    empty = _Attempt(jnp.zeros((num_tasks,), dtype), p, zero, zero, zero, zero, zero)
+    empty = jnp.concatenate([jnp.zeros((num_tasks,), dtype), p, jnp.zeros((5,), dtype)])
     first = jnp.where(jnp.asarray(warm_start.valid) & jnp.all(
         jnp.isfinite(warm_start.unit_coefficients)), 0, 1)
     _, _, best, iterations = jax.lax.while_loop(
         cond, body, (first, jnp.asarray(False), empty, jnp.asarray(0, jnp.int32)))
 
+  best = _unpack_attempt(best, num_tasks)
   u, w = best.u, best.w
   d_norm = jnp.sqrt(jnp.maximum(best.norm2, 0.0))
   # d* = 0 happens only for c = 0 at a Pareto-stationary point (any c > 0 keeps
@@ -493,9 +502,11 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
   return unit_coefficients, diagnostics
 
 
-def _candidates(gram_n, q, p, n0, c, null_basis, null_projector, u_start, multipliers,
-                slacks):
-  """Crossover from a start point, then the best dual and primal candidates (an :class:`_Attempt`).
+def _candidates(gram_n, q, p, n0, c, null_basis, null_projector, start):
+  """Crossover from a start point, then the best dual and primal candidates.
+
+  ``start`` packs (u, w, s, β, γ) (see :func:`_pack_start`); the result packs
+  an attempt (see :func:`_unpack_attempt`).
 
   All candidates are scored together, as rows of matrices, so that the
   program stays small: each row sum below serves every candidate at once.
@@ -505,13 +516,14 @@ def _candidates(gram_n, q, p, n0, c, null_basis, null_projector, u_start, multip
   eps = jnp.finfo(dtype).eps
   tiny = jnp.finfo(dtype).tiny
   hypotheses = jnp.array(list(itertools.product([False, True], repeat=2)))
-  x0, task_active = _crossover_start(gram_n, u_start, multipliers, slacks)
+  u_start, w_start, slacks, beta, gamma = _unpack_start(start, num_tasks)
+  x0, task_active = _crossover_start(gram_n, u_start, w_start, slacks, beta, gamma)
   u_cross, w_cross = jax.vmap(
       lambda h: _crossover(gram_n, q, p, n0, c, x0, task_active, null_projector,
                            h[0], h[1]))(hypotheses)
   u_primal = jnp.concatenate([u_start[None], u_cross.reshape(-1, num_tasks)])
   # The preference p itself is a dual candidate too (a fallback bound).
-  w_raw = jnp.concatenate([multipliers[0][None], w_cross.reshape(-1, num_tasks), p[None]])
+  w_raw = jnp.concatenate([w_start[None], w_cross.reshape(-1, num_tasks), p[None]])
   w_raw = jnp.maximum(jnp.where(jnp.isfinite(w_raw), w_raw, 0.0), 0.0)
 
   w_candidates = _fence(w_raw / jnp.maximum(jnp.sum(w_raw, axis=1, keepdims=True), tiny))
@@ -533,10 +545,8 @@ def _candidates(gram_n, q, p, n0, c, null_basis, null_projector, u_start, multip
   inv_d = 1.0 / jnp.where(valid_dual, d_norm, 1.0)
   psi, w_scale, p_scale, valid_dual, lam = _fence(
       jnp.stack([psi, inv_d, lam * inv_d / n0, valid_dual.astype(dtype), lam]))
-  best_dual = jnp.argmin(psi)
-  upper = psi[best_dual]
-  w = jnp.where(jnp.isfinite(upper), w_candidates[best_dual], p)
-  lam = jnp.where(jnp.isfinite(upper), lam[best_dual], 0.0)
+  # The best dual candidate: (w, ψ, λ*) as one row.
+  dual = jnp.concatenate([w_candidates, psi[:, None], lam[:, None]], axis=1)[jnp.argmin(psi)]
 
   # Primal candidates: any d in the cap gives the lower bound min_i ⟨g_i, d⟩:
   # the start point's and crossover's points, and the directions d(w).
@@ -573,8 +583,32 @@ def _candidates(gram_n, q, p, n0, c, null_basis, null_projector, u_start, multip
   feasible = (valid & trusted & (norms2 <= 1.0 + slack) & (cos_all >= c - slack))
   lower_all = jnp.min(ug, axis=1)
   lower_all = jnp.where(feasible & jnp.isfinite(lower_all), lower_all, -jnp.inf)
-  best = jnp.argmax(lower_all)
-  return _Attempt(u_all[best], w, lower_all[best], upper, norms2[best], cos_all[best], lam)
+  # The best primal candidate: (u, min_i ⟨g_i, d⟩, uᵀGu, qᵀu) as one row.
+  primal = jnp.concatenate([u_all, lower_all[:, None], norms2[:, None], cos_all[:, None]],
+                           axis=1)[jnp.argmax(lower_all)]
+  upper = dual[num_tasks]
+  found = jnp.isfinite(upper)
+  return jnp.concatenate([primal[:num_tasks], jnp.where(found, dual[:num_tasks], p),
+                          primal[num_tasks:], jnp.stack([upper, jnp.where(found, dual[-1], 0.0)])])
+
+
+def _pack_start(u, w, slacks, beta, gamma, iterations):
+  """A crossover start point as one vector (one select picks between two of them)."""
+  return jnp.concatenate([u, w, slacks, jnp.stack([beta, gamma, iterations])])
+
+
+def _unpack_start(start, k):
+  """(u, w, task slacks, β, γ) of :func:`_pack_start` (iterations are the last entry)."""
+  return start[:k], start[k:2 * k], start[2 * k:3 * k], start[3 * k], start[3 * k + 1]
+
+
+def _unpack_attempt(attempt, k):
+  """An attempt of :func:`_candidates`: the best primal candidate u with its lower
+  bound min_i ⟨g_i, d⟩, uᵀGu and qᵀu, and the best dual candidate w with its
+  upper bound ψ(w) and λ*(w)."""
+  return _Attempt(u=attempt[:k], w=attempt[k:2 * k], value=attempt[2 * k],
+                  norm2=attempt[2 * k + 1], cos=attempt[2 * k + 2], upper=attempt[2 * k + 3],
+                  lam=attempt[2 * k + 4])
 
 
 def conic_weighting(gram, c=0.5, *, preference=None, scale="g0", tol=None,
