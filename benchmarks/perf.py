@@ -32,8 +32,9 @@ Seven parts, each timed in interleaved rounds (medians; ratios within one run):
   two-leaf pytree (ConicGrad with and without warm start, MGDA, UPGrad,
   IMTL-G, linear scalarisation; wall and process-CPU seconds, and the trace
   and lowering alone), each with XLA's default options and with
-  :data:`FAST_COMPILE`; and a ConicGrad training step of the CNN compiled
-  both ways, timed side by side.
+  :data:`FAST_COMPILE`; a ConicGrad training step of the CNN compiled
+  both ways, timed side by side; and ConicGrad's update compiled in a fresh
+  process and then in another that reads JAX's persistent compilation cache.
 * ``solver``: the Newton steps per training step of ConicGrad, MGDA, UPGrad,
   DualProj, CAGrad, Nash-MTL and FairGrad over 100 steps of the CNN (batches
   of 32 from one fixed data set), with and without warm start.
@@ -336,6 +337,45 @@ def compile_part(k, repeats):
   return rows
 
 
+_CACHE_CHILD = """
+import sys, time
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_compilation_cache_dir", sys.argv[2])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+import conicgrad_jax as cg
+k = int(sys.argv[1])
+rng = np.random.default_rng(0)
+tree = {"a": jnp.asarray(rng.standard_normal((k, 1000)), jnp.float32),
+        "b": jnp.asarray(rng.standard_normal((k, 20, 5)), jnp.float32)}
+tx = cg.conicgrad(0.5, num_tasks=k)
+state = tx.init(jax.tree_util.tree_map(lambda x: x[0], tree))
+jax.jit(lambda x: x + 1)(1.0)   # backend start-up, not counted
+t0 = time.perf_counter()
+jax.jit(tx.update).lower(tree, state).compile()
+print("COMPILE_S", time.perf_counter() - t0)
+"""
+
+
+def persistent_cache_part(k, repeats):
+  """ConicGrad's update compiled in a fresh process, then again in another one that reads
+  JAX's persistent compilation cache (``jax_compilation_cache_dir``); fresh cache each repeat."""
+  import subprocess
+  import sys
+  import tempfile
+
+  times = {"first process (compiles, writes the cache)": [],
+           "next process (reads the cache)": []}
+  for _ in range(repeats):
+    with tempfile.TemporaryDirectory() as cache:
+      for label in times:
+        out = subprocess.run([sys.executable, "-c", _CACHE_CHILD, str(k), cache],
+                             capture_output=True, text=True, check=True).stdout
+        times[label].append(float(out.split("COMPILE_S")[1]))
+  return [{"part": "persistent_cache", "method": "conicgrad (warm start)", "K": k, "run": label,
+           "compile_wall_s": float(np.median(t)), "repeats": repeats}
+          for label, t in times.items()]
+
+
 def solver_part(k, train_steps):
   """Newton steps per training step of the iteratively solved Gram methods, cold and warm."""
   rows = []
@@ -477,6 +517,16 @@ def markdown(rows, machine) -> str:
             f"| {r['method']} | default | {r['compile_wall_s']:.2f} | {r['compile_cpu_s']:.2f} | |"
             for r in cp]
     out.append("")
+  pc = [r for r in rows if r["part"] == "persistent_cache"]
+  if pc:
+    out += [f"## Recompiling in a new process with JAX's persistent compilation cache "
+            f"({pc[0]['method']}, K = {pc[0]['K']})", "",
+            "`jax.config.update(\"jax_compilation_cache_dir\", ...)`; each process traces, "
+            "lowers and compiles `jax.jit(update)` (medians of "
+            f"{pc[0]['repeats']} fresh caches).", "",
+            "| run | wall s |", "|---|---|"]
+    out += [f"| {r['run']} | {r['compile_wall_s']:.2f} |" for r in pc]
+    out.append("")
   fr = [r for r in rows if r["part"] == "fast_compile_runtime"]
   if fr:
     out += [f"## Run time of a ConicGrad training step compiled for speed of compilation "
@@ -549,6 +599,7 @@ def main(argv=None):
     rows += [dict(r, part="modes_large") for r in large]
   if "compile" in parts:
     rows += compile_part(4, 1) if q else compile_part(10, 3)
+    rows += persistent_cache_part(4, 1) if q else persistent_cache_part(10, 3)
     rows += (fast_compile_runtime(3, 0.25, 8, 3) if q
              else fast_compile_runtime(6, 0.25, 8, 15))
   if "solver" in parts:
@@ -560,7 +611,7 @@ def main(argv=None):
     with open(existing) as f:
       old = json.load(f)["rows"]
     ran = {"warm_start" if p == "solver" else p for p in parts} | (
-        {"fast_compile_runtime"} if "compile" in parts else set())
+        {"fast_compile_runtime", "persistent_cache"} if "compile" in parts else set())
     rows = [r for r in old if r["part"] not in ran] + rows
   machine = timing.machine()
   with open(os.path.join(args.out, f"{name}.json"), "w") as f:

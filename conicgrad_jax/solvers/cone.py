@@ -424,10 +424,12 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
   scalars = _fence(jnp.concatenate([gp / n0, jnp.stack([n0, jnp.sqrt(sigma)])]))
   q, n0, root_sigma = scalars[:num_tasks], scalars[-2], scalars[-1]
 
-  eigvals, eigvecs = jnp.linalg.eigh(gram_n)        # ascending eigenvalues
+  # Ascending eigenvalues. gram_n is symmetric to the bit, so it needs no
+  # symmetrising, and its transpose is the column-major operand LAPACK reads.
+  eigvals, eigvecs = jnp.linalg.eigh(gram_n.T, symmetrize_input=False)
   root_eig = jnp.sqrt(jnp.maximum(eigvals, 0.0))
   null_basis = eigvecs * (eigvals <= num_tasks * eps * eigvals[-1])[None, :]
-  null_projector = jnp.eye(num_tasks, dtype=dtype) - jnp.matmul(
+  null_projector = jnp.asarray(np.eye(num_tasks), dtype) - jnp.matmul(
       null_basis, null_basis.T, precision=_numeric.HIGHEST)
 
   def from_barrier(limit=max_iter):
