@@ -53,4 +53,8 @@ _warm_and_cold = jax.jit(lambda Js: _common.warm_and_cold_runs(cg.cagrad, Js))
 
 
 def test_warm_start_agrees_with_cold_solve_in_fewer_newton_steps():
-  _common.check_warm_start(_warm_and_cold, rtol32=1e-4, rtol64=1e-8)
+  """In float32 the warm and cold weights differ by up to about 1e-4 of the largest
+  (8.9e-5 with XLA's default code generation, 1.2e-4 after a change of kernel fusion
+  that is exact in real arithmetic), so the float32 bound is 1e-3: other machines
+  round differently."""
+  _common.check_warm_start(_warm_and_cold, rtol32=1e-3, rtol64=1e-8)
