@@ -52,9 +52,14 @@ def test_matches_socp_primal_and_dual_on_random_instances(seed):
   assert checked_directions >= 40
 
 
-def test_float32_solutions_are_within_1e4_of_optimal():
+def test_float32_solutions_are_within_sqrt_eps_of_optimal():
   """f32 answers, certified in float64 from J (not from the f32 Gram matrix).
 
+  The gap is bounded by √ε of float32 (3.5e-4): on nearly degenerate instances
+  (opposite tasks, K > m, optimum near d = 0) the float32 Gram matrix fixes the
+  answer only to about √ε·‖g‖ (docs/maths.md, "Float32"). The largest gap seen on these
+  150 instances is 5.4e-5 with the test suite's code generation and 3.1e-5 with
+  XLA's default one; code changes exact in real arithmetic have moved it to 1.1e-4.
   The cone holds to 1e-4 or to the first-order rounding bound of the cosine
   the solver enforces (``cap_rounding_bound``: above 1e-4 only for large
   coefficients, i.e. nearly opposite tasks), whichever is larger: a statement
@@ -72,7 +77,7 @@ def test_float32_solutions_are_within_1e4_of_optimal():
                                      np.float32(np.linalg.norm(J.mean(0))),
                                      u.astype(np.float32)))
     assert cos >= c - max(1e-4, bound)
-  assert worst <= 1e-4, worst
+  assert worst <= np.sqrt(np.finfo(np.float32).eps), worst
 
 
 @pytest.mark.parametrize("K", [2, 10, 40, pytest.param(128, marks=pytest.mark.slow),
