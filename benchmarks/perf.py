@@ -30,8 +30,9 @@ Seven parts, each timed in interleaved rounds (medians; ratios within one run):
   rounds).
 * ``compile``: compile time of ``jax.jit(method.update)`` at K = 10 on a
   two-leaf pytree (ConicGrad with and without warm start, MGDA, UPGrad,
-  IMTL-G, linear scalarisation; wall and process-CPU seconds, and the trace
-  and lowering alone), each with XLA's default options and with
+  IMTL-G, linear scalarisation; wall and process-CPU seconds, the trace and
+  lowering alone, and the number of fused kernels XLA generated code for),
+  each with XLA's default options and with
   :data:`FAST_COMPILE`; a ConicGrad training step of the CNN compiled
   both ways, timed side by side; and ConicGrad's update compiled in a fresh
   process and then in another that reads JAX's persistent compilation cache.
@@ -52,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 
 import jax
@@ -282,17 +284,19 @@ FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 
 
 def _compile_seconds(fn, *args, repeats=3, compiler_options=None):
-  """Median wall and process-CPU seconds of ``jax.jit(fn).lower(*args).compile()``, and of the trace and lowering alone."""
+  """Median wall and process-CPU seconds of ``jax.jit(fn).lower(*args).compile()``, of the
+  trace and lowering alone, and the number of fused kernels XLA generated code for."""
   wall, cpu, lower = [], [], []
   for _ in range(repeats):
     jax.clear_caches()
     t0, c0 = time.perf_counter(), time.process_time()
     lowered = jax.jit(fn, compiler_options=compiler_options).lower(*args)
     lower.append(time.perf_counter() - t0)
-    lowered.compile()
+    compiled = lowered.compile()
     wall.append(time.perf_counter() - t0)
     cpu.append(time.process_time() - c0)
-  return float(np.median(wall)), float(np.median(cpu)), float(np.median(lower))
+  kernels = len(re.findall(r"= \S+ fusion\(", compiled.as_text()))
+  return float(np.median(wall)), float(np.median(cpu)), float(np.median(lower)), kernels
 
 
 def fast_compile_runtime(k, width, batch, rounds):
@@ -329,10 +333,10 @@ def compile_part(k, repeats):
          "imtl_g": cg.imtl_g(num_tasks=k), "linear_scalarization": cg.linear_scalarization()}
   for name, tx in tqdm(txs.items(), desc="compile"):
     for options in (None, FAST_COMPILE):
-      wall, cpu, lower = _compile_seconds(tx.update, tree, tx.init(like), repeats=repeats,
-                                          compiler_options=options)
+      wall, cpu, lower, kernels = _compile_seconds(tx.update, tree, tx.init(like),
+                                                   repeats=repeats, compiler_options=options)
       rows.append({"part": "compile", "method": name, "K": k, "compile_wall_s": wall,
-                   "compile_cpu_s": cpu, "trace_and_lower_s": lower,
+                   "compile_cpu_s": cpu, "trace_and_lower_s": lower, "fused_kernels": kernels,
                    "compiler_options": "fast compile" if options else "default"})
   return rows
 
@@ -509,12 +513,11 @@ def markdown(rows, machine) -> str:
     out += [f"## Compile time of `jax.jit(method.update)` (K = {cp[0]['K']}, two-leaf pytree)", "",
             "Trace, lowering and XLA compilation; *fast compile* is "
             "`jax.jit(f, compiler_options={\"xla_cpu_use_fusion_emitters\": False})`.", "",
-            "| method | compiler options | wall s | process CPU s | of which trace + lower s |",
-            "|---|---|---|---|---|"]
+            "| method | compiler options | wall s | process CPU s | of which trace + lower s "
+            "| fused kernels |", "|---|---|---|---|---|---|"]
     out += [f"| {r['method']} | {r.get('compiler_options', 'default')} | "
             f"{r['compile_wall_s']:.2f} | {r['compile_cpu_s']:.2f} | "
-            f"{r['trace_and_lower_s']:.2f} |" if 'trace_and_lower_s' in r else
-            f"| {r['method']} | default | {r['compile_wall_s']:.2f} | {r['compile_cpu_s']:.2f} | |"
+            f"{r.get('trace_and_lower_s', float('nan')):.2f} | {r.get('fused_kernels', '')} |"
             for r in cp]
     out.append("")
   pc = [r for r in rows if r["part"] == "persistent_cache"]
