@@ -251,38 +251,45 @@ def _primal_barrier(factor, z0, c, tol, max_iter):
   return y, multipliers, slacks_out, mu, final[n + 1].astype(jnp.int32)
 
 
-def _kkt_linear_part(gram_n, q, p_n0, c, task_active, ball_active, cap_active):
-  """The crossover's KKT system at x = (u, t, w, β, γ): its part linear in x.
+def _kkt_system(gram_n, q, p_n0, c, task_active, ball_active, cap_active, x):
+  """The crossover's KKT residual at x = (u, t, w, β, γ) and its Jacobian, written out.
 
   Equations (see :func:`_crossover`), in this order: stationarity (K),
-  complementarity (K), Σw = 1, the ball's and the cap's equation. All of
-  them are linear in x except the ball's terms −2βu (stationarity) and uᵀGu
-  (the ball's equation), which :func:`_crossover` adds. Returns (A, b) with
-  residual = Ax − b + those terms; the blocks of A are placed by padding and
-  summed, which compiles to one elementwise kernel.
+  complementarity (K), Σw = 1, the ball's and the cap's equation.
   """
   k = gram_n.shape[0]
-  n = 2 * k + 3
   dtype = gram_n.dtype
-  ball = ball_active.astype(dtype)
-  cap = cap_active.astype(dtype)
+  u, t, w, beta, gamma = x[:k], x[k], x[k + 1:2 * k + 1], x[-2], x[-1]
+  combo = w + gamma * p_n0
+  # One row sum gives Gu, G(w + γp/‖g0‖), uᵀGu, qᵀu and Σw.
+  prods = jnp.sum(jnp.concatenate([
+      gram_n * u[None, :], gram_n * combo[None, :],
+      jnp.stack([u * _mv(gram_n, u), q * u, w])]), axis=1)
+  gu, g_combo, ugu, qu, sum_w = (prods[:k], prods[k:2 * k], prods[-3],
+                                 prods[-2], prods[-1])
+  residual = jnp.concatenate([
+      jnp.where(ball_active, combo - 2.0 * beta * u, g_combo),
+      jnp.where(task_active, gu - t, w),
+      jnp.stack([sum_w - 1.0, jnp.where(ball_active, ugu - 1.0, beta),
+                 jnp.where(cap_active, qu - c, gamma)])])
+  eye = jnp.eye(k, dtype=dtype)
   ta = task_active.astype(dtype)
-
-  def place(block, row, col):
-    return jnp.pad(block, ((row, n - row - block.shape[0]), (col, n - col - block.shape[1])))
-
-  matrix = (place(jnp.where(ball_active, jnp.asarray(np.eye(k), dtype), gram_n), 0, k + 1)
-            + place(jnp.where(ball_active, p_n0, q)[:, None], 0, n - 1)
-            + place(ta[:, None] * gram_n, k, 0)
-            + place(-ta[:, None], k, k)
-            + place(jnp.diag(1.0 - ta), k, k + 1)
-            + place(jnp.ones((1, k), dtype), 2 * k, k + 1)
-            + place((1.0 - ball)[None, None], 2 * k + 1, 2 * k + 1)
-            + place(cap * q[None, :], 2 * k + 2, 0)
-            + place((1.0 - cap)[None, None], 2 * k + 2, 2 * k + 2))
-  offset = jnp.concatenate([jnp.zeros((2 * k,), dtype),
-                            jnp.stack([jnp.ones((), dtype), ball, cap * c])])
-  return matrix, offset
+  col = jnp.zeros((k, 1), dtype)
+  zero = jnp.zeros((1,), dtype)
+  jac = jnp.concatenate([
+      jnp.concatenate([jnp.where(ball_active, -2.0 * beta, 0.0) * eye, col,
+                       jnp.where(ball_active, eye, gram_n),
+                       jnp.where(ball_active, -2.0 * u, 0.0)[:, None],
+                       jnp.where(ball_active, p_n0, q)[:, None]], axis=1),
+      jnp.concatenate([ta[:, None] * gram_n, -ta[:, None], jnp.diag(1.0 - ta), col, col],
+                      axis=1),
+      jnp.concatenate([jnp.zeros((k + 1,), dtype), jnp.ones((k,), dtype),
+                       jnp.zeros((2,), dtype)])[None, :],
+      jnp.concatenate([jnp.where(ball_active, 2.0 * gu, 0.0), zero, jnp.zeros((k,), dtype),
+                       jnp.where(ball_active, 0.0, 1.0).astype(dtype)[None], zero])[None, :],
+      jnp.concatenate([jnp.where(cap_active, q, 0.0), zero, jnp.zeros((k,), dtype), zero,
+                       jnp.where(cap_active, 0.0, 1.0).astype(dtype)[None]])[None, :]])
+  return residual, jac
 
 
 def _crossover_start(gram_n, u, w, s, beta, gamma):
@@ -325,30 +332,15 @@ def _crossover(gram_n, q, p, n0, c, x0, task_active, null_projector, ball_active
   (u, w) after each step.
   """
   k = gram_n.shape[0]
-  n = 2 * k + 3
-  dtype = gram_n.dtype
   keep = jnp.concatenate([jnp.ones((2 * k + 1,), bool), jnp.stack([ball_active, cap_active])])
   x0 = jnp.where(keep, x0, 0.0)     # β = 0, γ = 0 for an inactive ball, cap
-  matrix, offset = _kkt_linear_part(gram_n, q, p / n0, c, task_active, ball_active,
-                                    cap_active)
-  ball = ball_active.astype(dtype)
-  in_u = (np.arange(n) < k).astype(np.dtype(dtype))
-  e_beta = np.eye(n, dtype=np.dtype(dtype))[2 * k + 1]     # β's column, the ball's row
-  eye_u = np.diag(in_u)
-  # The step's u is projected off G's numerical null space, the rest kept.
-  projector = (jnp.pad(null_projector, ((0, n - k), (0, n - k)))
-               + jnp.asarray(np.diag(1.0 - in_u), dtype))
 
   def newton(x, _):
-    u, beta = x * in_u, x[2 * k + 1]
-    gu = jnp.pad(_mv(gram_n, u[:k]), (0, n - k))
-    # The ball's nonlinear terms: −2βu and uᵀGu, and their derivatives.
-    residual = (_mv(matrix, x) - offset
-                + ball * (-2.0 * beta * u + e_beta * _dot(u, gu)))
-    jac = matrix + ball * (-2.0 * beta * eye_u + (-2.0 * u)[:, None] * e_beta[None, :]
-                           + e_beta[:, None] * (2.0 * gu)[None, :])
+    residual, jac = _kkt_system(gram_n, q, p / n0, c, task_active, ball_active,
+                                cap_active, x)
     step = jnp.linalg.lstsq(jac, -residual, rcond=float(jnp.finfo(jac.dtype).eps))[0]
-    x = _mv(projector, x + jnp.where(jnp.isfinite(step), step, 0.0))
+    x = x + jnp.where(jnp.isfinite(step), step, 0.0)
+    x = x.at[:k].set(_mv(null_projector, x[:k]))
     return x, x
 
   _, x = jax.lax.scan(newton, x0, None, length=_POLISH_STEPS)
