@@ -480,6 +480,13 @@ def plot(rows, path):
   plt.close(fig)
 
 
+def _section(title, intro, header, cells) -> list:
+  """A markdown section: ``## title``, intro lines, and a table of ``cells`` rows."""
+  return ([f"## {title}", "", *intro, "| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+          + ["| " + " | ".join(row) + " |" for row in cells] + [""])
+
+
 def markdown(rows, machine) -> str:
   """The results as markdown tables (benchmarks/results/perf.md)."""
   out = ["# Performance results", "",
@@ -522,22 +529,21 @@ def markdown(rows, machine) -> str:
     out.append("")
   pc = [r for r in rows if r["part"] == "persistent_cache"]
   if pc:
-    out += [f"## Recompiling in a new process with JAX's persistent compilation cache "
-            f"({pc[0]['method']}, K = {pc[0]['K']})", "",
-            "`jax.config.update(\"jax_compilation_cache_dir\", ...)`; each process traces, "
-            "lowers and compiles `jax.jit(update)` (medians of "
-            f"{pc[0]['repeats']} fresh caches).", "",
-            "| run | wall s |", "|---|---|"]
-    out += [f"| {r['run']} | {r['compile_wall_s']:.2f} |" for r in pc]
-    out.append("")
+    out += _section(
+        f"Recompiling in a new process with JAX's persistent compilation cache "
+        f"({pc[0]['method']}, K = {pc[0]['K']})",
+        ["`jax.config.update(\"jax_compilation_cache_dir\", ...)`; each process traces, "
+         "lowers and compiles `jax.jit(update)` (medians of "
+         f"{pc[0]['repeats']} fresh caches).", ""],
+        ("run", "wall s"), [(r["run"], f"{r['compile_wall_s']:.2f}") for r in pc])
   fr = [r for r in rows if r["part"] == "fast_compile_runtime"]
   if fr:
-    out += [f"## Run time of a ConicGrad training step compiled for speed of compilation "
-            f"(CNN, K = {fr[0]['K']}, batch {fr[0]['batch']})", "",
-            "| compiler options | ms / step | × default | compile s |", "|---|---|---|---|"]
-    out += [f"| {r['candidate']} | {1e3 * r['median_s']:.1f} | {r['ratio_to_default']:.2f} | "
-            f"{r['compile_s']:.1f} |" for r in fr]
-    out.append("")
+    out += _section(
+        f"Run time of a ConicGrad training step compiled for speed of compilation "
+        f"(CNN, K = {fr[0]['K']}, batch {fr[0]['batch']})", [],
+        ("compiler options", "ms / step", "× default", "compile s"),
+        [(r["candidate"], f"{1e3 * r['median_s']:.1f}", f"{r['ratio_to_default']:.2f}",
+          f"{r['compile_s']:.1f}") for r in fr])
   ws = [r for r in rows if r["part"] == "warm_start"]
   if ws:
     out += [f"## Newton steps per training step, cold and warm-started (K = {ws[0]['K']}, "
