@@ -1,6 +1,6 @@
 """Performance against the hardware floor, against torchjd, and per training-step mode.
 
-Seven parts, each timed in interleaved rounds (medians; ratios within one run):
+Eight parts, each timed in interleaved rounds (medians; ratios within one run):
 
 * ``aggregation``: ConicGrad's update (Gram + solve + combine on a 4-leaf
   pytree) for K ∈ {2, 10, 40, 128} × m ∈ {1e5, 1e6, 5.2e6}, float32, against
@@ -8,7 +8,8 @@ Seven parts, each timed in interleaved rounds (medians; ratios within one run):
   ``w @ J``), the plain Gram ``J @ J.T`` and the upper-triangle blocked Gram.
 * ``torchjd``: the same Jacobians (K ∈ {2, 10, 40}, m = 1e6) through torchjd's
   MGDA, CAGrad, UPGrad, IMTL-G, Aligned-MTL and Nash-MTL aggregators (torch
-  CPU) and ours, with the largest difference between the two answers.
+  CPU) and ours, with the largest difference between the two answers, and
+  the Gram matrix ``J @ J.T`` alone in torch against XLA:CPU.
   Needs the ``perf`` extra; skipped with a note when torchjd is missing.
 * ``task_grads``: ``value_and_task_grads`` with ``strategy="loop"`` (K VJP
   calls) against ``"vmap"`` on the CelebA-like CNN (width 0.25, batch 8) for
@@ -39,12 +40,14 @@ Seven parts, each timed in interleaved rounds (medians; ratios within one run):
 * ``solver``: the Newton steps per training step of ConicGrad, MGDA, UPGrad,
   DualProj, CAGrad, Nash-MTL and FairGrad over 100 steps of the CNN (batches
   of 32 from one fixed data set), with and without warm start.
+* ``diagnostics``: ConicGrad's update with and without ``with_diagnostics``
+  (K = 10, m = 1e6, float32, 15 rounds).
 
 Writes ``perf.json``, ``perf.png`` and the tables ``perf.md`` (``perf_quick.*``
 with ``--quick``).
 
 Usage:
-  python -m benchmarks perf [--quick] [--parts aggregation,torchjd,task_grads,modes,modes_large,compile,solver]
+  python -m benchmarks perf [--quick] [--parts aggregation,torchjd,task_grads,modes,modes_large,compile,solver,diagnostics]
                             [--out DIR]
 """
 
@@ -67,7 +70,8 @@ from benchmarks import models
 from benchmarks import timing
 from conicgrad_jax import linalg
 
-PARTS = ("aggregation", "torchjd", "task_grads", "modes", "modes_large", "compile", "solver")
+PARTS = ("aggregation", "torchjd", "task_grads", "modes", "modes_large", "compile", "solver",
+         "diagnostics")
 
 
 def _jacobian(k, m, seed):
@@ -116,6 +120,35 @@ TORCHJD = {  # torchjd aggregator → (our method, our options that reproduce it
 }
 
 
+def diagnostics_part(k, m, rounds):
+  """ConicGrad's update with and without ``with_diagnostics`` (same J, interleaved)."""
+  J = jnp.asarray(_jacobian(k, m, seed=7))
+  calls = {}
+  for name, tx in (("conicgrad", cg.conicgrad(0.5, num_tasks=k)),
+                   ("with_diagnostics(conicgrad)",
+                    cg.with_diagnostics(cg.conicgrad(0.5, num_tasks=k), num_tasks=k))):
+    update = jax.jit(lambda g, s, tx=tx: tx.update(g, s)[0])
+    calls[name] = lambda update=update, state=tx.init(None): update(J, state)
+  times = timing.interleaved_times(calls, rounds)
+  base = np.median(times["conicgrad"])
+  return [dict(part="diagnostics", candidate=name, K=k, m=m, rounds=rounds,
+               ratio_to_unwrapped=float(np.median(t) / base),
+               noise_iqr_over_median=float((np.quantile(t, 0.75) - np.quantile(t, 0.25))
+                                           / np.median(t)), **timing.summary(t))
+          for name, t in times.items()]
+
+
+def _nash_spread(gram, J, update):
+  """How far an update Jᵀα is from Nash-MTL's fixed point: std/mean of (Gα)_i α_i.
+
+  Gα = 1/α up to a common scale of α (the norm clip) makes (Gα)_i α_i equal for
+  every task; α is recovered from the update as G⁻¹ J update.
+  """
+  alpha = np.linalg.solve(gram, J.astype(np.float64) @ np.asarray(update, np.float64))
+  prod = (gram @ alpha) * alpha
+  return float(np.std(prod) / np.mean(prod))
+
+
 def torchjd_part(ks, m, rounds):
   try:
     import torch
@@ -143,16 +176,31 @@ def torchjd_part(ks, m, rounds):
     cstate = tx.init(None)
     cupdate = jax.jit(lambda g, s: tx.update(g, s)[0])
     calls["ours:conicgrad"] = lambda: cupdate(J, cstate)
+    # The Gram matrix alone: torch's CPU BLAS against XLA:CPU's dot, same float32 J.
+    xla_gram = jax.jit(lambda J: J @ J.T)
+    calls["gram:torch"] = lambda: Jt @ Jt.T
+    calls["gram:xla"] = lambda: xla_gram(J)
     times = timing.interleaved_times(calls, rounds, warmup=1)
+    rows.append({"part": "gram_torch", "K": k, "m": m,
+                 "torch_median_s": float(np.median(times["gram:torch"])),
+                 "xla_median_s": float(np.median(times["gram:xla"])),
+                 "xla_over_torch": float(np.median(times["gram:xla"])
+                                         / np.median(times["gram:torch"])),
+                 "torch_threads": torch.get_num_threads()})
+    gram64 = J_np.astype(np.float64) @ J_np.T.astype(np.float64)
     for agg_name, (ours, _) in TORCHJD.items():
       t_theirs, t_ours = times[f"torchjd:{agg_name}"], times[f"ours:{ours}"]
       theirs, mine = answers[agg_name]
-      rows.append({"part": "torchjd", "aggregator": agg_name, "ours": ours, "K": k, "m": m,
-                   "torchjd_median_s": float(np.median(t_theirs)),
-                   "ours_median_s": float(np.median(t_ours)),
-                   "speedup": float(np.median(t_theirs) / np.median(t_ours)),
-                   "max_abs_diff": float(np.max(np.abs(theirs - mine))),
-                   "max_abs_update": float(np.max(np.abs(theirs)))})
+      row = {"part": "torchjd", "aggregator": agg_name, "ours": ours, "K": k, "m": m,
+             "torchjd_median_s": float(np.median(t_theirs)),
+             "ours_median_s": float(np.median(t_ours)),
+             "speedup": float(np.median(t_theirs) / np.median(t_ours)),
+             "max_abs_diff": float(np.max(np.abs(theirs - mine))),
+             "max_abs_update": float(np.max(np.abs(theirs)))}
+      if agg_name == "NashMTL":
+        row["fixed_point_spread_torchjd"] = _nash_spread(gram64, J_np, theirs)
+        row["fixed_point_spread_ours"] = _nash_spread(gram64, J_np, mine)
+      rows.append(row)
     rows.append({"part": "torchjd", "aggregator": None, "ours": "conicgrad", "K": k, "m": m,
                  "ours_median_s": float(np.median(times["ours:conicgrad"]))})
   return rows
@@ -515,6 +563,42 @@ def markdown(rows, machine) -> str:
                  f"{r['temp_bytes'] / 2**20:.1f} | {r['ratio_memory_to_stacked']:.2f} | "
                  f"{r['compile_s']:.1f} | {r['noise_iqr_over_median']:.2f} |")
     out.append("")
+  tj = [r for r in rows if r["part"] == "torchjd" and r.get("aggregator")]
+  if tj:
+    out += _section(
+        f"torchjd on the same Jacobian (m = {tj[0]['m']:,})",
+        ["Difference: the largest absolute difference of the two updates, relative to "
+         "the largest entry of torchjd's update.", ""],
+        ("torchjd aggregator (ours)", "K", "torchjd ms", "ours ms", "torchjd time / ours",
+         "max abs difference (largest entry)", "relative difference"),
+        [(f"{r['aggregator']} (`{r['ours']}`)", str(r["K"]),
+          f"{1e3 * r['torchjd_median_s']:.1f}", f"{1e3 * r['ours_median_s']:.1f}",
+          f"{r['speedup']:.2f}", f"{r['max_abs_diff']:.1e} ({r['max_abs_update']:.2g})",
+          f"{r['max_abs_diff'] / r['max_abs_update']:.1e}") for r in tj])
+  dg = [r for r in rows if r["part"] == "diagnostics"]
+  if dg:
+    out += _section(
+        f"`with_diagnostics` (K = {dg[0]['K']}, m = {dg[0]['m']:,}, float32, medians of "
+        f"{dg[0]['rounds']} interleaved rounds)", [],
+        ("update", "ms", "× unwrapped", "noise"),
+        [(r["candidate"], f"{1e3 * r['median_s']:.1f}", f"{r['ratio_to_unwrapped']:.2f}",
+          f"{r['noise_iqr_over_median']:.2f}") for r in dg])
+  nash = [r for r in tj if "fixed_point_spread_ours" in r]
+  if nash:
+    out += _section(
+        "Nash-MTL's fixed point Gα = 1/α in the two answers", [
+            "std/mean over the tasks of (Gα)_i α_i, with α recovered from each update "
+            "(0 at the fixed point, whatever the norm clip's scale).", ""],
+        ("K", "torchjd", "ours"),
+        [(str(r["K"]), f"{r['fixed_point_spread_torchjd']:.1e}",
+          f"{r['fixed_point_spread_ours']:.1e}") for r in nash])
+  gt = [r for r in rows if r["part"] == "gram_torch"]
+  if gt:
+    out += _section(
+        "The Gram matrix J Jᵀ alone: torch's CPU BLAS against XLA:CPU", [],
+        ("K", "m", "torch ms", "XLA ms", "XLA / torch"),
+        [(str(r["K"]), f"{r['m']:,}", f"{1e3 * r['torch_median_s']:.1f}",
+          f"{1e3 * r['xla_median_s']:.1f}", f"{r['xla_over_torch']:.2f}") for r in gt])
   cp = [r for r in rows if r["part"] == "compile"]
   if cp:
     out += [f"## Compile time of `jax.jit(method.update)` (K = {cp[0]['K']}, two-leaf pytree)", "",
@@ -613,14 +697,17 @@ def main(argv=None):
              else fast_compile_runtime(6, 0.25, 8, 15))
   if "solver" in parts:
     rows += solver_part(4, 5) if q else solver_part(10, 100)
+  if "diagnostics" in parts:
+    rows += diagnostics_part(4, 10_000, 3) if q else diagnostics_part(10, 1_000_000, 15)
   name = "perf_quick" if q else "perf"
   os.makedirs(args.out, exist_ok=True)
   existing = os.path.join(args.out, f"{name}.json")
   if args.keep_other_parts and os.path.exists(existing):
     with open(existing) as f:
       old = json.load(f)["rows"]
-    ran = {"warm_start" if p == "solver" else p for p in parts} | (
-        {"fast_compile_runtime", "persistent_cache"} if "compile" in parts else set())
+    ran = ({"warm_start" if p == "solver" else p for p in parts}
+           | ({"fast_compile_runtime", "persistent_cache"} if "compile" in parts else set())
+           | ({"gram_torch"} if "torchjd" in parts else set()))
     rows = [r for r in old if r["part"] not in ran] + rows
   machine = timing.machine()
   with open(os.path.join(args.out, f"{name}.json"), "w") as f:

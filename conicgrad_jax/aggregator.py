@@ -66,6 +66,19 @@ def state_dtype(tree: PyTree) -> jnp.dtype:
   return _numeric.solver_dtype(jnp.result_type(*[l.dtype for l in leaves]))
 
 
+class JacobianTransformation(optax.GradientTransformationExtraArgs):
+  """The transformation of a method that needs the task gradients themselves.
+
+  Its update is not Σ_k w_k g_k with weights that G alone determines
+  (GradDrop, trimmed mean, MoCo, DB-MTL, ExcessMTL), so it cannot run on a
+  factor of G (``make_task_update(mode="gramian")``), on representation
+  gradients, or reuse ``state.weights`` as a linear combination
+  (``every > 1``). It is an ordinary ``optax.GradientTransformationExtraArgs``
+  otherwise.
+  """
+  __slots__ = ()
+
+
 InitState = Callable[..., NamedTuple]
 """``init_state(num_tasks, dtype)`` → the method's state (``num_tasks`` may be None).
 
@@ -84,6 +97,7 @@ def stacked_gradient_transformation(
     shared: validation.SharedSpec = None,
     num_tasks: Optional[int] = None,
     init_needs_params: bool = False,
+    needs_jacobian: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """The shared machinery of every method: validation, heads, dtypes, non-finite policy.
 
@@ -96,6 +110,8 @@ def stacked_gradient_transformation(
     shared, num_tasks: as in :func:`gram_weighting_transformation`.
     init_needs_params: pass ``params`` to ``init_state`` (methods whose state
       holds buffers shaped like the stacked gradients).
+    needs_jacobian: the update needs the task gradients themselves, not only
+      G; the result is then a :class:`JacobianTransformation`.
   """
   validation.check_shared_spec(shared)
   validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
@@ -151,6 +167,8 @@ def stacked_gradient_transformation(
     kept = kept._replace(nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
     return jax.tree_util.tree_unflatten(treedef, updates), kept
 
+  if needs_jacobian:
+    return JacobianTransformation(init_fn, update_fn)
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
@@ -346,6 +364,7 @@ class KeyedState(NamedTuple):
 
 def keyed_state(seed):
   """``init_state`` of a :class:`KeyedState` seeded with ``seed``."""
+  validation.check_integer("seed", seed)
   base_key = jax.random.PRNGKey(seed)
 
   def init_state(k, dtype=jnp.float32):

@@ -203,8 +203,8 @@ def with_diagnostics(method: optax.GradientTransformation, *,
   passed). Under ``jax.jit`` XLA merges this Gram contraction with the
   method's identical one, so the extra cost is O(K³), independent of the
   model size (checked in the tests on the compiled HLO; ConicGrad at K = 10,
-  m = 10⁶ float32 on a 2-core CPU: 72.0 ms per update with the wrapper and
-  72.0 ms without, medians of 15 interleaved rounds). A step the method skips
+  m = 10⁶ float32 on a 2-core CPU: 1.00× the unwrapped update's time,
+  ``python -m benchmarks perf --parts diagnostics``). A step the method skips
   (NaN/Inf gradients) keeps the previous diagnostics.
 
   Args:

@@ -92,8 +92,40 @@ def concrete_float(x) -> Optional[float]:
     return None
 
 
+def check_scalar(name: str, value):
+  """Raises ValueError naming ``name`` when ``value`` is an array with more than one entry."""
+  if (is_array(value) or isinstance(value, (list, tuple))) and np.ndim(value) != 0:
+    raise ValueError(f"`{name}` must be a scalar, got shape {np.shape(value)}.")
+
+
+def check_integer(name: str, value):
+  """Raises ValueError naming ``name`` unless ``value`` is an integer (not a bool)."""
+  if is_array(value) and np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype,
+                                                               np.integer):
+    return
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ValueError(f"`{name}` must be an integer, got {value!r}.")
+
+
+def check_finite(name: str, value):
+  """Raises ValueError naming ``name`` unless every entry of a concrete ``value`` is finite.
+
+  Traced values (``optax.inject_hyperparams``) are accepted unchecked.
+  """
+  if isinstance(value, jax.core.Tracer):
+    return
+  try:
+    finite = np.all(np.isfinite(np.asarray(value, dtype=np.float64)))
+  except (TypeError, ValueError):
+    raise ValueError(f"`{name}` must be a number or an array of numbers, "
+                     f"got {type(value).__name__}.") from None
+  if not finite:
+    raise ValueError(f"`{name}` must be finite, got {value!r}.")
+
+
 def check_unit_interval(name: str, value, *, closed_right: bool = False):
   """Raises ValueError unless 0 ≤ value < 1 (≤ 1 if ``closed_right``)."""
+  check_scalar(name, value)
   v = concrete_float(value)
   if v is None:
     if not (is_array(value) or isinstance(value, numbers.Number)):
@@ -143,6 +175,7 @@ def check_positive(name: str, value, *, allow_zero: bool = False):
 
   Traced values (``optax.inject_hyperparams``) are accepted unchecked.
   """
+  check_scalar(name, value)
   v = concrete_float(value)
   if v is None:
     if not (is_array(value) or isinstance(value, numbers.Number)):

@@ -373,3 +373,19 @@ def test_converged_summary_with_partial_coverage(tmp_path):
   assert table.startswith("**Partial results**")
   assert "| conicgrad (c=0.25, provisional) | 1 of 3 |" in table
   assert "| linear_scalarization | 2 of 3 |" in table
+
+
+@pytest.mark.slow
+def test_perf_quick_parts_write_their_tables(tmp_path):
+  """`python -m benchmarks perf --quick` for the diagnostics and torchjd parts (the
+  latter only when the perf extra is installed): JSON rows and markdown tables."""
+  from benchmarks import perf
+  rows = perf.main(["--quick", "--parts", "diagnostics,torchjd", "--out", str(tmp_path)])
+  text = (tmp_path / "perf_quick.md").read_text()
+  diagnostics = [r for r in rows if r["part"] == "diagnostics"]
+  assert [r["candidate"] for r in diagnostics] == ["conicgrad", "with_diagnostics(conicgrad)"]
+  assert diagnostics[0]["ratio_to_unwrapped"] == 1.0 and "`with_diagnostics`" in text
+  if any(r["part"] == "torchjd" for r in rows):
+    nash = [r for r in rows if r.get("aggregator") == "NashMTL"]
+    assert all(r["fixed_point_spread_ours"] < 1e-3 for r in nash)
+    assert "Nash-MTL's fixed point" in text and "torch's CPU BLAS" in text

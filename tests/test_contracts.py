@@ -42,19 +42,11 @@ REQUIRED_ARGS: dict[str, dict] = {}
 
 # Float options that cannot be injected by optax.inject_hyperparams today (they
 # steer Python control flow or are checked eagerly); they are passed in
-# static_args. test_not_injectable_options_still_fail keeps this list exact.
+# static_args. test_not_injectable_options_are_float_options keeps this list exact.
 NOT_INJECTABLE = {
     "fairgrad": ("alpha", "max_norm"),   # alpha == 1 picks a formulation; max_norm <= 0 skips the clip
     "nash_mtl": ("max_norm",),            # max_norm <= 0 skips the clip (Python `if`)
 }
-
-# Methods whose state does not yet store its weights in float64 under x64 (the adapter
-# passes the solver dtype to init_state; these states do not use it yet).
-STATE_NOT_FLOAT64: set[str] = set()
-
-# Methods whose answer is not stable under float32 rounding of the task gradients, so
-# micro-batch accumulation cannot reproduce the large batch to 2e-4 (strict xfail).
-NOT_ROUNDING_STABLE: set[str] = set()
 
 
 def factory(name):
@@ -209,9 +201,7 @@ def step_params(steps, i):
   return [np.asarray(leaf[j]) for leaf in jax.tree_util.tree_leaves(steps[call])]
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="solver not rounding-stable"))
-    if n in NOT_ROUNDING_STABLE else n for n in METHODS])
+@pytest.mark.parametrize("name", METHODS)
 def test_accumulated_micro_batches_equal_large_batches_at_every_step(name):
   """lax.scan + skip_nonfinite + accumulate_task_grads + inject_hyperparams + SGD, with
   summed heads: the micro-batch run trains exactly as the large-batch run."""
@@ -249,9 +239,7 @@ def test_nonfinite_step_leaves_params_and_whole_state_untouched(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="solver not rounding-stable"))
-    if n in NOT_ROUNDING_STABLE else n for n in METHODS])
+@pytest.mark.parametrize("name", METHODS)
 def test_nnx_optimizer_with_mask_and_stacked_heads_trains_as_the_scan(name):
   """nnx.Optimizer(model, chain(method(shared=<mask>), sgd), wrt=nnx.Param) in an nnx.jit
   step (one trace), stacked heads, over B0, B1, B2: the parameters of the scan runs."""
@@ -315,12 +303,7 @@ def _x64():
   return enable_x64()
 
 
-def _float64_cases():
-  return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="state not float64 yet"))
-          if n in STATE_NOT_FLOAT64 else n for n in METHODS]
-
-
-@pytest.mark.parametrize("name", _float64_cases())
+@pytest.mark.parametrize("name", METHODS)
 def test_float64_under_x64_gives_float64_updates_and_state_weights(name):
   with _x64():
     params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), as_dict(Net(nnx.Rngs(0))))
@@ -456,17 +439,50 @@ def test_bad_mask_wrong_k_non_array_and_missing_params_are_named(name):
   _value_error(lambda: factory(name)(num_tasks=0, **REQUIRED_ARGS.get(name, {})), "num_tasks")
 
 
+# Numeric options that may be arrays (one value per task).
+PER_TASK_OPTIONS = {("famo", "min_losses")}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_bad_option_values_are_named_at_construction(name):
+  """NaN and array values of numeric options, non-bools for bool options, non-integer seeds."""
+  for option, parameter in inspect.signature(factory(name)).parameters.items():
+    default = parameter.default
+    if isinstance(default, bool):
+      bad_values = ["no"]
+    elif option == "seed":
+      bad_values = [1.5]
+    elif isinstance(default, (int, float)):
+      bad_values = [float("nan")]
+      if (name, option) not in PER_TASK_OPTIONS:
+        bad_values.append(np.array([0.5, 0.7]))
+    else:
+      continue
+    for value in bad_values:
+      _value_error(lambda: build(name, **{option: value}), f"`{option}`")
+
+
 @pytest.mark.parametrize("name", [n for n in METHODS if cg.methods()[n].needs_losses])
-def test_update_without_losses_works_or_names_losses(name):
+def test_update_without_losses_names_losses(name):
   params = {"enc": jnp.ones(3)}
   tx = build(name)
-  try:
-    updates, _ = jax.eval_shape(lambda s: tx.update({"enc": jnp.ones((K, 3))}, s, params),
-                                tx.init(params))
-  except ValueError as e:
-    assert "losses" in str(e).split("\n----")[0] and len(str(e).split("\n----")[0]) < 600
-  else:
-    assert _avals(updates) == _avals(params)
+  _value_error(lambda: jax.eval_shape(
+      lambda s: tx.update({"enc": jnp.ones((K, 3))}, s, params), tx.init(params)), "losses")
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_jacobian_methods_are_marked_and_refuse_gram_level_task_updates(name):
+  """The registry's ``needs_jacobian`` is the transformation's type, and make_task_update
+  refuses the modes that would hand such a method something other than J."""
+  tx = build(name)
+  needs_jacobian = cg.methods()[name].needs_jacobian
+  assert isinstance(tx, cg.aggregator.JacobianTransformation) == needs_jacobian
+  losses = lambda p, x: jnp.stack([jnp.sum(p["w"] * x), jnp.sum(p["w"] ** 2)])
+  for options in ({"mode": "gramian"}, {"mode": "representation", "encode": lambda p, x: x},
+                  {"every": 2}):
+    if needs_jacobian:
+      _value_error(lambda: cg.make_task_update(losses, tx, **options), "stacked", "chunked")
+  cg.make_task_update(losses, tx, mode="chunked", chunk_size=1)   # accepted for every method
 
 
 def test_not_injectable_options_are_float_options():

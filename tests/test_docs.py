@@ -100,6 +100,9 @@ def test_every_method_has_an_api_page_in_the_nav_and_a_readme_line():
     assert f"::: conicgrad_jax.{name}\n" in (DOCS / "api" / "methods" / f"{name}.md").read_text()
     assert f"api/methods/{name}.md" in nav, name
     assert f"(docs/api/methods/{name}.md)" in readme, name
+  # The method count the front pages state.
+  assert f"implements {len(names)} of them" in readme
+  assert f"implements {len(names)} such methods" in (DOCS / "index.md").read_text()
 
 
 def test_docs_build_without_warnings(tmp_path):

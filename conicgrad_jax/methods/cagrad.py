@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import jax
@@ -48,7 +49,8 @@ def cagrad_weighting(gram: jax.Array, c: float = 0.5, *, rescale: int = 1,
 
 def _solve(gram, c, *, rescale, tol, max_iter, previous):
   """CAGrad's weights, SolverInfo and the simplex weights w* (the solver's solution)."""
-  if rescale not in RESCALES:
+  if not (isinstance(rescale, numbers.Integral) and not isinstance(rescale, bool)
+          and int(rescale) in RESCALES):
     raise ValueError(f"`rescale` must be one of {RESCALES}, got {rescale!r}.")
   gram_n, _ = _numeric.normalized_gram(gram)
   k = gram_n.shape[0]
@@ -127,7 +129,8 @@ def cagrad(c: float = 0.4, *, rescale: int = 1, shared: validation.SharedSpec = 
   update is not multiplied by K (the Nash-MTL code base's ``K·d``).
   """
   validation.check_unit_interval("c", c, closed_right=True)
-  if rescale not in RESCALES:
+  if not (isinstance(rescale, numbers.Integral) and not isinstance(rescale, bool)
+          and int(rescale) in RESCALES):
     raise ValueError(f"`rescale` must be one of {RESCALES}, got {rescale!r}.")
   validation.check_positive_int("max_iter", max_iter)
 

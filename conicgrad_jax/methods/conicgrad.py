@@ -127,6 +127,7 @@ def conicgrad(
   if scale not in conic.SCALES:
     raise ValueError(f"`scale` must be one of {conic.SCALES}, got {scale!r}.")
   validation.check_positive_int("max_iter", max_iter)
+  warm_start = validation.check_bool("warm_start", warm_start)
   if tol is not None and not (validation.concrete_float(tol) or 0) > 0:
     raise ValueError(f"`tol` must be a positive number, got {tol!r}.")
   if preference is not None and num_tasks is None:

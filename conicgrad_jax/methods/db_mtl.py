@@ -111,4 +111,4 @@ def db_mtl(*, beta: float = 0.9, beta_sigma: float = 0.0, num_tasks: Optional[in
 
   return aggregator.stacked_gradient_transformation(
       aggregate, buf.buffer_init(DBMTLState, shared, 1.0), shared=shared, num_tasks=num_tasks,
-      init_needs_params=True)
+      init_needs_params=True, needs_jacobian=True)

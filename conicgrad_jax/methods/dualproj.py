@@ -102,6 +102,8 @@ def dualproj(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
   """
   validation.check_preference(preference)
   validation.check_positive_int("max_iter", max_iter)
+  validation.check_positive("norm_eps", norm_eps, allow_zero=True)
+  validation.check_positive("reg_eps", reg_eps, allow_zero=True)
   for name, value in (("norm_eps", norm_eps), ("reg_eps", reg_eps)):
     v = validation.concrete_float(value)
     if v is not None and not v >= 0:

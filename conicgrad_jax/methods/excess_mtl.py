@@ -145,4 +145,5 @@ def excess_mtl(robust_step_size: float = 1.0, *, n_warmup_steps: int = 0,
                                    warmup_sum=warmup_sum, step=state.step + 1), finite
 
   return aggregator.stacked_gradient_transformation(
-      aggregate, init_state, shared=shared, num_tasks=num_tasks, init_needs_params=True)
+      aggregate, init_state, shared=shared, num_tasks=num_tasks, init_needs_params=True,
+      needs_jacobian=True)

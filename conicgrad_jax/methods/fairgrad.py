@@ -115,8 +115,8 @@ def fairgrad(alpha: float = 2.0, *, max_norm: float = 0.0, max_iter: int = 100,
   the clipping scales the weights instead of the parameters' gradient norm.
   """
   a = validation.concrete_float(alpha)
-  if a is None or not a > 0:
-    raise ValueError(f"`alpha` must be a positive number, got {alpha!r}.")
+  if a is None or not 0 < a < float("inf"):
+    raise ValueError(f"`alpha` must be a finite positive number, got {alpha!r}.")
   m = validation.concrete_float(max_norm)
   if m is None or not m >= 0:
     raise ValueError(f"`max_norm` must be a non-negative number, got {max_norm!r}.")

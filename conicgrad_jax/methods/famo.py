@@ -123,6 +123,7 @@ def famo(*, w_lr: float = 0.025, gamma: float = 0.001, min_losses: float = 0.0,
   """
   validation.check_positive("w_lr", w_lr)
   validation.check_positive("gamma", gamma, allow_zero=True)
+  validation.check_finite("min_losses", min_losses)
   optimizer = optax.chain(optax.add_decayed_weights(gamma), optax.adam(w_lr))
 
   def init_state(k, dtype=jnp.float32):

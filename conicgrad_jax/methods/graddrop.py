@@ -94,4 +94,5 @@ def graddrop(*, leak: float = 0.0, eps: float = buf.EPS, seed: int = 0,
     return updates, new_state, buf.all_finite(leaves)
 
   return aggregator.stacked_gradient_transformation(
-      aggregate, aggregator.keyed_state(seed), shared=shared, num_tasks=num_tasks)
+      aggregate, aggregator.keyed_state(seed), shared=shared, num_tasks=num_tasks,
+      needs_jacobian=True)

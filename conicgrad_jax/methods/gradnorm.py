@@ -92,7 +92,10 @@ def gradnorm(alpha: float = 1.5, *, lr: float = 0.025, shared: validation.Shared
     shared: which leaves are shared (their norms enter G_i): ``None`` (all),
       a pytree of bools shaped like the parameters, or a predicate
       ``(key_path, leaf) -> bool``; task-specific leaves receive the plain
-      sum of their task gradients. The paper uses the last shared layer.
+      sum of their task gradients. The norms are taken over every shared
+      leaf (as LibMTL does). The paper takes them on the last shared layer
+      only; ``shared`` cannot express that, since the leaves it excludes are
+      not weighted at all.
     num_tasks: K, to fix the state's shapes at ``init`` (needed to carry the
       state through ``lax.scan``); otherwise the first ``update`` fixes it.
     precision: matmul precision of the Gram matrix and the combination.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple, Optional
 
 import jax
@@ -142,8 +141,7 @@ def gradvac(*, beta: float = 0.5, eps: float = 1e-8, seed: int = 0,
   """
   validation.check_unit_interval("beta", beta, closed_right=True)
   validation.check_positive("eps", eps, allow_zero=True)
-  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-    raise ValueError(f"`seed` must be an integer, got {seed!r}.")
+  validation.check_integer("seed", seed)
   base_key = jax.random.PRNGKey(seed)
 
   def init_state(k, dtype):

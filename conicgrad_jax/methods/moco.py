@@ -119,4 +119,4 @@ def moco(*, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
 
   return aggregator.stacked_gradient_transformation(
       aggregate, buf.buffer_init(MoCoState, shared, 1.0 / num_tasks), shared=shared,
-      num_tasks=num_tasks, init_needs_params=True)
+      num_tasks=num_tasks, init_needs_params=True, needs_jacobian=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Optional
 
 import jax
@@ -100,8 +99,7 @@ def pcgrad(*, seed: int = 0, shared: validation.SharedSpec = None,
   the reference; zero-norm g_j are skipped (the reference divides by zero);
   the update is the sum of the projected gradients, as the reference.
   """
-  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-    raise ValueError(f"`seed` must be an integer, got {seed!r}.")
+  validation.check_integer("seed", seed)
   init_state = aggregator.keyed_state(seed)
 
   def weigh(gram, state, **_):

@@ -132,6 +132,7 @@ def rotograd(*, burn_in_period: int = 20, magnitude: bool = True,
   paper works on the representation).
   """
   validation.check_positive_int("burn_in_period", burn_in_period)
+  magnitude = validation.check_bool("magnitude", magnitude)
 
   def init_state(k, dtype=jnp.float32):
     return RotoGradState(jnp.ones((k or 0,), dtype), jnp.ones((k or 0,), dtype),

@@ -108,4 +108,4 @@ def trimmed_mean(trim_number: int = 1, *, shared: validation.SharedSpec = None,
     return updates, state._replace(weights=weights), finite
 
   return aggregator.stacked_gradient_transformation(aggregate, init_state, shared=shared,
-                                                    num_tasks=num_tasks)
+                                                    num_tasks=num_tasks, needs_jacobian=True)

@@ -115,6 +115,8 @@ def uncertainty_weighting(*, lr: float = 0.025, init_log_scale: float = 0.0,
   validation.check_positive("lr", lr)
   if not (validation.is_array(init_log_scale) or isinstance(init_log_scale, numbers.Number)):
     raise ValueError(f"`init_log_scale` must be a number, got {init_log_scale!r}.")
+  validation.check_scalar("init_log_scale", init_log_scale)
+  validation.check_finite("init_log_scale", init_log_scale)
   optimizer = optax.adam(lr)
   init_state = _loss_weighting.log_scale_init(UncertaintyWeightingState, optimizer,
                                               init_log_scale, _weights_of)

@@ -40,7 +40,9 @@ what the host schedule does (``python -m benchmarks perf`` measures both).
 "gramian", "representation" and ``every > 1`` need a method whose update is
 Σ_k w_k g_k with its weights in ``state.weights``: every Gram weighting and
 every loss weighting (``methods()[name].needs_jacobian`` is False). The
-Jacobian methods (GradDrop, MoCo, DB-MTL) need ``"stacked"`` or ``"chunked"``.
+Jacobian methods (GradDrop, trimmed mean, MoCo, DB-MTL, ExcessMTL: their
+transformations are :class:`~conicgrad_jax.aggregator.JacobianTransformation`)
+need ``"stacked"`` or ``"chunked"`` with ``every=1``; other choices raise.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from conicgrad_jax import aggregator
 from conicgrad_jax import validation
 from conicgrad_jax.task_updates import _common
 from conicgrad_jax.task_updates import amortised
@@ -147,7 +150,8 @@ def make_task_update(
       ``every > 1`` needs the method built with ``num_tasks``.
     encode: the shared encoder, for ``mode="representation"``.
     strategy: how the K backward passes run: ``"loop"`` (K VJP calls) or
-      ``"vmap"``; ``None``: ``"loop"`` on CPU, ``"vmap"`` on GPU/TPU.
+      ``"vmap"``; ``None``: ``"loop"`` on CPU, ``"vmap"`` on GPU/TPU. Not
+      used by ``"gramian"`` (it raises there).
     unroll: run chunks ("chunked") and Gram columns ("gramian") as
       straight-line code (``True``) or in ``lax.map``/``lax.scan``
       (``False``); ``None``: unrolled on CPU, looped on GPU/TPU.
@@ -182,6 +186,9 @@ def make_task_update(
   validation.check_positive_int("every", every)
   validation.check_positive_int("chunk_size", chunk_size, allow_none=True)
   validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
+  if mode == "gramian" and strategy is not None:
+    raise ValueError('`strategy` is not used with mode="gramian", which computes G '
+                     "column by column (`unroll` picks how those columns run).")
   strategy = _common.check_strategy(strategy)
   unroll = _common.check_unroll(unroll)
   canonical = _common.check_canonical_convolutions(canonical_convolutions)
@@ -197,6 +204,13 @@ def make_task_update(
   if mode == "representation" and shared is not None:
     raise ValueError('mode="representation" splits the parameters by `encode` and `fun`; '
                      "leave `shared` unset.")
+
+  if isinstance(method, aggregator.JacobianTransformation) and (
+      mode in ("gramian", "representation") or every > 1):
+    raise ValueError(
+        "This method needs the task gradients themselves (its update is not "
+        "Σ_k w_k g_k with weights from G alone), so it needs mode=\"stacked\" or "
+        f"\"chunked\" with every=1; got mode={mode!r}, every={every}.")
 
   if mode == "stacked":
     exact = stacked.build(fun, method, shared=shared, strategy=strategy,

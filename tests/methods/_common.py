@@ -37,7 +37,11 @@ def x64(fn, *args, **kwargs):
 
 
 def check_published(factory, expected, **kwargs):
-  """The update on :data:`J_PUBLISHED` matches torchjd's documented output."""
+  """The update on :data:`J_PUBLISHED` matches ``expected`` to 1e-3.
+
+  ``expected`` is torchjd's documented output for the methods torchjd has, or an
+  independent computation (stated at the call) for those it does not.
+  """
   tx = factory(**kwargs)
   u, _ = jax.jit(tx.update)({"w": jnp.asarray(J_PUBLISHED, jnp.float32)}, tx.init(None))
   np.testing.assert_allclose(np.asarray(u["w"]), expected, atol=1e-3)

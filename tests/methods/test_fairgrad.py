@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+import scipy.optimize
 
 import _common
 import conicgrad_jax as cg
@@ -14,7 +15,12 @@ ALPHAS = (1.0, 2.0, 4.0)
 
 
 def test_published_values():
-  _common.check_published(cg.fairgrad, [0.0766, 0.9985, 0.9985], alpha=1.0)
+  """torchjd has no FairGrad: the reference solves G w = 1/w (α = 1) with scipy's fsolve."""
+  J = _common.J_PUBLISHED
+  G = J @ J.T
+  w = scipy.optimize.fsolve(lambda w: G @ w - 1.0 / w, np.full(2, 0.1), xtol=1e-12)
+  np.testing.assert_allclose(G @ w, 1.0 / w, rtol=1e-9)
+  _common.check_published(cg.fairgrad, J.T @ w, alpha=1.0)
 
 
 @jax.jit

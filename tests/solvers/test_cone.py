@@ -352,10 +352,10 @@ def test_vmap_over_independent_problems():
 
 
 def test_rank_deficient_gram_with_vanishing_dual_vector_gives_a_unit_direction():
-  """K = 4 > m = 1 with the optimum on the cap (g_w + λĝ0 = 0): found by hypothesis in CI.
+  """K = 4 > m = 1 with the optimum on the cap (g_w + λĝ0 = 0), a hypothesis instance.
 
-  Large coefficients along G's null space once made uᵀGu and ‖Jᵀu‖ disagree (0.93);
-  the solver now drops them, so the direction has unit length to rounding.
+  Large coefficients along G's null space would make uᵀGu and ‖Jᵀu‖ disagree (by
+  0.93 here); the solver drops them, so the direction has unit length to rounding.
   """
   base = np.array([[-3.6562499963929858], [8.849814667471469], [9.062900216412466],
                    [4.135224081700619]])

@@ -219,6 +219,8 @@ def test_errors_name_the_option():
     cg.make_task_update(fun, cg.conicgrad(), every=0)
   with pytest.raises(ValueError, match="strategy"):
     cg.make_task_update(fun, cg.conicgrad(), strategy="pmap")
+  with pytest.raises(ValueError, match="strategy"):   # gramian mode has no K backward passes
+    cg.make_task_update(fun, cg.conicgrad(), mode="gramian", strategy="loop")
   params = _problem()[0]
   with pytest.raises(ValueError, match="num_tasks=K"):
     cg.make_task_update(fun, cg.conicgrad(), every=2).init(params)
