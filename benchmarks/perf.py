@@ -492,7 +492,8 @@ def plot(rows, path):
   ax.set_xlabel("K")
   ax.set_ylabel("time / BLAS floor (JJᵀ + wJ)")
   ax.set_title("Aggregation vs floor (float32)")
-  ax.legend(fontsize=7)
+  if agg:
+    ax.legend(fontsize=7)
   tj = [r for r in rows if r["part"] == "torchjd" and r.get("aggregator")]
   ax = axes[1]
   if tj:
