@@ -238,6 +238,22 @@ def test_nonfinite_step_leaves_params_and_whole_state_untouched(name):
              zip(step_params(run.micro_steps, 1), step_params(run.micro_steps, 2)))
 
 
+@pytest.mark.parametrize("name", [n for n in METHODS if cg.methods()[n].needs_losses])
+def test_infinite_or_nan_losses_skip_the_step(name):
+  """Finite gradients but a non-finite loss: zero update, state kept, counted."""
+  params = {"enc": jnp.zeros(3)}
+  grads = {"enc": jnp.asarray([[1.0, 0.0, 2.0], [0.0, 1.5, -1.0]])}
+  tx = build(name)
+  update = jax.jit(tx.update)
+  state = tx.init(params)
+  for bad in (jnp.inf, jnp.nan):
+    u, new_state = update(grads, state, params, losses=jnp.array([bad, 1.0]))
+    assert np.all(np.asarray(u["enc"]) == 0.0)
+    assert int(new_state.nonfinite_steps) == 1
+    for a, b in zip(pure(state), pure(new_state._replace(nonfinite_steps=state.nonfinite_steps))):
+      np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS)
 def test_nnx_optimizer_with_mask_and_stacked_heads_trains_as_the_scan(name):

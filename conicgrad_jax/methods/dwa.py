@@ -35,14 +35,15 @@ def dwa_weighting(losses: jax.Array, state: DWAState, *, temperature: float = 2.
                   window: int = 25) -> tuple[jax.Array, DWAState]:
   r"""Pushes ``losses`` into the history and returns ``(weights, new_state)``.
 
-  Once more than ``window`` steps have run, r_k = mean(newest ``window``
-  losses)/mean(the ``window`` before) and the weights are softmax(r/T);
-  before that they are uniform.
+  Once more than ``window`` steps have run before this one (the Nash-MTL
+  code's ``running_iterations > iteration_window``), r_k = mean(newest
+  ``window`` losses)/mean(the ``window`` before) and the weights are
+  softmax(r/T); before that they are uniform.
   """
   history = jnp.concatenate([state.history[1:], losses[None].astype(state.history.dtype)])
   ratio = jnp.mean(history[window:], 0) / (jnp.mean(history[:window], 0) + _EPS)
   k = losses.shape[0]
-  warm = state.step + 1 > window
+  warm = state.step > window
   weights = jnp.where(warm, jax.nn.softmax(ratio / temperature),
                       jnp.full((k,), 1.0 / k, history.dtype))
   return weights, state._replace(weights=weights, history=history, step=state.step + 1)
@@ -54,7 +55,8 @@ def dwa(*, temperature: float = 2.0, window: int = 25, shared: validation.Shared
   r"""Dynamic weight average: tasks whose loss falls slowly get more weight.
 
   With the loss ratio r_k = mean(newest ``window`` losses of task k) /
-  mean(the ``window`` before), once more than ``window`` updates have run,
+  mean(the ``window`` before), once more than ``window`` updates have run
+  before the current one,
 
   .. math::
 
@@ -87,8 +89,8 @@ def dwa(*, temperature: float = 2.0, window: int = 25, shared: validation.Shared
     >>> tx = cg.dwa(temperature=1.0, window=1)
     >>> grads = {"w": jnp.array([[1.0, 0.0], [0.0, 1.0]])}
     >>> state = tx.init(None)
-    >>> _, state = tx.update(grads, state, losses=jnp.array([1.0, 1.0]))
-    >>> _, state = tx.update(grads, state, losses=jnp.array([0.5, 1.0]))  # task 1 improved
+    >>> for losses in ([1.0, 1.0], [1.0, 1.0], [0.5, 1.0]):  # task 0 improves last
+    ...   _, state = tx.update(grads, state, losses=jnp.array(losses))
     >>> bool(state.weights[0] < state.weights[1])
     True
 

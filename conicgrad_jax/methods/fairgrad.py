@@ -112,7 +112,9 @@ def fairgrad(alpha: float = 2.0, *, max_norm: float = 0.0, max_iter: int = 100,
   method on a convex function in JAX (the reference calls scipy's
   ``least_squares`` on the CPU); G is normalised by its Frobenius norm and
   regularised by 1e-6·I, since a rank-deficient G has no finite solution;
-  the clipping scales the weights instead of the parameters' gradient norm.
+  the clipping scales the weights instead of the parameters' gradient norm;
+  the update is not multiplied by K (the official code's ``overwrite_grad``
+  does so).
   """
   a = validation.concrete_float(alpha)
   if a is None or not 0 < a < float("inf"):

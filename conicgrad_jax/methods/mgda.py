@@ -144,7 +144,9 @@ def mgda(normalization: str = "none", *, shared: validation.SharedSpec = None,
 
   Deviations from the reference code: w* is found by a barrier method plus an
   exact active-face solve (the reference runs projected gradient with a line
-  search, at most 250 iterations, and a closed form for K = 2); the weights
+  search, at most 250 iterations, and a closed form for K = 2 that clamps
+  the weight to [0.001, 0.999], so it never returns a single task's gradient
+  exactly; here w* is the exact min-norm point); the weights
   sum to 1 (the Nash-MTL code base multiplies them by K); as in the intel-isl
   code the weights apply to the raw gradients (LibMTL applies them to the
   normalised ones).

@@ -54,7 +54,7 @@ class NashMTLState(NamedTuple):
   """State of :func:`nash_mtl`.
 
   Attributes:
-    weights: the last weights α, reused between recomputations.
+    weights: the last update's weights: α after the ``max_norm`` scaling.
     step: updates taken so far (α is recomputed when ``step`` is a multiple
       of ``update_weights_every``).
     info: the :class:`~conicgrad_jax.aggregator.SolverInfo` of the last update
@@ -89,7 +89,8 @@ def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: 
 
   Args:
     update_weights_every: recompute α every this many updates and reuse the
-      last α in between (the reference's speed-up; default 1, every step).
+      last α in between (the reference's speed-up; default 1, every step);
+      a reused α is clipped against the current step's gradients (``max_norm``).
     max_norm: if > 0 and ‖d‖ > ``max_norm``, α is scaled down so that
       ‖d‖ = ``max_norm`` (default 1.0, as the reference clips); 0 disables it.
     max_iter: cap on Newton steps per recomputation.
@@ -155,7 +156,9 @@ def nash_mtl(*, update_weights_every: int = 1, max_norm: float = 1.0, max_iter: 
               barrier.PreviousSolution(solution.astype(dtype), jnp.asarray(True)))
 
     def reuse(_):
-      return state.weights, aggregator.no_solver_info(), state.previous
+      # The reference reuses α itself and clips the current step's update.
+      weights = power_condition.clip_to_norm(gram, state.previous.x, max_norm)
+      return weights.astype(state.weights.dtype), aggregator.no_solver_info(), state.previous
 
     recompute = state.step % update_weights_every == 0
     weights, info, previous = jax.lax.cond(recompute, solve, reuse, None)

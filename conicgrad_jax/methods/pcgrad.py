@@ -97,7 +97,11 @@ def pcgrad(*, seed: int = 0, shared: validation.SharedSpec = None,
   Deviations from the reference code: the projections act on the Gram
   matrix's coefficients (torchjd's form) and always use the original g_j, as
   the reference; zero-norm g_j are skipped (the reference divides by zero);
-  the update is the sum of the projected gradients, as the reference.
+  the update is the sum of the projected gradients, as the reference. As
+  torchjd, task i is not projected on its own g_i: the reference code (and
+  the Nash-MTL and LibMTL ports) include j = i, which changes the update only
+  when the partly projected g_i' has turned against g_i, i.e. when the
+  gradients span few dimensions (K > m).
   """
   validation.check_integer("seed", seed)
   init_state = aggregator.keyed_state(seed)

@@ -75,12 +75,10 @@ def scale_invariant_ls(*, eps: float = 0.0, shared: validation.SharedSpec = None
     return ScaleInvariantLSState(aggregator.placeholder_weights(k, dtype),
                                  jnp.zeros((), jnp.int32))
 
-  def weigh(gram, state, losses=None, **_):
-    del gram
-    losses = aggregator.require_losses(losses, state.weights.shape[0], "scale_invariant_ls")
+  def weigh(losses, state):
     weights, _ = scale_invariant_ls_weighting(losses, eps=eps)
     return state._replace(weights=weights.astype(state.weights.dtype))
 
-  return aggregator.gram_weighting_transformation(
-      weigh, init_state, shared=shared, num_tasks=num_tasks, precision=precision,
-      needs_gram=False)
+  return aggregator.loss_weighting_transformation(
+      weigh, init_state, "scale_invariant_ls", shared=shared, num_tasks=num_tasks,
+      precision=precision)

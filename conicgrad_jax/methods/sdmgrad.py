@@ -128,9 +128,13 @@ def sdmgrad(lamda: float = 0.3, *, niter: int = 20, lr: float = 10.0,
     Xiao, Ban & Ji, "Direction-oriented Multi-objective Learning: Simple and
     Provable Stochastic Algorithms", NeurIPS 2023 (code: OptMN-Lab/sdmgrad).
 
-  Deviations: none in the update; the default of ``weight_grads`` (the
-  update's own gradients) is what the official code computes anyway, since
-  its three gradient buffers alias one tensor.
+  Deviations from the official code: the update is not multiplied by K (its
+  ``overwrite_grad``) and not clipped to norm 1.0 afterwards (chain
+  ``optax.clip_by_global_norm`` for that); the scale s clamps negative
+  diagonal entries of the cross-batch matrix to 0 before the square root, as
+  LibMTL does (the official code gives NaN there). The default of
+  ``weight_grads`` (the update's own gradients) is what the official code
+  computes anyway, since its three gradient buffers alias one tensor.
   """
   validation.check_positive("lamda", lamda, allow_zero=True)
   validation.check_positive_int("niter", niter)

@@ -37,16 +37,20 @@ def stch_loss(losses: jax.Array, nadir: jax.Array, mu: float = 1.0) -> jax.Array
 
 
 def stch_weighting(losses: jax.Array, state: STCHState, *, mu: float = 1.0,
-                   warmup_steps: int = 100) -> tuple[jax.Array, STCHState]:
+                   warmup_steps: int = 100,
+                   nadir_steps: Optional[int] = None) -> tuple[jax.Array, STCHState]:
   r"""One STCH step: returns ``(weights, new_state)``.
 
   During the first ``warmup_steps`` steps the weights are 1/l_i (the gradient
-  of Σ log l_i) and the losses of the warm-up's second half are accumulated
-  for the nadir point; afterwards the weights are ∂/∂l :func:`stch_loss`.
+  of Σ log l_i) and the losses of the warm-up's last ``nadir_steps`` steps
+  (default: its second half) are accumulated for the nadir point; afterwards
+  the weights are ∂/∂l :func:`stch_loss`.
   """
   losses = losses.astype(state.nadir_sum.dtype)
+  if nadir_steps is None:
+    nadir_steps = warmup_steps - warmup_steps // 2
   in_warmup = state.step < warmup_steps
-  collect = in_warmup & (state.step >= warmup_steps // 2)
+  collect = in_warmup & (state.step >= warmup_steps - nadir_steps)
   nadir_sum = state.nadir_sum + jnp.where(collect, losses, 0.0)
   nadir_count = state.nadir_count + collect.astype(jnp.int32)
   nadir = nadir_sum / jnp.maximum(nadir_count, 1)
@@ -57,13 +61,13 @@ def stch_weighting(losses: jax.Array, state: STCHState, *, mu: float = 1.0,
                                  nadir_count=nadir_count)
 
 
-def stch(*, mu: float = 1.0, warmup_steps: int = 100, shared: validation.SharedSpec = None,
-         num_tasks: Optional[int] = None,
+def stch(*, mu: float = 1.0, warmup_steps: int = 100, nadir_steps: Optional[int] = None,
+         shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
          precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Smooth Tchebycheff scalarisation: a smooth maximum of the losses relative to a nadir point.
 
   After a warm-up that fixes the nadir point z (mean losses of the warm-up's
-  second half), the model descends
+  last ``nadir_steps`` updates), the model descends
 
   .. math::
 
@@ -76,8 +80,10 @@ def stch(*, mu: float = 1.0, warmup_steps: int = 100, shared: validation.SharedS
 
   Args:
     mu: smoothing μ > 0 (μ → 0: the Tchebycheff maximum).
-    warmup_steps: length of the warm-up in updates; the nadir averages the
-      losses of its second half.
+    warmup_steps: length of the warm-up in updates.
+    nadir_steps: the nadir averages the losses of the warm-up's last
+      ``nadir_steps`` updates (1 ≤ nadir_steps ≤ warmup_steps); ``None``: its
+      second half.
     shared: which leaves are shared: ``None`` (all), a pytree of bools shaped
       like the parameters, or a predicate ``(key_path, leaf) -> bool``;
       task-specific leaves receive the plain sum of their task gradients.
@@ -108,11 +114,17 @@ def stch(*, mu: float = 1.0, warmup_steps: int = 100, shared: validation.SharedS
     Optimization", ICML 2024.
 
   Deviations: the warm-up counts updates; the reference (LibMTL/Xi-L) counts
-  epochs (warm-up of 4 epochs, nadir from epoch 4): pass
-  ``warmup_steps = 4 · steps_per_epoch`` to match it.
+  epochs: Σ log l_i for epochs 0 to 4, the nadir from epoch 4, the smooth
+  Tchebycheff loss from epoch 5 on (its ``warmup_epoch = 4``). To match it,
+  pass ``warmup_steps = 5 · steps_per_epoch`` and
+  ``nadir_steps = steps_per_epoch``.
   """
   validation.check_positive("mu", mu)
   validation.check_positive_int("warmup_steps", warmup_steps)
+  validation.check_positive_int("nadir_steps", nadir_steps, allow_none=True)
+  if nadir_steps is not None and nadir_steps > warmup_steps:
+    raise ValueError(f"`nadir_steps` ({nadir_steps}) must not exceed `warmup_steps` "
+                     f"({warmup_steps}).")
 
   def init_state(k, dtype=jnp.float32):
     return STCHState(aggregator.placeholder_weights(k, dtype), jnp.zeros((), jnp.int32),
@@ -120,7 +132,8 @@ def stch(*, mu: float = 1.0, warmup_steps: int = 100, shared: validation.SharedS
                      jnp.zeros((), jnp.int32))
 
   def weigh(losses, state):
-    return stch_weighting(losses, state, mu=mu, warmup_steps=warmup_steps)[1]
+    return stch_weighting(losses, state, mu=mu, warmup_steps=warmup_steps,
+                          nadir_steps=nadir_steps)[1]
 
   return aggregator.loss_weighting_transformation(
       weigh, init_state, "stch", shared=shared, num_tasks=num_tasks, precision=precision)

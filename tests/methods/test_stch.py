@@ -23,6 +23,21 @@ def test_stch_warmup_then_smooth_tchebycheff():
   np.testing.assert_allclose(np.asarray(state.weights), 2 * soft / l, rtol=1e-5)
 
 
+def test_reference_epoch_schedule_with_one_step_per_epoch():
+  """LibMTL/Xi-L with warmup_epoch = 4: log losses for epochs 0-4, the nadir from epoch 4,
+  STCH from epoch 5 (warmup_steps = 5, nadir_steps = 1 at one update per epoch)."""
+  rng = np.random.default_rng(0)
+  seq = [rng.uniform(0.5, 3.0, size=2) for _ in range(8)]
+  states = run_losses(cg.stch(warmup_steps=5, nadir_steps=1, num_tasks=2), seq, history=True)
+  for epoch, l in enumerate(seq):
+    if epoch <= 4:
+      expected = 1.0 / l
+    else:
+      x = np.log(l / seq[4])
+      expected = 2 * np.exp(x) / np.exp(x).sum() / l
+    np.testing.assert_allclose(np.asarray(at(states, epoch).weights), expected, rtol=1e-5)
+
+
 def test_weights_are_the_gradient_of_stch_loss():
   l, nadir = jnp.array([1.5, 3.0]), jnp.array([2.0, 1.0])
   x = np.log(np.asarray(l) / np.asarray(nadir))
@@ -36,3 +51,5 @@ def test_options_are_validated():
     cg.stch(mu=-1.0)
   with pytest.raises(ValueError, match="warmup_steps"):
     cg.stch(warmup_steps=0)
+  with pytest.raises(ValueError, match="nadir_steps"):
+    cg.stch(warmup_steps=4, nadir_steps=5)
