@@ -20,7 +20,9 @@ written as ``protocol.converged_rule`` at the top of every results JSON): the
 learning rate is halved after ``lr_patience`` epochs without a significant
 improvement, and the run stops, ``converged=True``, once the best score has not
 improved significantly over the last 20 % of its epochs (at least
-``lr_patience + 2`` epochs, at least ``min_epochs`` epochs run), or at the cap
+``lr_patience + 2`` epochs, at least ``min_epochs`` epochs run), or, where
+``lr_halvings`` is set (the image benchmarks), once that many halvings are due
+(the last one is not trained), also with ``converged=True``; otherwise at the cap
 ``max_epochs`` with ``converged=False``. Test metrics are those of the epoch with
 the best validation score.
 
@@ -81,9 +83,10 @@ CORE = ("linear_scalarization", "uncertainty_weighting", "dwa", "mgda", "pcgrad"
         "nash_mtl", "imtl_g", "aligned_mtl", "famo", "fairgrad", "upgrad", "gsmgrad",
         "conicgrad")
 # Tuned on seed 0's validation score: the option and its three values (the default
-# in the middle). ConicGrad, and the five strongest baselines of the short
-# protocol by mean Δm% rank over its three tables (STCH 2.3, Nash-MTL 6.0,
-# FairGrad 6.7; CAGrad and DWA as the issue asks).
+# in the middle). ConicGrad; the three strongest baselines with a numeric option by
+# mean Δm% rank over the short protocol's three tables of 29 methods (STCH 2.3,
+# Nash-MTL 6.0, FairGrad 6.7; ConFIG, tied with FairGrad, has no numeric option);
+# and CAGrad and DWA, the most used baselines with one.
 TUNED = {
     "conicgrad": ("c", (0.25, 0.5, 0.75)),
     "cagrad": ("c", (0.2, 0.4, 0.6)),
@@ -139,9 +142,10 @@ class Protocol:
         f"improvement (the count restarts after each reduction). The run stops with "
         f"converged=True after epoch n >= {self.min_epochs} when the last improvement lies "
         f"before the last max(ceil({self.window_percent}% of n), {self.min_window}) epochs"
-        + (f", or once the learning rate has been reduced {self.lr_halvings} times (to "
-           f"{self.lr * self.lr_factor ** self.lr_halvings:g}: what further epochs could "
-           f"change is below the score's epoch-to-epoch noise)" if self.lr_halvings else "")
+        + (f", or once reduction number {self.lr_halvings} is due (the rate would fall to "
+           f"{self.lr * self.lr_factor ** self.lr_halvings:g} and is not trained: what "
+           f"further epochs could change is below the score's epoch-to-epoch noise)"
+           if self.lr_halvings else "")
         + f", and otherwise at the cap of {self.max_epochs} epochs with converged=False (or at "
         f"non-finite parameters, converged=False). The reported test metrics are those of "
         f"the epoch with the best validation score.")
@@ -491,8 +495,14 @@ def _r(v, digits=6):
 
 
 def train_run(bench: Bench, job: Job, data, checkpoint: Optional[str] = None,
-              log: Callable[[str], None] = print, stop_after: Optional[int] = None):
-  """Trains one run under the converged rule; its result dict (None if ``stop_after`` cut it)."""
+              log: Callable[[str], None] = print, stop_after: Optional[int] = None,
+              code: Optional[dict] = None):
+  """Trains one run under the converged rule; its result dict (None if ``stop_after`` cut it).
+
+  ``code`` (:func:`code_version` of this process) is recorded per stretch of epochs:
+  the result's ``code_history`` lists ``{"code", "from_epoch"}`` for every process
+  that trained the run (a resumed run may span several versions of the code).
+  """
   import jax
   import jax.numpy as jnp
   protocol = bench.protocol
@@ -504,6 +514,7 @@ def train_run(bench: Bench, job: Job, data, checkpoint: Optional[str] = None,
   rule = Plateau(protocol)
   history, step_times, wall, best_params = [], [], 0.0, None
   resumed_from = None
+  code_history = [{"code": code, "from_epoch": 0}]
   saved = load_checkpoint(checkpoint, job.key)
   if saved is not None:
     params, state = _restore(params, saved["params"]), _restore(state, saved["state"])
@@ -512,6 +523,10 @@ def train_run(bench: Bench, job: Job, data, checkpoint: Optional[str] = None,
     rule = Plateau(protocol, saved["rule"])
     history, step_times, wall = saved["history"], saved["step_times"], saved["wall_s"]
     resumed_from = rule.epochs
+    code_history = saved.get("code_history") or [
+        {"code": "unknown (checkpoint without a code history)", "from_epoch": 0}]
+    if code_history[-1]["code"] != code:
+      code_history = code_history + [{"code": code, "from_epoch": resumed_from}]
     log(f"{job.key}: resumed after epoch {rule.epochs}")
   eval_fn = jax.jit(bench.eval_sums)
   bs = protocol.batch_size
@@ -552,7 +567,7 @@ def train_run(bench: Bench, job: Job, data, checkpoint: Optional[str] = None,
           "key": job.key, "params": _host_leaves(params), "state": _host_leaves(state),
           "best_params": _host_leaves(best_params) if best_params is not None else None,
           "rule": rule.state(), "history": history, "step_times": step_times,
-          "wall_s": wall + time.perf_counter() - t_start})
+          "wall_s": wall + time.perf_counter() - t_start, "code_history": code_history})
     if stop is None and stop_after is not None and rule.epochs >= stop_after:
       return None
   wall += time.perf_counter() - t_start
@@ -561,8 +576,9 @@ def train_run(bench: Bench, job: Job, data, checkpoint: Optional[str] = None,
             "converged": stop in CONVERGED_STOPS, "stop_reason": stop, "epochs_run": rule.epochs,
             "best_epoch": rule.selected_epoch if best_params is not None else None,
             "best_val_score": _r(rule.selected, 8) if best_params is not None else None,
-            "final_lr": protocol.lr * rule.lr_scale, "wall_s": round(wall, 1),
-            "resumed_from_epoch": resumed_from,
+            "final_lr": history[-1]["lr"] if history else protocol.lr,
+            "wall_s": round(wall, 1),
+            "resumed_from_epoch": resumed_from, "code_history": code_history,
             "time_per_step_in_run_s": float(np.median(step_times)) if step_times else None,
             "history": history}
   if best_params is None:
@@ -649,12 +665,15 @@ def suite_plan(contexts: dict, methods=None, quick=False) -> list:
 
 
 def code_version() -> dict:
-  """The repository's commit and whether the library had uncommitted changes (for each run)."""
+  """The repository's commit and whether the library or the benchmark code had uncommitted
+  changes (for each run; the results folder, which the runs themselves write, is not
+  counted)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
                           capture_output=True, timeout=30).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "conicgrad_jax", "benchmarks"],
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "conicgrad_jax", "benchmarks",
+                            ":(exclude)benchmarks/results"],
                            cwd=root, text=True, capture_output=True, timeout=30).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return {}
@@ -690,7 +709,8 @@ def work(contexts: dict, methods=None, quick=False, max_runs=None, log=print,
         log(f"start {job.bench} {job.key} ({job.phase})")
         ckpt = os.path.join(ctx.scratch, job.key + ".ckpt")
         try:
-          result = train_run(ctx.bench, job, data_cache[job.bench], ckpt, log=log)
+          result = train_run(ctx.bench, job, data_cache[job.bench], ckpt, log=log,
+                             code=version)
         except Exception as e:  # noqa: BLE001 (a method that fails is recorded, not retried)
           import traceback
           log(traceback.format_exc())

@@ -18,11 +18,7 @@ import os
 import numpy as np
 
 from benchmarks import converged
-
-
-def _sem(values) -> float:
-  v = np.asarray(values, np.float64)
-  return float(v.std(ddof=1, axis=0).mean() / np.sqrt(len(v))) if len(v) > 1 else 0.0
+from benchmarks import supervised
 
 
 def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = False,
@@ -86,19 +82,19 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
       row["delta_m_pct"] = float(delta.mean())
       row["delta_m_sem"] = float(delta.std(ddof=1) / np.sqrt(len(delta))) if len(delta) > 1 else 0.0
       row["delta_m_per_seed"] = delta.tolist()
+      # A tuned method's seed 0 is the grid run that won on validation; its other seeds
+      # took no part in the choice.
+      later = [j for j, s in enumerate(order) if s != 0]
+      row["delta_m_pct_unselected"] = (float(np.mean(delta[later]))
+                                       if m in tuned and later else None)
     else:
       row["delta_m_pct"] = row["delta_m_sem"] = None
     rows[m] = row
   names = list(rows)
   if names:
-    means = np.array([rows[m]["mean"] for m in names])
-    ranks = np.zeros_like(means)
-    for i in range(k):
-      order = np.argsort(-means[:, i] if bench.higher_is_better[i] else means[:, i],
-                         kind="stable")
-      ranks[order, i] = np.arange(1, len(names) + 1)
+    ranks = supervised.mean_ranks([rows[m]["mean"] for m in names], bench.higher_is_better)
     for m, r in zip(names, ranks):
-      rows[m]["mean_rank"] = float(r.mean())
+      rows[m]["mean_rank"] = float(r)
 
   real = [j for j in planned if isinstance(j, converged.Job)]
   pending = [j for j in planned if isinstance(j, converged.Pending)]
@@ -141,7 +137,7 @@ def _run_record(r: dict) -> dict:
   keep = ("method", "config", "seed", "phase", "mode", "strategy", "converged", "stop_reason",
           "epochs_run", "best_epoch", "best_val_score", "final_lr", "test_metrics",
           "best_val_metrics", "wall_s", "time_per_step_in_run_s", "resumed_from_epoch",
-          "failed", "error")
+          "code", "code_history", "failed", "error")
   out = {key: r[key] for key in keep if key in r}
   out["val_curve"] = [{"epoch": h["epoch"], "lr": h["lr"], "score": h["score"],
                        "val_metrics": h["val_metrics"]} for h in r.get("history", [])]
@@ -211,11 +207,17 @@ def markdown(bench: converged.Bench, s: dict) -> str:
     for m, t in s["tuning"].items():
       scores = ", ".join(f"{v}: {_fmt(sc, 5)}" for v, sc in t["val_scores"].items())
       chosen = "—" if t["chosen"] is None else converged.fmt_value(t["chosen"])
+      row = s["methods"].get(m, {})
+      later = row.get("delta_m_pct_unselected")
       parts.append(f"{m} {t['option']} ∈ {{{', '.join(map(converged.fmt_value, t['grid']))}}} "
                    f"→ **{chosen}**{'' if t['complete'] else ' (grid incomplete)'} "
-                   f"(validation score {scores})")
+                   f"(validation score {scores}"
+                   + (f"; Δm% over seeds 1–2 alone: {later:.2f}" if later is not None else "")
+                   + ")")
     lines.append("Tuned on seed 0's best validation score (" + s["protocol"]["score"] + "): "
-                 + "; ".join(parts) + ". Every other method runs at its defaults.")
+                 + "; ".join(parts) + ". Every other method runs at its defaults. A tuned "
+                 "row's seed 0 is the grid run that won on validation, so its mean includes "
+                 "the selection; seeds 1 and 2 took no part in it.")
   if failed:
     lines.append("")
     lines.append("Failed runs (left out): " + ", ".join(failed) + ".")

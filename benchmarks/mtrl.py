@@ -446,9 +446,9 @@ def summarise(names, results, method_names, seeds, random, solved=None):
       summary["methods"][m]["solved_score"] = float(v.mean())
       summary["methods"][m]["solved_score_sem"] = float(sem(v[:, None])[0])
       means[m] = v.mean()
-    order = sorted(means, key=lambda m: -means[m])
-    for r, m in enumerate(order):
-      summary["methods"][m]["solved_score_rank"] = r + 1
+    ranks = supervised.mean_ranks([[means[m]] for m in method_names], (True,))
+    for m, r in zip(method_names, ranks):
+      summary["methods"][m]["solved_score_rank"] = float(r)
     stl_scores = [[float(normalise(results[f"stl_{i}", s_]["final_return"][0], random[i],
                                    solved[i])) for s_ in seeds] for i in range(k)]
     summary["stl_solved_score"] = float(np.mean(stl_scores))
@@ -508,7 +508,7 @@ def raw_table(names, summary) -> str:
   for m, r in sorted(summary["methods"].items(), key=key):
     cells = [f"{mu:.1f} ± {se:.1f}" for mu, se in zip(r["raw_return_mean"], r["raw_return_sem"])]
     tail = (f" | {r['solved_score']:.2f} ± {r['solved_score_sem']:.2f} | "
-            f"{r['solved_score_rank']} |") if has else " |"
+            f"{r['solved_score_rank']:g} |") if has else " |"
     lines.append(f"| {m} | " + " | ".join(cells) + tail)
   return "\n".join(lines)
 

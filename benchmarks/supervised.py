@@ -146,6 +146,22 @@ def run_all(task: Task, method_names, seeds, protocol: Protocol, runs) -> dict:
   return results
 
 
+def mean_ranks(means, higher_is_better) -> np.ndarray:
+  """Each method's rank on every task metric, averaged over the metrics.
+
+  ``means``: (methods, K) metrics; rank 1 is best on a metric. Tied methods share
+  the mean of the ranks they span (e.g. two tied for first both get 1.5).
+  """
+  means = np.asarray(means, np.float64)
+  ranks = np.zeros_like(means)
+  for i, higher in enumerate(higher_is_better):
+    score = -means[:, i] if higher else means[:, i]
+    for j, v in enumerate(score):
+      below, equal = np.sum(score < v), np.sum(score == v)
+      ranks[j, i] = below + (equal + 1) / 2.0
+  return ranks.mean(axis=1)
+
+
 def summarise(task: Task, results: dict, method_names, seeds, times=None) -> dict:
   """Metrics, Δm% and mean rank; the time column from ``times`` (side by side) when given."""
   k = len(task.task_names)
@@ -168,14 +184,10 @@ def summarise(task: Task, results: dict, method_names, seeds, times=None) -> dic
                "time_per_step_s": (times[m]["median_s"] if times is not None
                                    else float(np.median(in_run)) if in_run else None)}
   names = list(rows)
-  means = np.array([rows[m]["mean"] for m in names])                       # (methods, K)
-  ranks = np.zeros_like(means)
-  for i in range(k):
-    order = np.argsort(-means[:, i] if task.higher_is_better[i] else means[:, i])
-    ranks[order, i] = np.arange(1, len(names) + 1)
+  ranks = mean_ranks([rows[m]["mean"] for m in names], task.higher_is_better)
   base = rows.get("linear_scalarization", {}).get("time_per_step_s")
   for m, r in zip(names, ranks):
-    rows[m]["mean_rank"] = float(r.mean())
+    rows[m]["mean_rank"] = float(r)
     t = rows[m]["time_per_step_s"]
     rows[m]["time_ratio_to_ls"] = t / base if (t and base) else None
   return {"stl": stl.tolist(), "methods": rows}

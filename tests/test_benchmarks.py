@@ -35,6 +35,12 @@ def test_delta_m_and_mean_rank_by_hand():
   assert s["methods"]["x"]["time_per_step_in_runs_s"] == pytest.approx(2.0)
 
 
+def test_mean_ranks_average_ties():
+  means = [[0.9, 1.0], [0.9, 3.0], [0.8, 2.0]]        # metric 0: higher is better; 1: lower
+  ranks = supervised.mean_ranks(means, (True, False))
+  np.testing.assert_allclose(ranks, [(1.5 + 1) / 2, (1.5 + 3) / 2, (3 + 2) / 2])
+
+
 def test_run_store_resumes(tmp_path):
   runs = store_m.RunStore(str(tmp_path), "bench")
   calls = []
@@ -325,9 +331,14 @@ def test_converged_run_resumes_from_its_checkpoint(tmp_path):
   data = bench.load_data()
   whole = converged.train_run(bench, job, data, log=lambda s: None)
   ckpt = str(tmp_path / "run.ckpt")
-  assert converged.train_run(bench, job, data, ckpt, log=lambda s: None, stop_after=2) is None
-  resumed = converged.train_run(bench, job, data, ckpt, log=lambda s: None)
+  old, new = {"commit": "a"}, {"commit": "b"}
+  assert converged.train_run(bench, job, data, ckpt, log=lambda s: None, stop_after=2,
+                             code=old) is None
+  resumed = converged.train_run(bench, job, data, ckpt, log=lambda s: None, code=new)
   assert resumed["resumed_from_epoch"] == 2 and whole["resumed_from_epoch"] is None
+  # Every version of the code that trained the run, with the epoch it took over.
+  assert resumed["code_history"] == [{"code": old, "from_epoch": 0},
+                                     {"code": new, "from_epoch": 2}]
   assert [h["score"] for h in resumed["history"]] == [h["score"] for h in whole["history"]]
   assert resumed["test_metrics"] == whole["test_metrics"]
   assert whole["epochs_run"] == len(whole["history"]) and whole["mode"] == "representation"
