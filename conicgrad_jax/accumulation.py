@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import validation
 
@@ -31,7 +32,7 @@ class AccumulationState(NamedTuple):
 
   Attributes:
     mean_task_grads: running mean of the task gradients of this round, one
-      buffer of shape (K, *param.shape) per leaf. A leaf that arrives already
+      buffer of shape (K, *param.shape) per leaf, in at least float32. A leaf that arrives already
       summed over tasks (shape ``param.shape``, as ``value_and_task_grads(shared=...)``
       returns the task-specific leaves) is accumulated in row 0 of its buffer.
     mean_losses: running mean of the losses (zeros if none were given).
@@ -95,8 +96,12 @@ def accumulate_task_grads(inner: optax.GradientTransformation, every: int, *,
     if params is None:
       raise ValueError("accumulate_task_grads builds its accumulator from the parameters: "
                        "call init(params).")
+    # The running mean is kept in at least float32 (bfloat16/float16 parameters would
+    # round micro-batch contributions away); the mean goes to the method in the
+    # gradients' own dtype.
     zeros = jax.tree_util.tree_map(
-        lambda p: jnp.zeros((num_tasks,) + jnp.shape(p), jnp.result_type(p)), params)
+        lambda p: jnp.zeros((num_tasks,) + jnp.shape(p),
+                            _numeric.solver_dtype(jnp.result_type(p))), params)
     return AccumulationState(zeros, jnp.zeros((num_tasks,), aggregator.state_dtype(params)),
                              jnp.zeros((), jnp.int32), inner.init(params))
 
@@ -134,7 +139,7 @@ def accumulate_task_grads(inner: optax.GradientTransformation, every: int, *,
             f"Task-gradient leaf {validation.path_str(path)} has shape {g.shape}; "
             f"expected {acc.shape} (stacked) or {acc.shape[1:]} (summed over tasks).")
     mean_grads = jax.tree_util.tree_unflatten(
-        acc_def, [a[0] if s else a for a, s in zip(new_acc, summed)])
+        acc_def, [(a[0] if s else a).astype(g.dtype) for a, s, g in zip(new_acc, summed, g_leaves)])
 
     losses = extra_args.pop("losses", None)
     mean_losses = state.mean_losses

@@ -88,7 +88,8 @@ def conflict_diagnostics(gram: jax.Array, weights: Optional[jax.Array] = None,
     losses: optional (K,) task losses, stored as they are.
 
   Returns:
-    A :class:`ConflictDiagnostics` in G's solver dtype (at least float32).
+    A :class:`ConflictDiagnostics` in G's solver dtype (at least float32); every
+    field derived from G or w is NaN when either holds a NaN or an infinity.
 
   Example:
     >>> import jax.numpy as jnp
@@ -132,8 +133,13 @@ def conflict_diagnostics(gram: jax.Array, weights: Optional[jax.Array] = None,
     losses = jnp.asarray(losses).astype(dtype)
     if losses.shape != (k,):
       raise ValueError(f"`losses` has shape {losses.shape}; expected ({k},).")
-  return ConflictDiagnostics(cosines, magnitude, conflict_fraction, norms, weights, update_norm,
-                             update_cosines, to_mean, condition.astype(dtype), losses)
+  fields = [cosines, magnitude, conflict_fraction, norms, weights, update_norm,
+            update_cosines, to_mean, condition.astype(dtype)]
+  # Non-finite gradients or weights give no diagnostics (NaN), not the zeros and
+  # ones the guarded divisions above would produce.
+  finite = jnp.all(jnp.isfinite(gram)) & jnp.all(jnp.isfinite(weights))
+  fields = [jnp.where(finite, f, jnp.nan) for f in fields]
+  return ConflictDiagnostics(*fields, losses)
 
 
 def as_dict(diagnostics: ConflictDiagnostics,

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from conicgrad_jax._types import PyTree
 from conicgrad_jax import _numeric
+from conicgrad_jax import validation
 
 
 
@@ -91,6 +92,9 @@ def cross_gram_matrix(task_grads_a: PyTree, task_grads_b: PyTree, precision=_num
   a_leaves = _shared_leaves(task_grads_a, shared)
   flags = None if shared is None else _flags(shared, task_grads_a)
   b_all = jax.tree_util.tree_leaves(task_grads_b)
+  if len(b_all) == len(jax.tree_util.tree_leaves(task_grads_a)):
+    validation.check_same_structure(task_grads_b, task_grads_a, "`task_grads_b`",
+                                    "`task_grads_a`")
   b_leaves = b_all if flags is None or len(b_all) == len(a_leaves) else [
       leaf for leaf, f in zip(b_all, flags) if f]
   if len(b_leaves) != len(a_leaves):
@@ -98,9 +102,9 @@ def cross_gram_matrix(task_grads_a: PyTree, task_grads_b: PyTree, precision=_num
                      f"{len(a_leaves)} (shared) leaves.")
   grams = []
   for a, b in zip(a_leaves, b_leaves):
-    if a.shape[1:] != b.shape[1:]:
-      raise ValueError(f"Leaves of shapes {a.shape} and {b.shape} do not match (the task "
-                       "axis aside).")
+    if a.shape != b.shape:
+      raise ValueError(f"Leaves of shapes {a.shape} and {b.shape} do not match (both need "
+                       "the same K tasks and the same parameter shape).")
     axes = tuple(range(1, a.ndim))
     grams.append(jax.lax.dot_general(
         a, b, ((axes, axes), ((), ())), precision=precision,

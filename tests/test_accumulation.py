@@ -139,3 +139,26 @@ def test_wrapping_the_whole_chain_steps_adam_once_per_round():
     counts.append(int(state.inner_state[1][0].count))
   assert counts == [0, 1, 1]
   assert np.all(np.asarray(updates["w"]) == 0)     # first call of the second round
+
+
+def test_bfloat16_micro_batches_are_averaged_in_float32():
+  """300 bfloat16 micro-batches: the mean is the float32 mean rounded once to bfloat16,
+  not a running sum that rounds every contribution away."""
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.zeros((1000,), jnp.bfloat16)}
+  grads = rng.normal(3.0, 1.0, size=(300, 2, 1000)).astype(np.float32)
+  grads_bf16 = jnp.asarray(grads, jnp.bfloat16)
+  tx = cg.accumulate_task_grads(cg.linear_scalarization(num_tasks=2), every=300, num_tasks=2)
+  state = tx.init(params)
+  assert state.mean_task_grads["w"].dtype == jnp.float32
+
+  def body(state, g):
+    u, state = tx.update({"w": g}, state, params)
+    return state, u["w"]
+
+  _, updates = jax.jit(lambda s: jax.lax.scan(body, s, grads_bf16))(state)
+  expected = np.asarray(grads_bf16, np.float32).mean(0).mean(0)   # LS: the mean over tasks
+  got = np.asarray(updates[-1], np.float32)
+  assert updates.dtype == jnp.bfloat16
+  # One bfloat16 rounding of the exact mean (relative 2^-8), not hundreds of them.
+  np.testing.assert_allclose(got, expected, rtol=2 ** -7)

@@ -95,6 +95,22 @@ def test_wrapper_keeps_the_update_and_logs_the_step(name):
   np.testing.assert_array_equal(np.asarray(state.weights), np.asarray(s_ref.weights))
 
 
+def test_non_finite_gram_gives_nan_diagnostics_and_a_skipped_first_step_stores_them():
+  G = jnp.eye(3).at[0, 1].set(jnp.nan)
+  d = DIAGNOSE(G)
+  assert all(np.all(np.isnan(np.asarray(x))) for x in d[:-1])
+  # Without num_tasks there is nothing to keep on a skipped first step: NaN, not zeros.
+  _, g = _grads(2)
+  params = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape[1:]), g)
+  tx = dg.with_diagnostics(cg.mgda(shared=SHARED), shared=SHARED)
+  bad = jax.tree_util.tree_map(lambda x: x, g)
+  bad["enc"] = bad["enc"].at[0, 0, 0].set(jnp.nan)
+  _, state = tx.update(bad, tx.init(params), params)
+  assert int(state.nonfinite_steps) == 1
+  assert np.isnan(float(state.diagnostics.condition_number))
+  assert np.all(np.isnan(np.asarray(state.diagnostics.cosines)))
+
+
 def test_skipped_step_keeps_diagnostics_and_state_scans():
   _, g = _grads(2)
   params = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape[1:]), g)

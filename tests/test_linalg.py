@@ -98,3 +98,9 @@ def test_gram_matrix_on_shared_leaves_and_cross_gram():
                              J @ J2.T, rtol=1e-5, atol=1e-4)
   with pytest.raises(ValueError, match="shared"):
     gram_matrix(tree, shared={"enc": False, "head": False})
+  renamed = {"x": other["enc"], "y": other["head"]}          # same shapes, other keys
+  with pytest.raises(ValueError, match="task_grads_b"):
+    cross_gram_matrix(tree, renamed)
+  fewer_tasks = jax.tree_util.tree_map(lambda x: x[:2], other)
+  with pytest.raises(ValueError, match="same K"):
+    cross_gram_matrix(tree, fewer_tasks)
