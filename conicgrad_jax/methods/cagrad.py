@@ -47,11 +47,15 @@ def cagrad_weighting(gram: jax.Array, c: float = 0.5, *, rescale: int = 1,
   return weights, info
 
 
-def _solve(gram, c, *, rescale, tol, max_iter, previous):
-  """CAGrad's weights, SolverInfo and the simplex weights w* (the solver's solution)."""
+def _check_rescale(rescale):
   if not (isinstance(rescale, numbers.Integral) and not isinstance(rescale, bool)
           and int(rescale) in RESCALES):
     raise ValueError(f"`rescale` must be one of {RESCALES}, got {rescale!r}.")
+
+
+def _solve(gram, c, *, rescale, tol, max_iter, previous):
+  """CAGrad's weights, SolverInfo and the simplex weights w* (the solver's solution)."""
+  _check_rescale(rescale)
   gram_n, _ = _numeric.normalized_gram(gram)
   k = gram_n.shape[0]
   dtype = gram_n.dtype
@@ -129,9 +133,7 @@ def cagrad(c: float = 0.4, *, rescale: int = 1, shared: validation.SharedSpec = 
   update is not multiplied by K (the Nash-MTL code base's ``K·d``).
   """
   validation.check_unit_interval("c", c, closed_right=True)
-  if not (isinstance(rescale, numbers.Integral) and not isinstance(rescale, bool)
-          and int(rescale) in RESCALES):
-    raise ValueError(f"`rescale` must be one of {RESCALES}, got {rescale!r}.")
+  _check_rescale(rescale)
   validation.check_positive_int("max_iter", max_iter)
 
   def weighting(gram, previous, **_):
