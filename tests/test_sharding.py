@@ -76,10 +76,15 @@ def test_sharded_training_step_with_adam():
     return optax.apply_updates(p, u), s
 
   p1, s1 = train_step(sp, opt.init(sp), sg)
-  p_ref, _ = jax.jit(train_step)(params, opt.init(params), grads)
+  p_ref, s_ref = jax.jit(train_step)(params, opt.init(params), grads)
+  adam, adam_ref = s1[1][0], s_ref[1][0]            # chain: (conicgrad, (adam, ...))
   for name in params:
     assert p1[name].sharding.is_equivalent_to(sp[name].sharding, sp[name].ndim)
     np.testing.assert_allclose(np.asarray(p1[name]), np.asarray(p_ref[name]), atol=1e-5)
+    for moment, moment_ref in ((adam.mu, adam_ref.mu), (adam.nu, adam_ref.nu)):
+      assert moment[name].sharding.is_equivalent_to(sp[name].sharding, sp[name].ndim), name
+      np.testing.assert_allclose(np.asarray(moment[name]), np.asarray(moment_ref[name]),
+                                 rtol=1e-4, atol=1e-7)
 
 
 def _sharded_example():

@@ -27,6 +27,19 @@ def random_J(seed, k=4, m=7, conflict=True):
   return J
 
 
+def project_simplex(v):
+  """Euclidean projection onto the simplex by bisection on θ in Σ max(v − θ, 0) = 1.
+
+  Independent of the library's sort-based projection, in float64.
+  """
+  v = np.asarray(v, np.float64)
+  lo, hi = v.min() - 1.0, v.max()
+  for _ in range(200):
+    mid = 0.5 * (lo + hi)
+    lo, hi = (mid, hi) if np.maximum(v - mid, 0).sum() > 1 else (lo, mid)
+  return np.maximum(v - 0.5 * (lo + hi), 0)
+
+
 def x64(fn, *args, **kwargs):
   """Runs fn in float64: array arguments are converted inside the x64 context."""
   with jax.enable_x64(True):

@@ -32,6 +32,19 @@ def test_cagrad_solves_its_ball_problem():
     np.testing.assert_allclose(d, x.value, atol=1e-4 * np.linalg.norm(g0))
 
 
+def test_rescale_divides_the_ball_solution():
+  """The official code returns d, d/(1 + c²) (its default) or d/(1 + c) for rescale 0, 1, 2."""
+  J = _common.random_J(0)
+  G = J @ J.T
+  weights = {r: _common.x64(jax.jit(lambda G, r=r: cagrad_m.cagrad_weighting(G, C, rescale=r)),
+                            G)[0] for r in (0, 1, 2)}
+  np.testing.assert_allclose(weights[1], weights[0] / (1 + C * C), rtol=1e-10)
+  np.testing.assert_allclose(weights[2], weights[0] / (1 + C), rtol=1e-10)
+  tx = cg.cagrad(C)                      # the factory's default is the official one
+  update, _ = _common.x64(tx.update, {"w": J}, tx.init(None))
+  np.testing.assert_allclose(update["w"], J.T @ weights[1], rtol=1e-6)
+
+
 def test_options_are_validated():
   with pytest.raises(ValueError, match="warm_start"):
     cg.cagrad(warm_start="yes")

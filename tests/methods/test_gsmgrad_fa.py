@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _common
 import conicgrad_jax as cg
 
 
@@ -16,24 +17,32 @@ def test_gsmgrad_fa_uses_the_loss_decrease_as_the_weight_gradient():
   u, s = tx.update(g, s, losses=jnp.array([1.0, 1.9, 1.0]))
   delta = np.array([2.0, 0.1, 0.0])
   w = np.full(3, 1 / 3)
-  expected = np.asarray(cg._numeric.project_simplex(
-      jnp.asarray(w - 0.2 * (delta / np.linalg.norm(delta) + 0.1 * w), jnp.float32)))
+  expected = _common.project_simplex(
+      w - 0.2 * (delta / np.linalg.norm(delta) + 0.1 * w))
   np.testing.assert_allclose(np.asarray(s.weights), expected, atol=1e-6)
   assert expected[0] < expected[1]          # the task that improved most loses weight
   np.testing.assert_allclose(np.asarray(u["w"]), expected, atol=1e-6)
 
 
-def test_gsmgrad_fa_loss_difference_estimates_gw():
-  """After an SGD step x − α Σ w_i g_i, (l_prev − l)/α ≈ G w (the paper's first-order estimate)."""
+def test_after_an_sgd_step_the_weight_step_follows_the_gradient_gram_product():
+  """The paper's first-order estimate: after x ← x − α Σ_i w_i g_i the loss decrease is
+  (l_prev − l)/α ≈ G w, so the weight step from the losses alone matches GSMGrad's
+  step Π_Δ(w − β(Gw/‖Gw‖ + ρw)) computed from the true Gram matrix."""
   rng = np.random.default_rng(0)
   A = rng.standard_normal((3, 5))
   losses = lambda x: 0.5 * jnp.sum((x[None, :] - jnp.asarray(A, jnp.float32)) ** 2, axis=1)
+  tx = cg.gsmgrad_fa(lr=0.2, rho=0.1)
   x = jnp.zeros(5)
   J = jax.jacrev(losses)(x)
-  w = jnp.array([0.2, 0.5, 0.3])
+  update, state = tx.update({"x": J}, tx.init(None), losses=losses(x))
   alpha = 1e-3
-  delta = (losses(x) - losses(x - alpha * (w @ J))) / alpha
-  np.testing.assert_allclose(np.asarray(delta), np.asarray(J @ J.T @ w), rtol=5e-3)
+  x = x - alpha * update["x"]                 # the first update: the uniform combination
+  _, state = tx.update({"x": jax.jacrev(losses)(x)}, state, losses=losses(x))
+  w = np.full(3, 1 / 3)
+  gw = np.asarray(J, np.float64) @ np.asarray(J, np.float64).T @ w
+  expected = _common.project_simplex(w - 0.2 * (gw / np.linalg.norm(gw) + 0.1 * w))
+  np.testing.assert_allclose(np.asarray(state.weights), expected, atol=5e-4)
+  assert not np.allclose(expected, w, atol=1e-2)   # the step is not a no-op
 
 
 def test_gsmgrad_fa_loss_is_the_weighted_sum():

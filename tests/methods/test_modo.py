@@ -5,17 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _common
 import conicgrad_jax as cg
 import torchjd_reference as tjd
-
-
-def _project_simplex(v):
-  """Bisection on θ in Σ max(v − θ, 0) = 1 (independent of the sort-based projection)."""
-  lo, hi = v.min() - 1.0, v.max()
-  for _ in range(200):
-    mid = 0.5 * (lo + hi)
-    lo, hi = (mid, hi) if np.maximum(v - mid, 0).sum() > 1 else (lo, mid)
-  return np.maximum(v - 0.5 * (lo + hi), 0)
 
 
 def _batches(rng, k=3):
@@ -40,7 +32,7 @@ def test_double_sampled_steps_match_numpy():
     g, b1, b2 = (jax.tree_util.tree_map(jnp.asarray, t) for t in _batches(rng))
     u, state = step(g, state, params, weight_grads=(b1, b2))
     M = _flat(b1) @ _flat(b2).T                       # the head leaves do not enter M
-    lam = _project_simplex(lam - gamma * (M @ lam + rho * lam))
+    lam = _common.project_simplex(lam - gamma * (M @ lam + rho * lam))
     np.testing.assert_allclose(np.asarray(state.weights), lam, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(u["enc"]).ravel(), lam @ _flat(g), rtol=1e-5,
                                atol=1e-5)

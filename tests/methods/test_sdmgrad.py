@@ -33,10 +33,34 @@ def test_sdmgrad_inner_problem_and_cross_batch_gram():
   np.testing.assert_allclose(np.asarray(state.simplex_weights), w.value, atol=2e-3)
   np.testing.assert_allclose(np.asarray(u["w"]), J.T @ ((w.value + lam / 3) / (1 + lam)),
                              atol=1e-2)
-  other = {"w": jnp.asarray(_random_J(9, k=3, m=6), jnp.float32)}
-  _, cross = jax.jit(tx.update)({"w": jnp.asarray(J, jnp.float32)}, tx.init(None),
-                                weight_grads=(other, other))
-  assert not np.allclose(np.asarray(cross.simplex_weights), np.asarray(state.simplex_weights))
+
+
+def test_two_further_batches_give_the_fixed_point_of_their_cross_gram():
+  """With weight_grads = (ξ1, ξ2) the simplex weights are the fixed point of
+  w ← Π_Δ(w − lr(Mw + λb)) for M = J_ξ1 J_ξ2ᵀ/s² (s = mean_i (M_ii + 1e-4)^½,
+  b = row means of M), built here in numpy: every task with positive weight has
+  the smallest (Mw + λb)_i (the variational inequality of the fixed point).
+  M ≠ J_ξ1 J_ξ1ᵀ here, so a solver that used one batch twice would fail.
+  """
+  rng = np.random.default_rng(5)
+  J = _random_J(2, k=3, m=6)
+  xi1 = J + 0.3 * rng.standard_normal(J.shape)
+  xi2 = J + 0.3 * rng.standard_normal(J.shape)
+  lam = 0.3
+  tx = cg.sdmgrad(lamda=lam, lr=0.05, niter=3000, num_tasks=3)
+  as_tree = lambda x: {"w": jnp.asarray(x, jnp.float32)}
+  _, state = jax.jit(tx.update)(as_tree(J), tx.init(None),
+                                weight_grads=(as_tree(xi1), as_tree(xi2)))
+  w = np.asarray(state.simplex_weights, np.float64)
+
+  def spread(M):
+    M = M / np.mean(np.sqrt(np.diag(M) + 1e-4)) ** 2
+    grad = M @ w + lam * M.mean(1)
+    return np.max(grad[w > 1e-4]) - np.min(grad)
+
+  assert spread(xi1 @ xi2.T) <= 1e-4
+  assert spread(xi1 @ xi1.T) > 1e-2
+  assert np.sum(w > 1e-4) >= 2                       # the check above is not vacuous
 
 
 def test_cross_gram_matches_numpy_leaf_by_leaf():

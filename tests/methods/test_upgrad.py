@@ -27,6 +27,30 @@ def test_update_lies_in_the_dual_cone():
     assert np.all(J @ d >= -dual_cone.REG_EPS * np.trace(G) * np.abs(w) - 1e-9)
 
 
+@pytest.mark.parametrize("k", [3, 5, 8])
+def test_each_projection_satisfies_the_kkt_conditions_of_its_qp(k):
+  """Every row v_i = v*(p_i e_i) solves min vᵀP̂v s.t. v ≥ p_i e_i, and w = Σ_i v_i.
+
+  P̂ = G/trace(G) + reg_eps·I is built here in numpy. Feasibility, P̂v ≥ 0 and
+  complementarity are the KKT conditions of this convex QP, so they prove that
+  each row is its minimiser (with any positive multiple of the right v, or a
+  zero update, complementarity or feasibility fails).
+  """
+  Js = [_common.random_J(seed, k=k, m=k + 3) for seed in SEEDS]
+  Gs = np.stack([J @ J.T for J in Js])
+  vs, _ = _common.x64(jax.jit(jax.vmap(upgrad_m.upgrad_projections)), Gs)
+  ws, _ = _common.x64(jax.jit(jax.vmap(upgrad_m.upgrad_weighting)), Gs)
+  for G, v, w in zip(Gs, vs, ws):
+    p_hat = G / np.trace(G) + dual_cone.REG_EPS * np.eye(k)
+    lower = np.eye(k) / k
+    grad = v @ p_hat                       # row i: P̂ v_i
+    assert np.all(v >= lower - 1e-12)
+    assert np.all(grad >= -1e-10)
+    assert np.all(np.abs(grad * (v - lower)) <= 1e-9)
+    assert np.all(np.diag(grad) > 0)     # each gradient's own coefficient is active
+    np.testing.assert_allclose(w, v.sum(0), rtol=1e-12, atol=1e-14)
+
+
 def test_options_are_validated():
   with pytest.raises(ValueError, match="warm_start"):
     cg.upgrad(warm_start="yes")
