@@ -66,7 +66,7 @@ def _solve(gram, c, *, rescale, tol, max_iter, previous):
   f = lambda w: jnp.dot(w, gb) + phi * jnp.sqrt(jnp.maximum(_numeric.quad(gram_n, w), 0.0) + 1e-8)
   res = barrier.warm_started_minimize(f, jnp.full((k,), 1.0 / k, dtype), previous, simplex=True,
                                       gap=lambda w: barrier.simplex_gap(f, w), tol=tol,
-                                      max_iter=max_iter)
+                                      max_iter=max_iter, smooth_polish=True)
   w = res.x
   gw_norm = jnp.sqrt(jnp.maximum(_numeric.quad(gram_n, w), 0.0))
   weights = b + (phi / (gw_norm + 1e-8)) * w

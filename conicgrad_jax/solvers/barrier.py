@@ -23,6 +23,7 @@ KAPPA = 10.0      # barrier parameter reduction per centring (also the cone solv
 CENTRED = 0.25    # Newton decrement² below which a point counts as centred
 _QUADRATIC = 1e-4   # centre_only: Newton's decrement² below which full steps are taken
 _WARM_GAP = 0.1   # a warm start centres at ν·μ = tol/10: room for its certificate, gap ≤ tol
+_WARM_CHECK = 100.0   # the gap bound a warm barrier's own convergence claim must also meet
 
 
 def armijo_step(objective, x, step, decrement2, *, steps=_LINE_SEARCH_STEPS):
@@ -96,6 +97,12 @@ def barrier_minimize(f: Callable[[jax.Array], jax.Array], x0: jax.Array, *,
       y2 = jax.scipy.linalg.cho_solve(chol, x)
       y1 = y1 - (jnp.dot(x, y1) / jnp.dot(x, y2)) * y2
     step = -x * y1
+    if simplex:
+      # At small μ the two solves are large and nearly cancel, so the step's
+      # sum is off zero by far more than rounding of the step itself; remove
+      # that drift along x, or the iterates leave Σx = 1 (by 8 % in float32
+      # within 5 steps on a warm start).
+      step = step - x * (jnp.sum(step) / jnp.sum(x))
     return step, jnp.dot(gs, y1)
 
   def body(state):
@@ -160,6 +167,34 @@ def polish_quadratic(f: Callable[[jax.Array], jax.Array], x: jax.Array,
   return jnp.where(ok, sol, x)
 
 
+def polish_on_simplex_face(f: Callable[[jax.Array], jax.Array], x: jax.Array,
+                           gap_bound: jax.Array, *, steps: int = 3) -> jax.Array:
+  """Newton steps for a smooth convex f on the barrier's active face of the simplex.
+
+  Active: x_i > √(gap bound), as in :func:`polish_quadratic`; the inactive
+  weights are set to 0 and each step solves the KKT system of the quadratic
+  model on {x_i = 0 for inactive i, Σx = 1} by least squares. Newton's method
+  converges quadratically there, which the barrier, whose float32 Newton
+  systems degrade as μ falls, does not. The result is kept only if it is
+  feasible and does not increase f.
+  """
+  k = x.shape[0]
+  dtype = x.dtype
+  active = x > jnp.sqrt(gap_bound)
+  active = jnp.where(jnp.any(active), active, x >= jnp.max(x))
+  mask = active.astype(dtype)
+  y = x * mask
+  y = y / jnp.sum(y)
+  for _ in range(steps):
+    hess = mask[:, None] * jax.hessian(f)(y) * mask[None, :] + jnp.diag(1.0 - mask)
+    kkt = jnp.block([[hess, mask[:, None]], [mask[None, :], jnp.zeros((1, 1), dtype)]])
+    rhs = jnp.concatenate([-jax.grad(f)(y) * mask, jnp.zeros((1,), dtype)])
+    y = y + jnp.linalg.lstsq(kkt, rhs)[0][:k] * mask
+  ok = (jnp.all(y >= 0) & jnp.all(jnp.isfinite(y))
+        & (f(y) <= f(x) + 10 * jnp.finfo(dtype).eps * (1 + jnp.abs(f(x)))))
+  return jnp.where(ok, y, x)
+
+
 def simplex_gap(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
   """The Frank–Wolfe gap ∇f(x)ᵀx − min_i ∇f(x)_i, a bound on f(x) − min_Δ f (convex f).
 
@@ -208,12 +243,15 @@ class WarmStartedResult(NamedTuple):
 def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array,
                           previous, *, simplex: bool, gap=None, tol=None,
                           max_iter: int = 100, quadratic: bool = False,
-                          centre_only: bool = False) -> WarmStartedResult:
+                          centre_only: bool = False,
+                          smooth_polish: bool = False) -> WarmStartedResult:
   """:func:`barrier_minimize` started from a previous solution, kept only when certified.
 
   Without ``previous`` (or while it holds nothing) this is the cold solve:
   the barrier from ``x_cold`` at μ = 1 (then, for a ``quadratic`` f, the
-  exact active-face solve :func:`polish_quadratic`). Otherwise, stages that
+  exact active-face solve :func:`polish_quadratic`; with ``smooth_polish``, a
+  smooth f on the simplex, Newton steps on the active face,
+  :func:`polish_on_simplex_face`). Otherwise, stages that
   each run only when the earlier ones were not certified:
 
   1. (``quadratic``) the active-face solve on the previous solution's
@@ -221,7 +259,7 @@ def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array
   2. the barrier from the previous solution moved strictly inside,
      (1 − ε)x_prev + ε·x_cold with ε = √tol, centred once at the final
      μ0 = tol/(10ν) (no path following: from a nearby point the damped
-     Newton steps are few), then the active-face solve for a ``quadratic`` f;
+     Newton steps are few), then the active-face solve or polish as above;
      with ``centre_only``, Newton from x_prev itself;
   3. the cold solve.
 
@@ -235,21 +273,30 @@ def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array
   decrement² below tol or at the rounding floor), not stalled nor stopped by
   ``max_iter``, or when ``gap(x)`` ≤ tol, ``gap`` an upper bound on
   f(x) − f* (:func:`simplex_gap`, :func:`orthant_qp_gap`; the only
-  certificate of stage 1).
+  certificate of stage 1). Where ``gap`` is given, the barrier's own claim
+  also needs gap(x) ≤ 100·tol: started off the central path at a small μ,
+  float32 Newton systems can look centred where they are not.
   """
   dtype = x_cold.dtype
   tol = default_tol(dtype) if tol is None else tol
   nu = jnp.asarray(x_cold.shape[0], dtype)
 
   def finish(res):
-    return polish_quadratic(f, res.x, res.gap_bound, simplex=simplex) if quadratic else res.x
+    if quadratic:
+      return polish_quadratic(f, res.x, res.gap_bound, simplex=simplex)
+    if smooth_polish:
+      return polish_on_simplex_face(f, res.x, res.gap_bound)
+    return res.x
 
   def certified(x, res):
     # The cold solve's own exit rule (centred, at ν·μ ≤ tol), or the gap bound.
+    # Started off the central path at a small μ, float32 Newton systems can look
+    # centred where they are not (their decrement is rounding), so where a gap
+    # bound exists it must confirm the barrier's claim, to _WARM_CHECK·tol.
     ok = jnp.asarray(False) if res is None else res.converged
     if gap is not None:
       g = gap(x)
-      ok |= jnp.isfinite(g) & (g <= tol)
+      ok = jnp.isfinite(g) & ((g <= tol) | (ok & (g <= _WARM_CHECK * tol)))
     return ok
 
   if previous is None:
@@ -289,7 +336,7 @@ def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array
       bound = jnp.where(crossover, jnp.asarray(tol * tol, dtype), res.gap_bound)
       x = polish_quadratic(f, res.x, bound, simplex=simplex)
     else:
-      x = res.x
+      x = finish(res)
     ok = cold | (certified(x, res) & ~crossover) | (crossover & certified(x, None))
     return index + 1, x, iterations + res.iterations + crossover, ok
 
