@@ -118,8 +118,9 @@ def stacked_gradient_transformation(
 
   def strong(state):
     # Weakly-typed leaves (e.g. jnp.full with a Python fill) would change type
-    # after the first update and make jit compile a second time.
-    return jax.tree_util.tree_map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
+    # after the first update and make jit compile a second time. Every leaf is
+    # also its own buffer, so that a donated state never donates one twice.
+    return jax.tree_util.tree_map(lambda x: jnp.array(x, dtype=x.dtype, copy=True), state)
 
   def init_fn(params):
     dtype = state_dtype(params)
