@@ -24,6 +24,15 @@ def _accumulation_dtype(dtype) -> jnp.dtype:
   return _numeric.solver_dtype(dtype)
 
 
+def per_task_sum(leaf: jax.Array, dtype=None) -> jax.Array:
+  """Σ over every axis of a stacked leaf but its leading task axis, shape (K,).
+
+  A sum over the axes themselves, not over ``leaf.reshape(K, -1)``: a reshape
+  of a leaf sharded along a feature axis makes XLA gather the whole leaf.
+  """
+  return jnp.sum(leaf, axis=tuple(range(1, leaf.ndim)), dtype=dtype)
+
+
 def leaf_gram(leaf: jax.Array, precision=_numeric.HIGHEST) -> jax.Array:
   """K×K Gram matrix of one stacked leaf (contracting every non-task axis)."""
   axes = tuple(range(1, leaf.ndim))

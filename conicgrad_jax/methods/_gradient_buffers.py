@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from conicgrad_jax import _numeric
+from conicgrad_jax import linalg
 from conicgrad_jax import validation
 
 EPS = 1e-8
@@ -30,8 +31,7 @@ def all_finite(leaves: Sequence[jax.Array]) -> jax.Array:
 
 def task_norms(leaves: Sequence[jax.Array]) -> jax.Array:
   """‖g_i‖ over all given stacked leaves, per task."""
-  return jnp.sqrt(sum(jnp.sum(jnp.square(accumulation(l)).reshape(l.shape[0], -1), axis=1)
-                      for l in leaves))
+  return jnp.sqrt(sum(linalg.per_task_sum(jnp.square(accumulation(l))) for l in leaves))
 
 
 def per_task(vector: jax.Array, leaf: jax.Array) -> jax.Array:

@@ -39,7 +39,7 @@ class ExcessMTLState(NamedTuple):
 
 def excess_risks(leaves, sq_grad_sums) -> jax.Array:
   r"""Ê_i = Σ_c g_{i,c}² / (S_{i,c} + 1e-7)^½ over the given stacked leaves (gᵀ H⁻¹ g, H diagonal)."""
-  return sum(jnp.sum((jnp.square(g) / jnp.sqrt(s + _EPS)).reshape(g.shape[0], -1), axis=1)
+  return sum(linalg.per_task_sum(jnp.square(g) / jnp.sqrt(s + _EPS))
              for g, s in zip(leaves, sq_grad_sums))
 
 

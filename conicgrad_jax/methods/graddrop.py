@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from conicgrad_jax import aggregator
+from conicgrad_jax import linalg
 from conicgrad_jax import validation
 from conicgrad_jax.methods import _gradient_buffers as buf
 
@@ -30,7 +31,7 @@ def graddrop_aggregation(leaves: Sequence[jax.Array], state: aggregator.KeyedSta
     u = jax.random.uniform(sub, purity.shape, g.dtype)
     mask = ((purity > u) & (g > 0)) | ((purity < u) & (g < 0))
     updates.append(jnp.sum((leak + (1.0 - leak) * mask) * g, axis=0))
-    kept = kept + jnp.sum(mask.reshape(mask.shape[0], -1), axis=1)
+    kept = kept + linalg.per_task_sum(mask, jnp.int32)
     total += purity.size
   weights = (kept / max(total, 1)).astype(state.weights.dtype)
   return updates, state._replace(weights=weights, key=key)

@@ -10,6 +10,7 @@ import optax
 
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
+from conicgrad_jax import linalg
 from conicgrad_jax import validation
 
 
@@ -44,7 +45,7 @@ def trimmed_mean_leaf(leaf: jax.Array, trim_number: int) -> tuple[jax.Array, jax
   middle = jnp.take_along_axis(x, order[t:k - t], axis=0)
   rank = jnp.argsort(order, axis=0)                   # rank of each task's value
   inside = (rank >= t) & (rank < k - t)
-  kept = jnp.sum(inside.reshape(k, -1), axis=1, dtype=jnp.int32)
+  kept = linalg.per_task_sum(inside, jnp.int32)
   return jnp.mean(middle, axis=0), kept
 
 
