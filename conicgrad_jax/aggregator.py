@@ -159,7 +159,13 @@ def stacked_gradient_transformation(
         u = jnp.sum(leaf, axis=0, dtype=_numeric.solver_dtype(leaf.dtype)).astype(dt)
       else:
         u = leaf.astype(dt)
-      updates.append(jnp.where(finite, u, jnp.zeros_like(u)))
+      updates.append(u)
+    # Finite inputs can still overflow: a squared-gradient buffer, or an update
+    # cast to float16. Such a step is skipped like a non-finite one, so that
+    # neither the parameters nor the state ever take an Inf or a NaN.
+    finite &= _all_finite(updates + [x for x in jax.tree_util.tree_leaves(new_state)
+                                     if jnp.issubdtype(x.dtype, jnp.inexact)])
+    updates = [jnp.where(finite, u, jnp.zeros_like(u)) for u in updates]
 
     # The state keeps its dtypes (a lax.scan carry must not change type).
     kept = jax.tree_util.tree_map(
@@ -171,6 +177,10 @@ def stacked_gradient_transformation(
   if needs_jacobian:
     return JacobianTransformation(init_fn, update_fn)
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _all_finite(arrays) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in arrays]))
 
 
 def gram_weighting_transformation(

@@ -551,3 +551,34 @@ def test_donated_params_and_state_give_the_undonated_step():
   params = {"w": jnp.ones(3)}
   donated, _ = jax.jit(step, donate_argnums=(0, 1))(params, opt.init(params), grads)
   np.testing.assert_allclose(np.asarray(donated["w"]), np.asarray(expected["w"]), rtol=1e-6)
+
+
+_OVERFLOW_DEFAULT = ("conicgrad", "db_mtl", "excess_mtl", "pcgrad")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in _OVERFLOW_DEFAULT
+                                               else pytest.mark.slow) for n in METHODS])
+def test_finite_gradients_that_overflow_skip_the_step(name):
+  """Finite inputs whose update or state overflows: float16 task gradients of 40,000
+  (their combination exceeds float16's 65,504), and float32 gradients of 1e20 (squared
+  buffers overflow). The update and the state stay finite; a skipped step (counted) has
+  a zero update and keeps the state."""
+  losses = jnp.array([0.5, 1.0], jnp.float32)
+  for dtype, value in ((jnp.float16, 40000.0), (jnp.float32, 1e20)):
+    grads = {"w": jnp.full((K, 4), value, dtype).at[:, 1].set(1.0)}
+    params = {"w": jnp.zeros((4,), dtype)}
+    tx = build(name)
+    state = tx.init(params)
+    update, new_state = jax.jit(lambda g, s: tx.update(g, s, params, losses=losses))(
+        grads, state)
+    assert bool(jnp.all(jnp.isfinite(update["w"]))), dtype
+    for leaf in jax.tree_util.tree_leaves(new_state):
+      if jnp.issubdtype(leaf.dtype, jnp.inexact):
+        assert bool(jnp.all(jnp.isfinite(leaf))), dtype
+    if int(new_state.nonfinite_steps) == 1:        # skipped: no update, the state kept
+      assert bool(jnp.all(update["w"] == 0)), dtype
+      for a, b in zip(jax.tree_util.tree_leaves(new_state), jax.tree_util.tree_leaves(state)):
+        if jnp.issubdtype(a.dtype, jnp.inexact):        # (counters: a wrapper's inner one)
+          np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    else:
+      assert int(new_state.nonfinite_steps) == 0, dtype
