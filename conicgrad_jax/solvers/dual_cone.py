@@ -27,7 +27,7 @@ def dual_cone_projection_weights(p_hat, u, *, tol=None, max_iter=100, previous=N
   exact active-face solve (torchjd uses quadprog). With ``previous`` (a
   :class:`~conicgrad_jax.solvers.barrier.PreviousSolution` holding an
   earlier v*) the solve starts from it and keeps the answer only when its
-  duality gap certifies it to ``tol``
+  duality gap, relative to the objective, certifies it to ``tol``
   (:func:`~conicgrad_jax.solvers.barrier.warm_started_minimize`).
 
   Returns:
@@ -39,5 +39,6 @@ def dual_cone_projection_weights(p_hat, u, *, tol=None, max_iter=100, previous=N
     previous = previous._replace(x=previous.x.astype(p_hat.dtype) - u)
   res = barrier.warm_started_minimize(
       f, jnp.ones((k,), p_hat.dtype), previous, simplex=False,
-      gap=lambda z: barrier.orthant_qp_gap(f, z), tol=tol, max_iter=max_iter, quadratic=True)
+      gap=lambda z: barrier.orthant_qp_gap(f, z) / f(z), tol=tol, max_iter=max_iter,
+      quadratic=True)
   return res.x + u, res.iterations

@@ -1,6 +1,7 @@
 """upgrad: every task's directional derivative along the update is ≥ 0 (up to reg_eps), contract."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -75,3 +76,14 @@ def test_warm_start_agrees_with_cold_solve_in_fewer_newton_steps():
   # float32: a gap within tol = 1e-6 on a QP whose curvature is only 2·reg_eps leaves v
   # uncertain to ~1e-3 whichever start (the cold float32 solve is that far from float64 too).
   _common.check_warm_start(_warm_and_cold, rtol32=5e-3, rtol64=1e-8)
+
+
+def test_warm_start_from_unrelated_problems_is_certified_relative_to_the_objective():
+  """K = 7, float32, every step's gradients unrelated to the last. The QPs' optimal
+  values are small (about reg_eps/K²), so an absolute gap of tol once certified a
+  previous solution's face with weights 0.75 % off; the gap is now relative."""
+  rng = np.random.default_rng(3)
+  jacobians = jnp.asarray(rng.standard_normal((1, 8, 7, 9)), jnp.float32)
+  (w_warm, w_cold), _ = jax.jit(lambda Js: _common.warm_and_cold_runs(cg.upgrad, Js))(jacobians)
+  scale = np.max(np.abs(np.asarray(w_cold)), axis=-1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(w_warm) / scale, np.asarray(w_cold) / scale, atol=1e-5)
