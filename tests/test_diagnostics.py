@@ -79,8 +79,9 @@ def test_wrapper_keeps_the_update_and_logs_the_step(name):
   assert state.diagnostics.cosines.shape == (4, 4)
   u, state = jax.jit(tx.update)(g, state, params, losses=losses)
   u_ref, s_ref = jax.jit(method.update)(g, method.init(params), params, losses=losses)
+  # Two compiled programs: XLA may fuse them differently, so equal up to rounding.
   for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(u_ref)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
   w = np.asarray(s_ref.weights, np.float64)
   ref = _reference(J, w)
   d = state.diagnostics
@@ -92,7 +93,8 @@ def test_wrapper_keeps_the_update_and_logs_the_step(name):
                              J @ d_enc / (np.linalg.norm(J, axis=1) * np.linalg.norm(d_enc)),
                              rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(np.asarray(d.losses), np.asarray(losses))
-  np.testing.assert_array_equal(np.asarray(state.weights), np.asarray(s_ref.weights))
+  np.testing.assert_allclose(np.asarray(state.weights), np.asarray(s_ref.weights),
+                             rtol=1e-6, atol=1e-7)
 
 
 def test_non_finite_gram_gives_nan_diagnostics_and_a_skipped_first_step_stores_them():
