@@ -101,8 +101,9 @@ def sdmgrad(lamda: float = 0.3, *, niter: int = 20, lr: float = 10.0,
     lr: step size of those steps on the normalised M (10, official). At 10
       the steps do not converge: the weights jump between faces of the
       simplex with ``niter`` and with relative changes of M of 1e-7, so the
-      update is set by rounding as much as by M. A step below 2/‖M‖ (e.g.
-      ``lr=0.05, niter=3000``, as the tests use) solves the inner problem.
+      update is set by rounding as much as by M. A small step with many
+      iterations (``lr=0.05, niter=3000`` in the tests) solves the inner
+      problem to its fixed point.
     shared: which leaves are shared: ``None`` (all), a pytree of bools shaped
       like the parameters, or a predicate ``(key_path, leaf) -> bool``;
       task-specific leaves receive the plain sum of their task gradients.
