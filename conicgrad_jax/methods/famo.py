@@ -91,6 +91,9 @@ def famo(*, w_lr: float = 0.025, gamma: float = 0.001, min_losses: float = 0.0,
     gamma: L2 weight decay of ξ, added to its gradient as PyTorch's Adam does
       (0.001, the same scripts).
     min_losses: lower bound of the losses (scalar or (K,)); 0 by default.
+      FAMO takes log(l − min_losses): a step with a loss below the bound is
+      non-finite and skipped (counted in ``nonfinite_steps``), so negative
+      losses need a matching bound.
     shared: which leaves are shared: ``None`` (all), a pytree of bools shaped
       like the parameters, or a predicate ``(key_path, leaf) -> bool``;
       task-specific leaves receive the plain sum of their task gradients.
