@@ -24,6 +24,7 @@ CENTRED = 0.25    # Newton decrement² below which a point counts as centred
 _QUADRATIC = 1e-4   # centre_only: Newton's decrement² below which full steps are taken
 _WARM_GAP = 0.1   # a warm start centres at ν·μ = tol/10: room for its certificate, gap ≤ tol
 _WARM_CHECK = 100.0   # the gap bound a warm barrier's own convergence claim must also meet
+_WARM_MAX_ITER = 20   # a warm barrier's Newton steps (from a nearby point it needs few)
 
 
 def armijo_step(objective, x, step, decrement2, *, steps=_LINE_SEARCH_STEPS):
@@ -103,7 +104,10 @@ def barrier_minimize(f: Callable[[jax.Array], jax.Array], x0: jax.Array, *,
       # that drift along x, or the iterates leave Σx = 1 (by 8 % in float32
       # within 5 steps on a warm start).
       step = step - x * (jnp.sum(step) / jnp.sum(x))
-    return step, jnp.dot(gs, y1)
+    # The decrement of the step actually taken, −∇ᵀstep (= gsᵀy1 without the
+    # correction); the uncorrected one is rounding noise at small μ, and the
+    # centring test would follow that noise.
+    return step, -jnp.dot(grad, step)
 
   def body(state):
     x, mu = state.x, state.mu
@@ -168,29 +172,38 @@ def polish_quadratic(f: Callable[[jax.Array], jax.Array], x: jax.Array,
 
 
 def polish_on_simplex_face(f: Callable[[jax.Array], jax.Array], x: jax.Array,
-                           gap_bound: jax.Array, *, steps: int = 3) -> jax.Array:
+                           gap_bound: jax.Array, *, steps: int = 3,
+                           rounds: int = 3) -> jax.Array:
   """Newton steps for a smooth convex f on the barrier's active face of the simplex.
 
   Active: x_i > √(gap bound), as in :func:`polish_quadratic`; the inactive
   weights are set to 0 and each step solves the KKT system of the quadratic
   model on {x_i = 0 for inactive i, Σx = 1} by least squares. Newton's method
   converges quadratically there, which the barrier, whose float32 Newton
-  systems degrade as μ falls, does not. The result is kept only if it is
-  feasible and does not increase f.
+  systems degrade as μ falls, does not. When the face was guessed too large
+  (the Newton point leaves the simplex), the weights it drives negative leave
+  the face and the steps are repeated, up to ``rounds`` times. The result is
+  kept only if it is feasible and does not increase f.
   """
   k = x.shape[0]
   dtype = x.dtype
   active = x > jnp.sqrt(gap_bound)
   active = jnp.where(jnp.any(active), active, x >= jnp.max(x))
-  mask = active.astype(dtype)
-  y = x * mask
+  y = jnp.where(active, x, 0.0)
   y = y / jnp.sum(y)
-  for _ in range(steps):
-    hess = mask[:, None] * jax.hessian(f)(y) * mask[None, :] + jnp.diag(1.0 - mask)
-    kkt = jnp.block([[hess, mask[:, None]], [mask[None, :], jnp.zeros((1, 1), dtype)]])
-    rhs = jnp.concatenate([-jax.grad(f)(y) * mask, jnp.zeros((1,), dtype)])
-    y = y + jnp.linalg.lstsq(kkt, rhs)[0][:k] * mask
+  for _ in range(rounds):
+    mask = active.astype(dtype)
+    for _ in range(steps):
+      hess = mask[:, None] * jax.hessian(f)(y) * mask[None, :] + jnp.diag(1.0 - mask)
+      kkt = jnp.block([[hess, mask[:, None]], [mask[None, :], jnp.zeros((1, 1), dtype)]])
+      rhs = jnp.concatenate([-jax.grad(f)(y) * mask, jnp.zeros((1,), dtype)])
+      y = y + jnp.linalg.lstsq(kkt, rhs)[0][:k] * mask
+    leaving = active & (y < 0)
+    active = jnp.where(jnp.any(active & ~leaving), active & ~leaving, active)
+    y = jnp.where(active, jnp.maximum(y, 0.0), 0.0)
+    y = y / jnp.where(jnp.sum(y) > 0, jnp.sum(y), 1.0)
   ok = (jnp.all(y >= 0) & jnp.all(jnp.isfinite(y))
+        & (jnp.abs(jnp.sum(y) - 1.0) <= jnp.sqrt(jnp.finfo(dtype).eps))
         & (f(y) <= f(x) + 10 * jnp.finfo(dtype).eps * (1 + jnp.abs(f(x)))))
   return jnp.where(ok, y, x)
 
@@ -259,7 +272,8 @@ def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array
   2. the barrier from the previous solution moved strictly inside,
      (1 − ε)x_prev + ε·x_cold with ε = √tol, centred once at the final
      μ0 = tol/(10ν) (no path following: from a nearby point the damped
-     Newton steps are few), then the active-face solve or polish as above;
+     Newton steps are few: at most 20), then the active-face solve or polish
+     as above;
      with ``centre_only``, Newton from x_prev itself;
   3. the cold solve.
 
@@ -329,7 +343,8 @@ def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array
     index, _, iterations, _ = carry
     crossover, cold = index == 0, index == 2
     res = barrier_minimize(f, jnp.where(cold, x_cold, jnp.where(crossover, x_prev, start)),
-                           simplex=simplex, tol=tol, max_iter=max_iter,
+                           simplex=simplex, tol=tol,
+                           max_iter=jnp.where(cold, max_iter, min(max_iter, _WARM_MAX_ITER)),
                            mu0=jnp.where(cold, 1.0, mu_warm), centre_only=centre_only,
                            skip=crossover)
     if quadratic:
