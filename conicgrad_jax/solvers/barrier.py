@@ -143,6 +143,20 @@ def barrier_minimize(f: Callable[[jax.Array], jax.Array], x0: jax.Array, *,
                        final.converged)
 
 
+def _active_set(x, gap_bound):
+  """The barrier's active coordinates, x_i > √(gap bound) (the largest if none is)."""
+  active = x > jnp.sqrt(gap_bound)
+  return jnp.where(jnp.any(active), active, x >= jnp.max(x))
+
+
+def _if_feasible_and_no_worse(f, x, candidate, also=True):
+  """``candidate`` if it is finite, non-negative, ``also`` holds and f does not rise; else x."""
+  dtype = x.dtype
+  ok = (jnp.all(candidate >= 0) & jnp.all(jnp.isfinite(candidate)) & also
+        & (f(candidate) <= f(x) + 10 * jnp.finfo(dtype).eps * (1 + jnp.abs(f(x)))))
+  return jnp.where(ok, candidate, x)
+
+
 def polish_quadratic(f: Callable[[jax.Array], jax.Array], x: jax.Array,
                      gap_bound: jax.Array, *, simplex: bool) -> jax.Array:
   """One exact solve of a convex quadratic f on the barrier's active face.
@@ -153,8 +167,7 @@ def polish_quadratic(f: Callable[[jax.Array], jax.Array], x: jax.Array,
   """
   k = x.shape[0]
   dtype = x.dtype
-  active = x > jnp.sqrt(gap_bound)
-  active = jnp.where(jnp.any(active), active, x >= jnp.max(x))
+  active = _active_set(x, gap_bound)
   mask = active.astype(dtype)
   hess = jax.hessian(f)(jnp.zeros_like(x))
   lin = jax.grad(f)(jnp.zeros_like(x))
@@ -166,9 +179,7 @@ def polish_quadratic(f: Callable[[jax.Array], jax.Array], x: jax.Array,
   else:
     sol = jnp.linalg.lstsq(hess_a, rhs)[0]
   sol = sol * mask
-  ok = (jnp.all(sol >= 0) & jnp.all(jnp.isfinite(sol))
-        & (f(sol) <= f(x) + 10 * jnp.finfo(dtype).eps * (1 + jnp.abs(f(x)))))
-  return jnp.where(ok, sol, x)
+  return _if_feasible_and_no_worse(f, x, sol)
 
 
 def polish_on_simplex_face(f: Callable[[jax.Array], jax.Array], x: jax.Array,
@@ -187,8 +198,7 @@ def polish_on_simplex_face(f: Callable[[jax.Array], jax.Array], x: jax.Array,
   """
   k = x.shape[0]
   dtype = x.dtype
-  active = x > jnp.sqrt(gap_bound)
-  active = jnp.where(jnp.any(active), active, x >= jnp.max(x))
+  active = _active_set(x, gap_bound)
   y = jnp.where(active, x, 0.0)
   y = y / jnp.sum(y)
   for _ in range(rounds):
@@ -202,10 +212,8 @@ def polish_on_simplex_face(f: Callable[[jax.Array], jax.Array], x: jax.Array,
     active = jnp.where(jnp.any(active & ~leaving), active & ~leaving, active)
     y = jnp.where(active, jnp.maximum(y, 0.0), 0.0)
     y = y / jnp.where(jnp.sum(y) > 0, jnp.sum(y), 1.0)
-  ok = (jnp.all(y >= 0) & jnp.all(jnp.isfinite(y))
-        & (jnp.abs(jnp.sum(y) - 1.0) <= jnp.sqrt(jnp.finfo(dtype).eps))
-        & (f(y) <= f(x) + 10 * jnp.finfo(dtype).eps * (1 + jnp.abs(f(x)))))
-  return jnp.where(ok, y, x)
+  return _if_feasible_and_no_worse(
+      f, x, y, jnp.abs(jnp.sum(y) - 1.0) <= jnp.sqrt(jnp.finfo(dtype).eps))
 
 
 def simplex_gap(f: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
