@@ -27,7 +27,7 @@ each task's floor. Metric: the task's return over the last tenth of training
 n_k = (R_k − R_random,k) / (R_STL,k − R_random,k) (1 = the single-task PPO,
 0 = random). Δm% = (1/K) Σ_k (1 − n_k)·100 (the supervised suite's Δm% on the
 normalised returns; lower is better) and the mean rank over tasks. A task whose
-single-task baseline does not beat random by 10 % of |R_random| (e.g. the heavy
+single-task baseline does not beat random by max(1, 10 % of |R_random|) (e.g. the heavy
 Acrobot within a short budget) cannot be normalised: it is reported in raw
 returns and left out of Δm% and the ranks.
 

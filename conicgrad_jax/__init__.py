@@ -83,6 +83,7 @@ from conicgrad_jax import dashboard
 from conicgrad_jax.methods.mtac_ca import MTACState
 from conicgrad_jax.methods.mtac_ca import mtac_ca
 from conicgrad_jax.methods.mtac_ca import mtac_ca_weighting
+from conicgrad_jax.methods.mtac_fc import MTACFCState
 from conicgrad_jax.methods.mtac_fc import mtac_fc
 from conicgrad_jax.methods.mtac_fc import mtac_fc_weighting
 
@@ -161,6 +162,7 @@ __all__ = [
     "dashboard",
     "diagnostics",
     "with_diagnostics",
+    "MTACFCState",
     "MTACState",
     "mtac_ca",
     "mtac_ca_weighting",

@@ -242,6 +242,7 @@ def loss_weighting_transformation(
     shared: validation.SharedSpec = None,
     num_tasks: Optional[int] = None,
     precision=_numeric.HIGHEST,
+    loss_floor=None,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds the transformation of a weighting computed from the task losses alone.
 
@@ -254,19 +255,25 @@ def loss_weighting_transformation(
     method: the method's name, used in the error raised when ``update`` is
       called without ``losses=`` or with the wrong shape.
     shared, num_tasks, precision: as in :func:`gram_weighting_transformation`.
+    loss_floor: ``None`` (any finite losses), or the bound (scalar or (K,))
+      that every loss must exceed: methods that take log l or divide by l
+      have no meaning at or below it.
 
   Returns:
     The transformation; ``update(task_grads, state, params=None, losses=...)``
-    ignores other keyword arguments. Non-finite losses skip the step like
-    non-finite gradients do (zero update, state kept, ``nonfinite_steps`` + 1).
+    ignores other keyword arguments. Non-finite losses, and losses at or below
+    ``loss_floor``, skip the step like non-finite gradients do (zero update,
+    state kept, ``nonfinite_steps`` + 1).
   """
 
   def weigh(gram, state, losses=None, **_):
     del gram
     losses = require_losses(losses, state.weights.shape[0], method)
     new_state = weigh_losses(losses, state)
-    finite = jnp.all(jnp.isfinite(losses))
-    return new_state._replace(weights=jnp.where(finite, new_state.weights, jnp.nan))
+    valid = jnp.all(jnp.isfinite(losses))
+    if loss_floor is not None:
+      valid &= jnp.all(losses > loss_floor)
+    return new_state._replace(weights=jnp.where(valid, new_state.weights, jnp.nan))
 
   return gram_weighting_transformation(weigh, init_state, shared=shared, num_tasks=num_tasks,
                                        precision=precision, needs_gram=False)

@@ -42,14 +42,24 @@ def stack_history(history) -> ConflictDiagnostics:
 
 
 def running_mean(y, window: int):
-  """Trailing mean over ``window`` steps along axis 0 (shorter at the start)."""
+  """Trailing mean over ``window`` steps along axis 0 (shorter at the start).
+
+  Non-finite entries (the NaN diagnostics of a skipped step) are left out of
+  the mean; a window without a finite entry gives NaN, a gap in the plot.
+  """
   y = np.asarray(y, np.float64)
   if window <= 1:
     return y
-  c = np.cumsum(np.nan_to_num(y), axis=0)
-  shifted = np.concatenate([np.zeros((window,) + y.shape[1:]), c[:-window]], axis=0)[:len(y)]
-  counts = np.minimum(np.arange(1, len(y) + 1), window).reshape((-1,) + (1,) * (y.ndim - 1))
-  return (c - shifted) / counts
+  finite = np.isfinite(y)
+
+  def trailing_sum(v):
+    c = np.cumsum(v, axis=0)
+    return c - np.concatenate([np.zeros((window,) + v.shape[1:]), c[:-window]], axis=0)[:len(v)]
+
+  sums = trailing_sum(np.where(finite, y, 0.0))
+  counts = trailing_sum(finite.astype(np.float64))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)
 
 
 def _pyplot():

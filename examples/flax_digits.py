@@ -3,7 +3,8 @@
 Two tasks share an MLP encoder: task "digit" classifies the digit (10 classes),
 task "parity" tells odd from even (2 classes). One jitted step computes both
 task losses in one forward pass, the stacked task gradients of the shared
-encoder (K = 2 backward passes, a vmapped VJP), the heads' own gradients,
+encoder (K = 2 backward passes: a loop of VJPs on the CPU, a vmapped VJP on
+accelerators), the heads' own gradients,
 the ConicGrad update and the Adam step.
 
 Usage:

@@ -62,3 +62,8 @@ def test_running_mean_is_the_trailing_window_mean():
   expected = np.array([[0.0, 1.0], [1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
   np.testing.assert_allclose(dashboard.running_mean(y, 2), expected)
   np.testing.assert_array_equal(dashboard.running_mean(y, 1), y)
+
+
+def test_running_mean_leaves_out_the_nan_of_skipped_steps():
+  y = np.array([np.nan, 1.0, 3.0, np.nan, np.nan, 5.0])
+  np.testing.assert_allclose(dashboard.running_mean(y, 2), [np.nan, 1.0, 2.0, 3.0, np.nan, 5.0])

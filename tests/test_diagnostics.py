@@ -68,7 +68,12 @@ def test_as_dict_is_flat_floats_and_drops_missing_losses():
     dg.as_dict(d, ["a"])
 
 
-@pytest.mark.parametrize("name", ["conicgrad", "cr_mogm"])
+_LOGGED_BY_DEFAULT = ("conicgrad", "cr_mogm", "mtac_fc")
+
+
+@pytest.mark.parametrize("name", list(_LOGGED_BY_DEFAULT) + [
+    pytest.param(n, marks=pytest.mark.slow) for n, info in sorted(cg.methods().items())
+    if info.gram_weighting and n not in _LOGGED_BY_DEFAULT])
 def test_wrapper_keeps_the_update_and_logs_the_step(name):
   J, g = _grads(1)
   params = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape[1:]), g)
@@ -79,9 +84,10 @@ def test_wrapper_keeps_the_update_and_logs_the_step(name):
   assert state.diagnostics.cosines.shape == (4, 4)
   u, state = jax.jit(tx.update)(g, state, params, losses=losses)
   u_ref, s_ref = jax.jit(method.update)(g, method.init(params), params, losses=losses)
-  # Two compiled programs: XLA may fuse them differently, so equal up to rounding.
+  # Two compiled programs: XLA may fuse them differently, so equal up to rounding
+  # (ConFIG's pseudo-inverse amplifies it to 2e-6).
   for a, b in zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(u_ref)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
   w = np.asarray(s_ref.weights, np.float64)
   ref = _reference(J, w)
   d = state.diagnostics
@@ -94,7 +100,7 @@ def test_wrapper_keeps_the_update_and_logs_the_step(name):
                              rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(np.asarray(d.losses), np.asarray(losses))
   np.testing.assert_allclose(np.asarray(state.weights), np.asarray(s_ref.weights),
-                             rtol=1e-6, atol=1e-7)
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_non_finite_gram_gives_nan_diagnostics_and_a_skipped_first_step_stores_them():

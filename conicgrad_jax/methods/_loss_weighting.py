@@ -11,8 +11,8 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-
 
 
 def log_scale_init(state_type, optimizer: optax.GradientTransformation, init_log_scale: float,
@@ -36,6 +36,28 @@ def log_scale_step(loss: Callable[[jax.Array, jax.Array], jax.Array],
   s = state.log_scales
   weights = weights_of(s)
   grad = jax.grad(loss, argnums=1)(losses.astype(s.dtype), s)
-  updates, inner_state = optimizer.update(grad, state.inner_state, s)
-  return weights, state._replace(weights=weights, log_scales=optax.apply_updates(s, updates),
-                                 inner_state=inner_state)
+  updates, inner_state = optimizer.update(clip_for_second_moment(grad), state.inner_state, s)
+  bound = log_scale_bound(s.dtype)
+  return weights, state._replace(
+      weights=weights, log_scales=jnp.clip(optax.apply_updates(s, updates), -bound, bound),
+      inner_state=inner_state)
+
+
+def log_scale_bound(dtype) -> float:
+  """|s| ≤ ½ log(largest float): e^{±s}, the weights, stay finite with room to spare.
+
+  Without the bound, losses near 0 drive s towards ∓∞; once e^{±s} overflowed,
+  every later step would be skipped and s could never come back.
+  """
+  return 0.5 * float(np.log(np.finfo(np.dtype(dtype)).max))
+
+
+def clip_for_second_moment(grad: jax.Array) -> jax.Array:
+  """The gradient clipped to ±√(largest float)/4, so that Adam's g² stays finite.
+
+  Adam's step depends on g only through m/√v, so the clip changes nothing for
+  ordinary gradients; for losses beyond about 1e19 (float32) it keeps the
+  inner optimiser's state finite instead of skipping the step.
+  """
+  bound = 0.25 * float(np.sqrt(np.finfo(np.dtype(grad.dtype)).max))
+  return jnp.clip(grad, -bound, bound)

@@ -11,6 +11,7 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import validation
+from conicgrad_jax.methods import _loss_weighting
 
 LOSS_NORMALIZATIONS = ("identity", "rescaled", "log")
 
@@ -35,11 +36,14 @@ class BiLB4MTLState(NamedTuple):
 
 
 def bilb4mtl_loss(losses: jax.Array, logits: jax.Array, initial_losses: jax.Array,
-                  lamb: float = 0.05, normalization: str = "identity") -> jax.Array:
+                  lamb: float = 0.05, normalization: str = "identity",
+                  weight_bounds: Optional[tuple[float, float]] = None) -> jax.Array:
   r"""σ·l̃/Σσ + λ Σ_{i<K} |σ_i l̃_i − σ_{i+1} l̃_{i+1}|, σ = softmax(logits), Σσ stop-gradient.
 
   l̃ is the normalised loss: l (``"identity"``), l/(l⁰/min l⁰)
   (``"rescaled"``) or log(l/l⁰) (``"log"``), l⁰ = ``initial_losses``.
+  With ``weight_bounds = (lo, hi)`` σ is clipped to [lo, hi] after the
+  softmax (zero gradient outside, as ``torch.clamp``).
   """
   if normalization == "rescaled":
     norm = losses / (initial_losses / jnp.min(initial_losses))
@@ -48,6 +52,8 @@ def bilb4mtl_loss(losses: jax.Array, logits: jax.Array, initial_losses: jax.Arra
   else:
     norm = losses
   sigma = jax.nn.softmax(logits)
+  if weight_bounds is not None:
+    sigma = jnp.clip(sigma, *weight_bounds)
   weighted = sigma * norm
   return (jnp.sum(weighted) / jax.lax.stop_gradient(jnp.sum(sigma))
           + lamb * jnp.sum(jnp.abs(weighted[:-1] - weighted[1:])))
@@ -55,7 +61,9 @@ def bilb4mtl_loss(losses: jax.Array, logits: jax.Array, initial_losses: jax.Arra
 
 def bilb4mtl_weighting(losses: jax.Array, state: BiLB4MTLState,
                        optimizer: optax.GradientTransformation, *, lamb: float = 0.05,
-                       normalization: str = "identity") -> tuple[jax.Array, BiLB4MTLState]:
+                       normalization: str = "identity",
+                       weight_bounds: Optional[tuple[float, float]] = None,
+                       ) -> tuple[jax.Array, BiLB4MTLState]:
   r"""One BiLB4MTL step: weights ∂L/∂l, then the router's ``optimizer`` step on ∂L/∂logits.
 
   L is :func:`bilb4mtl_loss`; the first call records the initial losses.
@@ -64,8 +72,9 @@ def bilb4mtl_weighting(losses: jax.Array, state: BiLB4MTLState,
   losses = losses.astype(state.logits.dtype)
   initial = jnp.where(state.step == 0, losses, state.initial_losses)
   weights, grad_logits = jax.grad(bilb4mtl_loss, argnums=(0, 1))(
-      losses, state.logits, initial, lamb, normalization)
-  updates, inner_state = optimizer.update(grad_logits, state.inner_state, state.logits)
+      losses, state.logits, initial, lamb, normalization, weight_bounds)
+  updates, inner_state = optimizer.update(_loss_weighting.clip_for_second_moment(grad_logits),
+                                          state.inner_state, state.logits)
   return weights, state._replace(weights=weights,
                                  logits=optax.apply_updates(state.logits, updates),
                                  inner_state=inner_state, initial_losses=initial,
@@ -73,6 +82,7 @@ def bilb4mtl_weighting(losses: jax.Array, state: BiLB4MTLState,
 
 
 def bilb4mtl(*, lamb: float = 0.05, lr: float = 1e-3, normalization: str = "identity",
+             weight_bounds: Optional[tuple[float, float]] = None,
              shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
              precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""BiLB4MTL / LDC-MTL: weighted losses plus a penalty on their discrepancy, router learned.
@@ -94,7 +104,14 @@ def bilb4mtl(*, lamb: float = 0.05, lr: float = 1e-3, normalization: str = "iden
     lr: learning rate of the router's Adam optimiser.
     normalization: l̃ from the first update's losses l⁰: ``"identity"``
       (l, Cityscapes), ``"rescaled"`` (l/(l⁰/min l⁰), NYUv2) or ``"log"``
-      (log(l/l⁰), QM9).
+      (log(l/l⁰), QM9). The last two need positive losses: a step with a
+      loss ≤ 0 is skipped (counted in ``nonfinite_steps``).
+    weight_bounds: ``None`` (default, as the reference's CelebA and QM9
+      routers) or ``(lo, hi)``: σ clipped to [lo, hi] after the softmax, as
+      the reference's NYUv2/Cityscapes router (``(0.2, 0.8)``). Unbounded,
+      σ drifts towards the task of smallest normalised loss when the losses
+      stay apart (the router minimises the weighted loss), up to
+      single-task training; bounds keep every task in.
     shared: which leaves are shared: ``None`` (all), a pytree of bools shaped
       like the parameters, or a predicate ``(key_path, leaf) -> bool``;
       task-specific leaves receive the plain sum of their task gradients.
@@ -131,6 +148,15 @@ def bilb4mtl(*, lamb: float = 0.05, lr: float = 1e-3, normalization: str = "iden
   """
   validation.check_positive("lamb", lamb, allow_zero=True)
   validation.check_positive("lr", lr)
+  if weight_bounds is not None:
+    try:
+      lo, hi = (float(bound) for bound in weight_bounds)
+    except (TypeError, ValueError):
+      raise ValueError(f"`weight_bounds` must be None or (lo, hi), got {weight_bounds!r}."
+                       ) from None
+    if not 0.0 <= lo < hi <= 1.0:
+      raise ValueError(f"`weight_bounds` must be (lo, hi) with 0 <= lo < hi <= 1, got "
+                       f"{weight_bounds!r}.")
   if normalization not in LOSS_NORMALIZATIONS:
     raise ValueError(f"`normalization` must be one of {LOSS_NORMALIZATIONS}, got "
                      f"{normalization!r}.")
@@ -144,7 +170,8 @@ def bilb4mtl(*, lamb: float = 0.05, lr: float = 1e-3, normalization: str = "iden
 
   def weigh(losses, state):
     return bilb4mtl_weighting(losses, state, optimizer, lamb=lamb,
-                              normalization=normalization)[1]
+                              normalization=normalization, weight_bounds=weight_bounds)[1]
 
   return aggregator.loss_weighting_transformation(
-      weigh, init_state, "bilb4mtl", shared=shared, num_tasks=num_tasks, precision=precision)
+      weigh, init_state, "bilb4mtl", shared=shared, num_tasks=num_tasks, precision=precision,
+      loss_floor=None if normalization == "identity" else 0.0)

@@ -78,7 +78,8 @@ def db_mtl(*, beta: float = 0.9, beta_sigma: float = 0.0, num_tasks: Optional[in
     An ``optax.GradientTransformationExtraArgs`` whose state is a
     :class:`DBMTLState`; ``init(params)`` needs the parameters.
     ``update(task_grads, state, params=None, *, losses)`` needs ``losses=``
-    (shape (K,)) and ignores other keyword arguments.
+    (shape (K,)) and ignores other keyword arguments; non-finite losses and
+    losses ≤ −10⁻⁸ skip the step.
 
   Example:
     >>> import jax.numpy as jnp
@@ -106,7 +107,9 @@ def db_mtl(*, beta: float = 0.9, beta_sigma: float = 0.0, num_tasks: Optional[in
     losses = aggregator.require_losses(losses, state.weights.shape[0], "db_mtl")
     updates, new_state = db_mtl_aggregation(leaves, losses, state, beta=beta,
                                             beta_sigma=beta_sigma)
-    finite = buf.all_finite(leaves) & jnp.all(jnp.isfinite(losses))
+    # log(l + 10⁻⁸) needs l > −10⁻⁸; other steps are skipped like non-finite ones.
+    finite = (buf.all_finite(leaves) & jnp.all(jnp.isfinite(losses))
+              & jnp.all(losses + buf.EPS > 0))
     return updates, new_state, finite
 
   return aggregator.stacked_gradient_transformation(

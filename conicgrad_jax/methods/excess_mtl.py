@@ -50,14 +50,16 @@ def excess_mtl_weighting(weights: jax.Array, risks: jax.Array, baseline: jax.Arr
   Args:
     weights: the previous α on the simplex.
     risks: the excess-risk estimates Ê (K,).
-    baseline: Ê₀ (K,), the scale each task's risk is measured against.
+    baseline: Ê₀ (K,), the scale each task's risk is measured against; a
+      task with Ê₀ = 0 (no scale yet) counts as Ê/Ê₀ = 1, neutral.
     robust_step_size: η > 0.
 
   Returns:
     ``(new α, SolverInfo)``.
   """
   dtype = _numeric.solver_dtype(weights.dtype)
-  scaled = risks.astype(dtype) / (baseline.astype(dtype) + _EPS)
+  baseline = baseline.astype(dtype)
+  scaled = jnp.where(baseline > 0, risks.astype(dtype) / (baseline + _EPS), 1.0)
   logits = jnp.log(weights.astype(dtype)) + robust_step_size * scaled
   return jax.nn.softmax(logits), aggregator.no_solver_info()
 
@@ -77,8 +79,10 @@ def excess_mtl(robust_step_size: float = 1.0, *, n_warmup_steps: int = 0,
 
   α₀ uniform. During the first ``n_warmup_steps`` updates α stays uniform and
   Ê is averaged into the baseline Ê₀; with no warm-up Ê₀ is the first
-  update's Ê, so that update leaves α uniform. Memory O(Km) (S has the
-  stacked gradients' shape).
+  update's Ê, so that update leaves α uniform. A task whose Ê₀ is 0 (its
+  gradient vanished until then) counts as Ê/Ê₀ = 1 and takes its first
+  positive Ê as Ê₀. Memory
+  O(Km) (S has the stacked gradients' shape).
 
   Args:
     robust_step_size: η > 0, the exponentiated-gradient step size.
@@ -134,7 +138,10 @@ def excess_mtl(robust_step_size: float = 1.0, *, n_warmup_steps: int = 0,
     warming = state.step < n_warmup_steps
     first = state.step == n_warmup_steps
     warmup_mean = state.warmup_sum / max(n_warmup_steps, 1)
-    baseline = jnp.where(first, warmup_mean if n_warmup_steps else risks, state.baseline)
+    # A task whose baseline is still 0 (its gradient vanished so far) takes its
+    # first positive risk instead: dividing by 0 + 1e-7 would shut the others out.
+    candidate = jnp.where(first, warmup_mean, risks) if n_warmup_steps else risks
+    baseline = jnp.where(~warming & (state.baseline <= 0), candidate, state.baseline)
     stepped, _ = excess_mtl_weighting(state.weights, risks, baseline,
                                       robust_step_size=robust_step_size)
     weights = jnp.where(warming, state.weights, stepped.astype(state.weights.dtype))

@@ -6,6 +6,7 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from conicgrad_jax import _numeric
@@ -91,9 +92,9 @@ def famo(*, w_lr: float = 0.025, gamma: float = 0.001, min_losses: float = 0.0,
     gamma: L2 weight decay of ξ, added to its gradient as PyTorch's Adam does
       (0.001, the same scripts).
     min_losses: lower bound of the losses (scalar or (K,)); 0 by default.
-      FAMO takes log(l − min_losses): a step with a loss below the bound is
-      non-finite and skipped (counted in ``nonfinite_steps``), so negative
-      losses need a matching bound.
+      FAMO takes log(l − min_losses + 10⁻⁸): a step with a loss at or below
+      min_losses − 10⁻⁸ is skipped (counted in ``nonfinite_steps``), the
+      first step included, so negative losses need a matching bound.
     shared: which leaves are shared: ``None`` (all), a pytree of bools shaped
       like the parameters, or a predicate ``(key_path, leaf) -> bool``;
       task-specific leaves receive the plain sum of their task gradients.
@@ -127,6 +128,10 @@ def famo(*, w_lr: float = 0.025, gamma: float = 0.001, min_losses: float = 0.0,
   validation.check_positive("w_lr", w_lr)
   validation.check_positive("gamma", gamma, allow_zero=True)
   validation.check_finite("min_losses", min_losses)
+  min_shape = np.shape(min_losses)
+  if min_shape not in ((), (num_tasks,)) and not (num_tasks is None and len(min_shape) == 1):
+    raise ValueError(f"`min_losses` must be a scalar or have shape (K,) = ({num_tasks},), "
+                     f"got shape {min_shape}.")
   optimizer = optax.chain(optax.add_decayed_weights(gamma), optax.adam(w_lr))
 
   def init_state(k, dtype=jnp.float32):
@@ -136,7 +141,12 @@ def famo(*, w_lr: float = 0.025, gamma: float = 0.001, min_losses: float = 0.0,
                      jnp.zeros((), jnp.int32))
 
   def weigh(losses, state):
+    if min_shape not in ((), losses.shape):
+      raise ValueError(f"famo: `min_losses` has shape {min_shape} but there are "
+                       f"K = {losses.shape[0]} losses; give a scalar or shape (K,).")
     return famo_weighting(losses, state, optimizer, min_losses=min_losses)[1]
 
+  # log(l − min + ε) needs l > min − ε, at every step including the first.
   return aggregator.loss_weighting_transformation(
-      weigh, init_state, "famo", shared=shared, num_tasks=num_tasks, precision=precision)
+      weigh, init_state, "famo", shared=shared, num_tasks=num_tasks, precision=precision,
+      loss_floor=jnp.asarray(min_losses) - _EPS)

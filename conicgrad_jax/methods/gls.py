@@ -58,7 +58,7 @@ def gls(*, shared: validation.SharedSpec = None, num_tasks: Optional[int] = None
     An ``optax.GradientTransformationExtraArgs`` whose state is a
     :class:`GLSState`. ``update(task_grads, state, params=None, *, losses)``
     needs ``losses=`` (shape (K,)) and ignores other keyword arguments;
-    non-finite losses skip the step. Users who back-propagate one loss can
+    non-finite losses and losses ≤ 0 skip the step. Users who back-propagate one loss can
     use :func:`gls_loss`.
 
   Example:
@@ -85,4 +85,5 @@ def gls(*, shared: validation.SharedSpec = None, num_tasks: Optional[int] = None
     return state._replace(weights=gls_weighting(losses.astype(state.weights.dtype))[0])
 
   return aggregator.loss_weighting_transformation(
-      weigh, init_state, "gls", shared=shared, num_tasks=num_tasks, precision=precision)
+      weigh, init_state, "gls", shared=shared, num_tasks=num_tasks, precision=precision,
+      loss_floor=0.0)

@@ -48,7 +48,9 @@ def gradnorm_weighting(gram: jax.Array, losses: jax.Array, state: GradNormState,
 
   The norms are ‖g_i‖ = √G_ii and r_i = (l_i/l_i⁰)/mean(l/l⁰). The first call
   records l⁰, returns weights 1 and leaves s unchanged. Returns
-  ``(weights, new_state)``; non-finite losses give NaN weights.
+  ``(weights, new_state)``; non-finite losses, losses ≤ 0 and l⁰ ≤ 0 give NaN
+  weights (the transformation then skips the step and keeps the state, so
+  l⁰ is recorded at the first valid step).
   """
   dtype = state.logits.dtype
   k = state.weights.shape[0]
@@ -64,7 +66,10 @@ def gradnorm_weighting(gram: jax.Array, losses: jax.Array, state: GradNormState,
   inner_state = jax.tree_util.tree_map(lambda n, o: jnp.where(first, o, n), inner_state,
                                        state.inner_state)
   weights = jnp.where(first, jnp.ones((k,), dtype), k * jax.nn.softmax(state.logits))
-  weights = jnp.where(jnp.all(jnp.isfinite(losses)), weights, jnp.nan)
+  # r_i needs l > 0 and l⁰ > 0; a step without them is skipped, and l⁰ is
+  # recorded at the first step that has them.
+  valid = jnp.all(jnp.isfinite(losses) & (losses > 0) & (initial > 0))
+  weights = jnp.where(valid, weights, jnp.nan)
   return weights, state._replace(weights=weights, logits=logits, inner_state=inner_state,
                                  initial_losses=initial, step=state.step + 1)
 
@@ -104,7 +109,7 @@ def gradnorm(alpha: float = 1.5, *, lr: float = 0.025, shared: validation.Shared
     An ``optax.GradientTransformationExtraArgs`` whose state is a
     :class:`GradNormState`. ``update(task_grads, state, params=None, *,
     losses)`` needs ``losses=`` (shape (K,)) and ignores other keyword
-    arguments; non-finite losses skip the step.
+    arguments; non-finite losses and losses ≤ 0 skip the step.
 
   Example:
     >>> import jax.numpy as jnp

@@ -66,7 +66,11 @@ def imtl_l(*, lr: float = 1e-3, shared: validation.SharedSpec = None,
 
   so the update is Σ_i e^{s_i} g_i, and each update also takes one Adam step
   on ∂L/∂s. The equilibrium is e^{s_i} l_i = 1: every task's scaled loss is
-  the same, whatever the losses' units. Needs positive losses.
+  the same, whatever the losses' units. Needs positive losses: a step with a
+  loss ≤ 0 is skipped (counted in ``nonfinite_steps``). s stays within
+  ±½ log(largest float) (±44 in float32), and Adam's gradient is clipped to
+  ±√(largest float)/4, so that losses near 0 or above 1e19 keep the state
+  finite.
 
   Args:
     lr: learning rate of the Adam optimiser of s.
@@ -109,4 +113,5 @@ def imtl_l(*, lr: float = 1e-3, shared: validation.SharedSpec = None,
     return imtl_l_weighting(losses, state, optimizer)[1]
 
   return aggregator.loss_weighting_transformation(
-      weigh, init_state, "imtl_l", shared=shared, num_tasks=num_tasks, precision=precision)
+      weigh, init_state, "imtl_l", shared=shared, num_tasks=num_tasks, precision=precision,
+      loss_floor=0.0)

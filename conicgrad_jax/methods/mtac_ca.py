@@ -15,7 +15,7 @@ from conicgrad_jax import validation
 
 
 class MTACState(NamedTuple):
-  """State of :func:`mtac_ca` and :func:`~conicgrad_jax.mtac_fc`.
+  """State of :func:`mtac_ca`.
 
   Attributes:
     weights: the simplex task weights λ of the last update (carried to the next).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +14,27 @@ from conicgrad_jax import linalg
 from conicgrad_jax import validation
 from conicgrad_jax.methods import mtac_ca as _ca
 
-MTACState = _ca.MTACState
+
+
+class MTACFCState(NamedTuple):
+  """State of :func:`mtac_fc`.
+
+  Attributes:
+    weights: the simplex task weights λ_t of the last update (d_t = Σ_k λ_{t,k} g_k).
+    next_weights: λ_{t+1}, the weights the next update uses.
+    step: updates taken.
+    nonfinite_steps: updates skipped because of NaN/Inf gradients.
+  """
+  weights: jax.Array
+  next_weights: jax.Array
+  step: jax.Array
+  nonfinite_steps: jax.Array
+
+
+def _init_state(k, dtype=jnp.float32):
+  """Uniform λ₀ (or empty until K is known)."""
+  uniform = aggregator.placeholder_weights(k, dtype)
+  return MTACFCState(uniform, uniform, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
 
 def mtac_fc_weighting(gram: jax.Array, weights: jax.Array, *, lr: float = 0.1):
@@ -89,8 +109,9 @@ def mtac_fc(lr: float = 0.1, *, shared: validation.SharedSpec = None,
   ignores unknown ones.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose state is
-    :class:`~conicgrad_jax.methods.mtac_ca.MTACState`.
+    An ``optax.GradientTransformationExtraArgs`` whose state is an
+    :class:`MTACFCState`: ``weights`` are the λ_t of the update just made,
+    ``next_weights`` the λ_{t+1} of the next.
 
   Example:
     >>> import jax.numpy as jnp
@@ -98,7 +119,7 @@ def mtac_fc(lr: float = 0.1, *, shared: validation.SharedSpec = None,
     >>> u, s = tx.update({"w": jnp.array([[1.0, 0.0], [0.0, 2.0]])}, tx.init(None))
     >>> [round(float(v), 2) for v in u["w"]]   # uniform weights on the first update
     [0.5, 1.0]
-    >>> bool(s.weights[0] > s.weights[1])
+    >>> bool(s.next_weights[0] > s.next_weights[1])   # λ₁ favours the smaller gradient
     True
 
   References:
@@ -110,7 +131,7 @@ def mtac_fc(lr: float = 0.1, *, shared: validation.SharedSpec = None,
 
   def aggregate(leaves, state, **_):
     dtypes = [_numeric.solver_dtype(l.dtype) for l in leaves]
-    w = state.weights
+    w = state.next_weights
     updates = [linalg.combine_leaf(w, l, dt, precision) for l, dt in zip(leaves, dtypes)]
     gw, trace = 0.0, 0.0
     for l, d, dt in zip(leaves, updates, dtypes):
@@ -121,7 +142,7 @@ def mtac_fc(lr: float = 0.1, *, shared: validation.SharedSpec = None,
       trace = trace + jnp.sum(jnp.square(l.astype(dt)))
     finite = jnp.isfinite(trace) & jnp.all(jnp.isfinite(gw))
     new_w = _step(w.astype(gw.dtype), gw, trace, lr)
-    return updates, state._replace(weights=new_w, step=state.step + 1), finite
+    return updates, state._replace(weights=w, next_weights=new_w, step=state.step + 1), finite
 
   return aggregator.stacked_gradient_transformation(
-      aggregate, _ca.init_state, shared=shared, num_tasks=num_tasks)
+      aggregate, _init_state, shared=shared, num_tasks=num_tasks)

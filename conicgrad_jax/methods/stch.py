@@ -56,7 +56,9 @@ def stch_weighting(losses: jax.Array, state: STCHState, *, mu: float = 1.0,
   nadir = nadir_sum / jnp.maximum(nadir_count, 1)
   warm_weights = 1.0 / (losses + 1e-20)
   main_weights = jax.grad(stch_loss)(losses, jnp.where(nadir > 0, nadir, 1.0), mu)
-  weights = jnp.where(in_warmup, warm_weights, main_weights)
+  # Losses are positive (the transformation skips other steps), so the nadir is too.
+  weights = jnp.where(in_warmup, warm_weights,
+                      jnp.where(jnp.all(nadir > 0), main_weights, jnp.nan))
   return weights, state._replace(weights=weights, step=state.step + 1, nadir_sum=nadir_sum,
                                  nadir_count=nadir_count)
 
@@ -95,7 +97,7 @@ def stch(*, mu: float = 1.0, warmup_steps: int = 100, nadir_steps: Optional[int]
     An ``optax.GradientTransformationExtraArgs`` whose state is an
     :class:`STCHState`. ``update(task_grads, state, params=None, *, losses)``
     needs ``losses=`` (shape (K,)) and ignores other keyword arguments;
-    non-finite losses skip the step. Users who back-propagate one loss can
+    non-finite losses and losses ≤ 0 skip the step. Users who back-propagate one loss can
     use :func:`stch_loss` after the warm-up.
 
   Example:
@@ -136,4 +138,5 @@ def stch(*, mu: float = 1.0, warmup_steps: int = 100, nadir_steps: Optional[int]
                           nadir_steps=nadir_steps)[1]
 
   return aggregator.loss_weighting_transformation(
-      weigh, init_state, "stch", shared=shared, num_tasks=num_tasks, precision=precision)
+      weigh, init_state, "stch", shared=shared, num_tasks=num_tasks, precision=precision,
+      loss_floor=0.0)

@@ -74,7 +74,10 @@ def uncertainty_weighting(*, lr: float = 0.025, init_log_scale: float = 0.0,
 
   so the update is Σ_i ½e^{−s_i} g_i, and each update also takes one Adam
   step on ∂L/∂s. The equilibrium is e^{s_i} = l_i (weights 1/(2 l_i)), so the
-  losses must be positive.
+  losses must be positive: a step with a loss ≤ 0 is skipped (counted in
+  ``nonfinite_steps``). s stays within ±½ log(largest float) (±44 in
+  float32), and Adam's gradient is clipped to ±√(largest float)/4, so that
+  losses near 0 or above 1e19 keep the state finite.
 
   Args:
     lr: learning rate of the Adam optimiser of s (0.025, as the Nash-MTL and
@@ -126,4 +129,4 @@ def uncertainty_weighting(*, lr: float = 0.025, init_log_scale: float = 0.0,
 
   return aggregator.loss_weighting_transformation(
       weigh, init_state, "uncertainty_weighting", shared=shared, num_tasks=num_tasks,
-      precision=precision)
+      precision=precision, loss_floor=0.0)

@@ -200,3 +200,23 @@ def check_warm_start(runs, *, rtol32, rtol64, jump_at=7, fewer=0.5):
         dtype, it_warm.tolist(), it_cold.tolist())
     cold_iterations[dtype] = it_cold
   return cold_iterations
+
+
+class TorchStyleAdam:
+  """Adam as ``torch.optim.Adam`` with L2 weight decay (g ← g + wd·p), in numpy."""
+
+  def __init__(self, lr, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8):
+    self.lr, self.weight_decay, self.b1, self.b2, self.eps = lr, weight_decay, b1, b2, eps
+    self.m = self.v = None
+    self.t = 0
+
+  def step(self, p, g):
+    g = g + self.weight_decay * p
+    if self.m is None:
+      self.m, self.v = np.zeros_like(p), np.zeros_like(p)
+    self.t += 1
+    self.m = self.b1 * self.m + (1 - self.b1) * g
+    self.v = self.b2 * self.v + (1 - self.b2) * g * g
+    m_hat = self.m / (1 - self.b1 ** self.t)
+    v_hat = self.v / (1 - self.b2 ** self.t)
+    return p - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)

@@ -43,3 +43,29 @@ def test_options_are_validated():
     cg.bilb4mtl(normalization="z-score")
   with pytest.raises(ValueError, match="lamb"):
     cg.bilb4mtl(lamb=-0.1)
+
+
+def test_the_initial_losses_are_the_first_steps_and_normalise_the_next():
+  l0, l1 = np.array([2.0, 4.0]), np.array([1.0, 3.0])
+  states = run_losses(cg.bilb4mtl(lamb=0.0, normalization="rescaled", num_tasks=2), [l0, l1],
+                      history=True)
+  np.testing.assert_allclose(np.asarray(states.initial_losses[1]), l0)
+  # λ = 0: w_i = σ_i/Σσ · min l⁰/l⁰_i, the gradient of σ·l̃/Σσ with l̃ = l/(l⁰/min l⁰).
+  sigma = np.exp(np.asarray(states.logits[0])) / np.exp(np.asarray(states.logits[0])).sum()
+  np.testing.assert_allclose(np.asarray(states.weights[1]), sigma * 2.0 / l0, rtol=1e-5)
+
+
+def test_weight_bounds_clip_the_router_and_keep_every_task_in():
+  """Unbounded, σ collapses on the smallest loss; (0.2, 0.8) is the reference's NYUv2 clamp."""
+  seq = [[1.0, 2.0, 4.0]] * 3000
+  free = run_losses(cg.bilb4mtl(lamb=0.0, lr=0.01, num_tasks=3), seq, grads={"w": jnp.eye(3)})
+  bounded = run_losses(cg.bilb4mtl(lamb=0.0, lr=0.01, weight_bounds=(0.2, 0.8), num_tasks=3),
+                       seq, grads={"w": jnp.eye(3)}, history=True)
+  assert float(free.weights.min()) < 1e-3
+  # λ = 0: the weights are σ/Σσ of the router before its step, σ clipped.
+  sigma = np.clip(np.asarray(jax.nn.softmax(bounded.logits[-2])), 0.2, 0.8)
+  np.testing.assert_allclose(np.asarray(bounded.weights[-1]), sigma / sigma.sum(), rtol=1e-5)
+  assert float(bounded.weights[-1].min()) >= 0.2 / (0.8 + 0.2 + 0.2) - 1e-6
+  for bad in [(0.8, 0.2), (-0.1, 0.5), (0.2,), "wide"]:
+    with pytest.raises(ValueError, match="weight_bounds"):
+      cg.bilb4mtl(weight_bounds=bad)

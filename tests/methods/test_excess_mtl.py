@@ -83,3 +83,20 @@ def test_matches_torchjd_with_warmup():
     w = ref(torch.tensor(J)).numpy()
     np.testing.assert_allclose(np.asarray(state.weights), w, rtol=1e-4, atol=1e-6)
     assert tjd.cosine(u["w"], w @ J) >= 0.999
+
+
+def test_a_task_with_zero_gradient_at_the_baseline_step_waits_for_its_own_baseline():
+  """Ê₀ = 0 would divide its later risks by 1e-7 and shut the other task out for good."""
+  tx = cg.excess_mtl(1.0, num_tasks=2)
+  params = {"w": jnp.zeros(2)}
+  step = jax.jit(tx.update)
+  state = tx.init(params)
+  _, state = step({"w": jnp.array([[0.0, 0.0], [0.0, 1.0]])}, state, params)
+  np.testing.assert_allclose(np.asarray(state.weights), 0.5, rtol=1e-6)   # still uniform
+  np.testing.assert_allclose(np.asarray(state.baseline), [0.0, 1.0], rtol=1e-5, atol=1e-6)
+  _, state = step({"w": jnp.array([[1.0, 0.0], [0.0, 1.0]])}, state, params)
+  # Task 0's first positive risk, 1/√(1 + 1e-7), becomes its baseline (ratio 1);
+  # task 1's risk 1/√2 against its baseline 1: α ∝ (e¹·½, e^{1/√2}·½).
+  np.testing.assert_allclose(np.asarray(state.baseline), [1.0, 1.0], rtol=1e-5)
+  expected = np.exp([1.0, 1 / np.sqrt(2)]) / np.exp([1.0, 1 / np.sqrt(2)]).sum()
+  np.testing.assert_allclose(np.asarray(state.weights), expected, rtol=1e-4)

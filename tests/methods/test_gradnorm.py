@@ -44,3 +44,24 @@ def test_weighting_step_is_adam_on_the_balance_loss():
   gw = 2 * np.asarray(jax.nn.softmax(s)) * np.array([1.0, 4.0])
   value = float(gradnorm_m.gradnorm_balance_loss(s, jnp.array([1.0, 4.0]), jnp.asarray(ratio), 1.0))
   assert value == pytest.approx(np.abs(gw - gw.mean() * ratio).sum(), rel=1e-5)
+
+
+def test_the_target_raises_the_loss_ratio_to_the_power_alpha():
+  # s = 0, K = 2, norms (1, 3): G = (1, 3), Ḡ = 2; r = (0.5, 1.5), α = 2:
+  # targets 2·(0.25, 2.25) = (0.5, 4.5), loss |1 − 0.5| + |3 − 4.5| = 2.
+  value = gradnorm_m.gradnorm_balance_loss(jnp.zeros(2), jnp.array([1.0, 3.0]),
+                                           jnp.array([0.5, 1.5]), 2.0)
+  assert float(value) == pytest.approx(2.0, rel=1e-6)
+
+
+def test_steps_without_positive_losses_are_skipped_and_l0_is_recorded_later():
+  g = {"w": jnp.eye(2)}
+  seq = [[0.0, 1.0], [0.5, 0.5], [-1.0, 0.5], [0.25, 0.5]]
+  states = run_losses(cg.gradnorm(alpha=1.5, lr=0.05, num_tasks=2), seq, grads=g, history=True)
+  assert [int(at(states, i).nonfinite_steps) for i in range(4)] == [1, 1, 2, 2]
+  # l⁰ comes from the first step with positive losses, and the last step is a
+  # GradNorm step from it: finite weights that sum to K.
+  np.testing.assert_allclose(np.asarray(at(states, 3).initial_losses), [0.5, 0.5])
+  assert int(at(states, 3).step) == 2
+  w = np.asarray(at(states, 3).weights)
+  assert np.all(np.isfinite(w)) and w.sum() == pytest.approx(2.0, rel=1e-5)

@@ -34,6 +34,47 @@ def test_missing_or_bad_losses_are_errors_and_nan_is_skipped(name):
   assert np.all(np.asarray(u["w"]) == 0.0) and int(state.nonfinite_steps) == 1
 
 
+# Methods that take log l or divide by l: a loss ≤ 0 has no meaning for them.
+POSITIVE_LOSS_METHODS = {
+    "uncertainty_weighting": cg.uncertainty_weighting, "imtl_l": cg.imtl_l, "gls": cg.gls,
+    "stch": cg.stch, "famo": cg.famo, "scale_invariant_ls": cg.scale_invariant_ls,
+    "bilb4mtl (log)": lambda: cg.bilb4mtl(normalization="log"),
+    "bilb4mtl (rescaled)": lambda: cg.bilb4mtl(normalization="rescaled")}
+
+
+@pytest.mark.parametrize("name", sorted(POSITIVE_LOSS_METHODS))
+@pytest.mark.parametrize("losses", [[0.0, 1.0], [-0.5, 2.0]])
+def test_losses_at_or_below_zero_skip_the_step(name, losses):
+  tx = POSITIVE_LOSS_METHODS[name]()
+  u, state = jax.jit(tx.update)(G2, tx.init(None), losses=jnp.array(losses))
+  if name == "famo" and losses[0] == 0.0:
+    # FAMO takes log(l − min + 10⁻⁸): a zero loss is inside its domain.
+    assert int(state.nonfinite_steps) == 0 and np.all(np.isfinite(np.asarray(u["w"])))
+    return
+  assert np.all(np.asarray(u["w"]) == 0.0) and int(state.nonfinite_steps) == 1
+
+
+@pytest.mark.parametrize("factory", [cg.uncertainty_weighting, cg.imtl_l])
+def test_learned_log_scales_stay_finite_and_recover(factory):
+  """Losses near 0 drive s towards ∓∞ and losses of 1e20 square to Inf in Adam's
+  second moment; s is bounded and Adam's gradient clipped, so no step is lost."""
+  tx = factory(lr=1.0, num_tasks=2)
+  step = jax.jit(tx.update)
+  state = tx.init(None)
+  for _ in range(100):
+    u, state = step(G2, state, losses=jnp.array([1e-30, 1.0]))
+  bound = 0.5 * np.log(np.finfo(np.float32).max)
+  s = np.asarray(state.log_scales)
+  assert np.all(np.isfinite(np.asarray(u["w"]))) and int(state.nonfinite_steps) == 0
+  assert abs(s[0]) == pytest.approx(bound, rel=1e-6)      # held at the bound, not beyond
+  for _ in range(20):
+    u, state = step(G2, state, losses=jnp.array([1.0, 1.0]))
+  assert abs(float(state.log_scales[0])) < bound - 10.0   # back from the bound, one lr a step
+  u, state = step(G2, state, losses=jnp.array([1e20, 1.0]))
+  assert np.all(np.isfinite(np.asarray(u["w"]))) and int(state.nonfinite_steps) == 0
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(state))
+
+
 @pytest.mark.parametrize("name", OWN_METHODS)
 def test_state_floats_follow_the_parameters_dtype_under_x64(name):
   """float64 parameters: every float in the state is float64, at init and after an update.

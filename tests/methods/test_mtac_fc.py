@@ -25,7 +25,7 @@ def _trajectory(J):
   """600 updates on a fixed J: (directions d_t, weights λ_{t+1})."""
   def body(state, _):
     u, state = _TX.update({"w": J}, state)
-    return state, (u["w"], state.weights)
+    return state, (u["w"], state.next_weights)
 
   return jax.lax.scan(body, _TX.init(None), None, length=600)[1]
 
@@ -39,9 +39,11 @@ def test_update_uses_the_current_weights_and_one_trace_normalised_step():
   np.testing.assert_allclose(np.asarray(u["w"]), J.T @ w0, atol=1e-5)   # λ_0, not λ_1
   G = J @ J.T
   w1 = _common.project_simplex(w0 - 0.2 * G @ w0 / np.trace(G))
-  np.testing.assert_allclose(np.asarray(s.weights), w1, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(s.weights), w0, atol=1e-6)     # the update's own λ
+  np.testing.assert_allclose(np.asarray(s.next_weights), w1, atol=1e-5)
   u, s = tx.update(g, s)
   np.testing.assert_allclose(np.asarray(u["w"]), J.T @ w1, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(s.weights), w1, atol=1e-5)
   # The factory's step (inner products with d, no Gram matrix) equals the weighting function's.
   w, _ = cg.mtac_fc_weighting(jnp.asarray(G, jnp.float32), jnp.asarray(w0, jnp.float32), lr=0.2)
   np.testing.assert_allclose(np.asarray(w), w1, atol=1e-6)
@@ -70,7 +72,7 @@ def test_scale_free_and_validated():
   for scale in (1e-4, 1.0, 1e4):
     tx = cg.mtac_fc()
     _, s = tx.update({"w": jnp.asarray(scale * J, jnp.float32)}, tx.init(None))
-    outs.append(np.asarray(s.weights))
+    outs.append(np.asarray(s.next_weights))
   np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
   np.testing.assert_allclose(outs[2], outs[1], atol=1e-5)
   with pytest.raises(ValueError, match="lr"):
