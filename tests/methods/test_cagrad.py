@@ -33,6 +33,7 @@ def test_cagrad_solves_its_ball_problem():
     np.testing.assert_allclose(d, x.value, atol=1e-4 * np.linalg.norm(g0))
 
 
+@pytest.mark.slow
 def test_rescale_divides_the_ball_solution():
   """The official code returns d, d/(1 + c²) (its default) or d/(1 + c) for rescale 0, 1, 2."""
   J = _common.random_J(0)
@@ -91,6 +92,7 @@ def test_optax_contract():
 _warm_and_cold = jax.jit(lambda Js: _common.warm_and_cold_runs(cg.cagrad, Js))
 
 
+@pytest.mark.slow
 def test_warm_start_agrees_with_cold_solve_in_fewer_newton_steps():
   """In float32 the warm and cold weights differ by up to about 1e-4 of the largest
   (8.9e-5 with XLA's default code generation, 1.2e-4 after a change of kernel fusion
