@@ -242,7 +242,7 @@ def loss_weighting_transformation(
     shared: validation.SharedSpec = None,
     num_tasks: Optional[int] = None,
     precision=_numeric.HIGHEST,
-    loss_floor=None,
+    positive_losses: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds the transformation of a weighting computed from the task losses alone.
 
@@ -255,14 +255,13 @@ def loss_weighting_transformation(
     method: the method's name, used in the error raised when ``update`` is
       called without ``losses=`` or with the wrong shape.
     shared, num_tasks, precision: as in :func:`gram_weighting_transformation`.
-    loss_floor: ``None`` (any finite losses), or the bound (scalar or (K,))
-      that every loss must exceed: methods that take log l or divide by l
-      have no meaning at or below it.
+    positive_losses: every loss must be > 0 (methods that take log l or
+      divide by l have no meaning otherwise).
 
   Returns:
     The transformation; ``update(task_grads, state, params=None, losses=...)``
-    ignores other keyword arguments. Non-finite losses, and losses at or below
-    ``loss_floor``, skip the step like non-finite gradients do (zero update,
+    ignores other keyword arguments. Non-finite losses, and with
+    ``positive_losses`` losses ≤ 0, skip the step like non-finite gradients do (zero update,
     state kept, ``nonfinite_steps`` + 1).
   """
 
@@ -271,8 +270,8 @@ def loss_weighting_transformation(
     losses = require_losses(losses, state.weights.shape[0], method)
     new_state = weigh_losses(losses, state)
     valid = jnp.all(jnp.isfinite(losses))
-    if loss_floor is not None:
-      valid &= jnp.all(losses > loss_floor)
+    if positive_losses:
+      valid &= jnp.all(losses > 0)
     return new_state._replace(weights=jnp.where(valid, new_state.weights, jnp.nan))
 
   return gram_weighting_transformation(weigh, init_state, shared=shared, num_tasks=num_tasks,

@@ -73,6 +73,10 @@ def bilb4mtl_weighting(losses: jax.Array, state: BiLB4MTLState,
   initial = jnp.where(state.step == 0, losses, state.initial_losses)
   weights, grad_logits = jax.grad(bilb4mtl_loss, argnums=(0, 1))(
       losses, state.logits, initial, lamb, normalization, weight_bounds)
+  if normalization != "identity":
+    # Both divide by l⁰ ("log" also takes log l, which the transformation's
+    # loss floor guards): a first step with a loss ≤ 0 is skipped, so l⁰ > 0.
+    weights = jnp.where(jnp.all(initial > 0), weights, jnp.nan)
   updates, inner_state = optimizer.update(_loss_weighting.clip_for_second_moment(grad_logits),
                                           state.inner_state, state.logits)
   return weights, state._replace(weights=weights,
@@ -104,8 +108,10 @@ def bilb4mtl(*, lamb: float = 0.05, lr: float = 1e-3, normalization: str = "iden
     lr: learning rate of the router's Adam optimiser.
     normalization: l̃ from the first update's losses l⁰: ``"identity"``
       (l, Cityscapes), ``"rescaled"`` (l/(l⁰/min l⁰), NYUv2) or ``"log"``
-      (log(l/l⁰), QM9). The last two need positive losses: a step with a
-      loss ≤ 0 is skipped (counted in ``nonfinite_steps``).
+      (log(l/l⁰), QM9). The last two need positive initial losses l⁰ (a first
+      step with a loss ≤ 0 is skipped, counted in ``nonfinite_steps``, and l⁰
+      is taken at the next one), and ``"log"`` needs positive losses at every
+      step (other steps are skipped).
     weight_bounds: ``None`` (default, as the reference's CelebA and QM9
       routers) or ``(lo, hi)``: σ clipped to [lo, hi] after the softmax, as
       the reference's NYUv2/Cityscapes router (``(0.2, 0.8)``). Unbounded,
@@ -174,4 +180,4 @@ def bilb4mtl(*, lamb: float = 0.05, lr: float = 1e-3, normalization: str = "iden
 
   return aggregator.loss_weighting_transformation(
       weigh, init_state, "bilb4mtl", shared=shared, num_tasks=num_tasks, precision=precision,
-      loss_floor=None if normalization == "identity" else 0.0)
+      positive_losses=normalization == "log")

@@ -52,7 +52,8 @@ def famo_weighting(losses: jax.Array, state: FAMOState, optimizer: optax.Gradien
 
   From the second call on, ξ takes an ``optimizer`` step with gradient
   J_softmax(ξ)ᵀδ, δ = log(l_prev − min) − log(l − min). Returns
-  ``(weights, new_state)``.
+  ``(weights, new_state)``; the weights are NaN when some l − min + 10⁻⁸ ≤ 0
+  (the transformation then skips the step and keeps the state).
   """
   losses = losses.astype(state.logits.dtype)
   xi = state.logits
@@ -66,6 +67,9 @@ def famo_weighting(losses: jax.Array, state: FAMOState, optimizer: optax.Gradien
   inner_state = jax.tree_util.tree_map(lambda new, old: jnp.where(move, new, old),
                                        inner_state, state.inner_state)
   weights = jax.grad(famo_loss)(losses, xi, min_losses)
+  # log(l − min + ε) needs l − min + ε > 0, at every step including the first.
+  in_domain = jnp.all(losses - min_losses + _EPS > 0)
+  weights = jnp.where(in_domain, weights, jnp.nan)
   return weights, state._replace(weights=weights, logits=xi, inner_state=inner_state,
                                  prev_losses=losses, step=state.step + 1)
 
@@ -92,9 +96,10 @@ def famo(*, w_lr: float = 0.025, gamma: float = 0.001, min_losses: float = 0.0,
     gamma: L2 weight decay of ξ, added to its gradient as PyTorch's Adam does
       (0.001, the same scripts).
     min_losses: lower bound of the losses (scalar or (K,)); 0 by default.
-      FAMO takes log(l − min_losses + 10⁻⁸): a step with a loss at or below
-      min_losses − 10⁻⁸ is skipped (counted in ``nonfinite_steps``), the
-      first step included, so negative losses need a matching bound.
+      FAMO takes log(l − min_losses + 10⁻⁸): a step where that argument is
+      ≤ 0 (computed in the losses' dtype) is skipped (counted in
+      ``nonfinite_steps``), the first step included, so negative losses need
+      a matching bound.
     shared: which leaves are shared: ``None`` (all), a pytree of bools shaped
       like the parameters, or a predicate ``(key_path, leaf) -> bool``;
       task-specific leaves receive the plain sum of their task gradients.
@@ -146,7 +151,5 @@ def famo(*, w_lr: float = 0.025, gamma: float = 0.001, min_losses: float = 0.0,
                        f"K = {losses.shape[0]} losses; give a scalar or shape (K,).")
     return famo_weighting(losses, state, optimizer, min_losses=min_losses)[1]
 
-  # log(l − min + ε) needs l > min − ε, at every step including the first.
   return aggregator.loss_weighting_transformation(
-      weigh, init_state, "famo", shared=shared, num_tasks=num_tasks, precision=precision,
-      loss_floor=jnp.asarray(min_losses) - _EPS)
+      weigh, init_state, "famo", shared=shared, num_tasks=num_tasks, precision=precision)

@@ -86,4 +86,4 @@ def gls(*, shared: validation.SharedSpec = None, num_tasks: Optional[int] = None
 
   return aggregator.loss_weighting_transformation(
       weigh, init_state, "gls", shared=shared, num_tasks=num_tasks, precision=precision,
-      loss_floor=0.0)
+      positive_losses=True)

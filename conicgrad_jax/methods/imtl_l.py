@@ -114,4 +114,4 @@ def imtl_l(*, lr: float = 1e-3, shared: validation.SharedSpec = None,
 
   return aggregator.loss_weighting_transformation(
       weigh, init_state, "imtl_l", shared=shared, num_tasks=num_tasks, precision=precision,
-      loss_floor=0.0)
+      positive_losses=True)

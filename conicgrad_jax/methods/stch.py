@@ -139,4 +139,4 @@ def stch(*, mu: float = 1.0, warmup_steps: int = 100, nadir_steps: Optional[int]
 
   return aggregator.loss_weighting_transformation(
       weigh, init_state, "stch", shared=shared, num_tasks=num_tasks, precision=precision,
-      loss_floor=0.0)
+      positive_losses=True)

@@ -129,4 +129,4 @@ def uncertainty_weighting(*, lr: float = 0.025, init_log_scale: float = 0.0,
 
   return aggregator.loss_weighting_transformation(
       weigh, init_state, "uncertainty_weighting", shared=shared, num_tasks=num_tasks,
-      precision=precision, loss_floor=0.0)
+      precision=precision, positive_losses=True)

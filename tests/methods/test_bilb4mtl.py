@@ -69,3 +69,22 @@ def test_weight_bounds_clip_the_router_and_keep_every_task_in():
   for bad in [(0.8, 0.2), (-0.1, 0.5), (0.2,), "wide"]:
     with pytest.raises(ValueError, match="weight_bounds"):
       cg.bilb4mtl(weight_bounds=bad)
+
+
+def test_rescaled_losses_need_positive_initial_losses_only():
+  seq = [[1.0, 2.0], [0.0, 1.5], [-0.5, 1.5]]
+  states = run_losses(cg.bilb4mtl(normalization="rescaled", num_tasks=2), seq, history=True)
+  assert int(states.nonfinite_steps[-1]) == 0      # l̃ divides by l⁰ only, never by l
+  assert np.all(np.isfinite(np.asarray(states.weights)))
+  states = run_losses(cg.bilb4mtl(normalization="rescaled", num_tasks=2), [[0.0, 2.0], [1.0, 2.0]],
+                      history=True)
+  assert [int(n) for n in states.nonfinite_steps] == [1, 1]
+  np.testing.assert_allclose(np.asarray(states.initial_losses[-1]), [1.0, 2.0])
+
+
+def test_huge_losses_keep_the_routers_adam_finite():
+  """A loss of 1e20 squares to Inf in Adam's second moment unless its gradient is clipped."""
+  states = run_losses(cg.bilb4mtl(num_tasks=2), [[1.0, 2.0], [1e20, 2.0], [1.0, 2.0]],
+                      history=True)
+  assert int(states.nonfinite_steps[-1]) == 0
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(states))

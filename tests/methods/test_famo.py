@@ -73,3 +73,13 @@ def test_min_losses_must_be_a_scalar_or_one_per_task():
   tx = cg.famo(min_losses=jnp.zeros(3))     # K unknown until the first update
   with pytest.raises(ValueError, match="min_losses"):
     tx.update({"w": jnp.eye(2)}, tx.init(None), losses=jnp.ones(2))
+
+
+@pytest.mark.parametrize("min_losses", [1.0, -2.0, np.array([1.0, 0.0], np.float32)])
+def test_a_loss_equal_to_its_bound_is_inside_the_domain(min_losses):
+  """log(l − min + 10⁻⁸) is finite at l = min, whatever float32 makes of min − 10⁻⁸."""
+  tx = cg.famo(min_losses=min_losses)
+  losses = jnp.asarray(np.broadcast_to(min_losses, (2,)) + np.array([0.0, 3.0]), jnp.float32)
+  u, state = tx.update({"w": jnp.eye(2)}, tx.init(None), losses=losses)
+  assert int(state.nonfinite_steps) == 0 and np.all(np.isfinite(np.asarray(u["w"])))
+  assert float(state.weights[0]) > 0.99          # the task at its bound weighs the most
