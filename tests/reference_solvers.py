@@ -24,11 +24,24 @@ def solve_tight(problem: cp.Problem) -> float:
   return float(problem.value)
 
 
+def _row_scale(J: np.ndarray) -> float:
+  """The largest row norm of J (1 for a zero J).
+
+  The references solve J/scale and scale the answers back: every problem here is
+  homogeneous in J, and Clarabel's tolerances are absolute, so gradients of 1e-9
+  would otherwise be solved to a relative accuracy of 1e-3.
+  """
+  scale = float(np.sqrt(np.max(np.sum(np.asarray(J, float) ** 2, axis=1))))
+  return scale if scale > 0 else 1.0
+
+
 def cap_primal(J: np.ndarray, c: float, p: np.ndarray | None = None):
   """max_d min_i ⟨g_i, d⟩ s.t. ‖d‖ ≤ 1, ⟨d, ĝ0⟩ ≥ c, solved by Clarabel.
 
   Returns (d, value). d is unique when value > 0.
   """
+  scale = _row_scale(J)
+  J = np.asarray(J, float) / scale
   K, m = J.shape
   p = np.full(K, 1.0 / K) if p is None else np.asarray(p, float) / np.sum(p)
   g0 = J.T @ p
@@ -38,11 +51,13 @@ def cap_primal(J: np.ndarray, c: float, p: np.ndarray | None = None):
   prob = cp.Problem(cp.Maximize(t),
                     [J @ d >= t, cp.norm(d) <= 1, g0_hat @ d >= c])
   solve_tight(prob)
-  return np.asarray(d.value), float(prob.value)
+  return np.asarray(d.value), float(prob.value) * scale
 
 
 def joint_dual(J: np.ndarray, c: float, p: np.ndarray | None = None):
   """min_{w∈Δ, λ≥0} ‖Jᵀw + λĝ0‖ − cλ, solved by Clarabel. Returns (w, λ, value)."""
+  scale = _row_scale(J)
+  J = np.asarray(J, float) / scale
   K, _ = J.shape
   p = np.full(K, 1.0 / K) if p is None else np.asarray(p, float) / np.sum(p)
   g0 = J.T @ p
@@ -52,14 +67,15 @@ def joint_dual(J: np.ndarray, c: float, p: np.ndarray | None = None):
   prob = cp.Problem(cp.Minimize(cp.norm(J.T @ w + lam * g0_hat) - c * lam),
                     [cp.sum(w) == 1])
   solve_tight(prob)
-  return np.asarray(w.value), float(lam.value), float(prob.value)
+  return np.asarray(w.value), float(lam.value) * scale, float(prob.value) * scale
 
 
 def mgda_direction(J: np.ndarray) -> np.ndarray:
   """The min-norm point of the convex hull of the rows of J (MGDA), by cvxpy."""
+  J = np.asarray(J, float)
   K, _ = J.shape
   w = cp.Variable(K, nonneg=True)
-  prob = cp.Problem(cp.Minimize(cp.sum_squares(J.T @ w)), [cp.sum(w) == 1])
+  prob = cp.Problem(cp.Minimize(cp.sum_squares(J.T @ w / _row_scale(J))), [cp.sum(w) == 1])
   solve_tight(prob)
   return J.T @ np.asarray(w.value)
 

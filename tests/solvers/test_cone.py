@@ -135,6 +135,9 @@ def test_adversarial_instances(name):
     c=st.floats(0.0, 0.98))
 # Nearly opposite tasks with a tiny g0: coefficients of 1e5 (rounding of G shows).
 @hypothesis.example(J=np.array([[0.0, -1.0], [1e-5, 1.0]]), c=0.0)
+# Opposite gradients of 1e-9 and 4e-25: d = 0 is optimal, and the reference must be
+# solved at unit scale to show it (Clarabel's tolerances are absolute).
+@hypothesis.example(J=np.array([[1e-9], [-4.10057718e-25]]), c=0.0)
 # A task whose slack (~1e-5) is below √μ at the final μ, beside a nearly active
 # one: the barrier's Newton matrix is then singular to rounding.
 @hypothesis.example(J=np.array([[6.25, -8.265625], [1e-4, 3.0], [0.0, 1.0], [3.0, 0.0],
