@@ -180,6 +180,26 @@ def make_method(name, k, seed):
   return factory(**kwargs)
 
 
+def generalized_advantages(rewards, values, dones, last_value, gamma, gae_lambda):
+  """GAE(γ, λ) over a rollout (time on axis 0): returns (advantages, value targets).
+
+  δ_t = r_t + γ V_{t+1}(1 − done_t) − V_t and A_t = δ_t + γλ(1 − done_t) A_{t+1},
+  with V_T = ``last_value`` and A_T = 0; the targets are A_t + V_t (Schulman et al.,
+  "High-Dimensional Continuous Control Using Generalized Advantage Estimation",
+  2016; an episode end cuts both sums, as PureJaxRL does).
+  """
+  def back(carry, step):
+    next_adv, next_value = carry
+    reward, value, done = step
+    delta = reward + gamma * next_value * (1 - done) - value
+    adv = delta + gamma * gae_lambda * (1 - done) * next_adv
+    return (adv, value), adv
+
+  _, adv = jax.lax.scan(back, (jnp.zeros_like(last_value), last_value),
+                        (rewards, values, dones), reverse=True)
+  return adv, adv + values
+
+
 def make_trainer(tasks, task_ids, family_size, method, cfg: Config):
   """``init(seed) -> carry`` and the jitted ``chunk(carry) -> (carry, returns, episodes)``.
 
@@ -253,23 +273,14 @@ def make_trainer(tasks, task_ids, family_size, method, cfg: Config):
     return carry._replace(env_states=env_states, obs=obs, ep_return=ep_return, key=key), \
         trans, rets.sum(0), counts.sum(0)
 
-  def gae(trans, last_value):
-    def back(c, tr):
-      next_adv, next_value = c
-      delta = tr.reward + cfg.gamma * next_value * (1 - tr.done) - tr.value
-      adv = delta + cfg.gamma * cfg.gae_lambda * (1 - tr.done) * next_adv
-      return (adv, tr.value), adv
-
-    _, adv = jax.lax.scan(back, (jnp.zeros_like(last_value), last_value), trans, reverse=True)
-    return adv, adv + trans.value
-
   def iteration(carry, _):
     carry, trans, rets, counts = rollout(carry)
     data = []
     for i in range(k):
       x_last = features(carry.obs[i], task_ids[i], family_size)
       _, last_value = forward(carry.params, i, x_last)
-      adv, target = gae(trans[i], last_value)
+      adv, target = generalized_advantages(trans[i].reward, trans[i].value, trans[i].done,
+                                           last_value, cfg.gamma, cfg.gae_lambda)
       flat = jax.tree_util.tree_map(lambda a: a.reshape((n_batch,) + a.shape[2:]),
                                     (trans[i], adv, target))
       data.append(flat)

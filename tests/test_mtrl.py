@@ -121,3 +121,20 @@ def test_solved_score_uses_every_task():
   assert s["methods"]["a"]["solved_score_rank"] == 1
   assert s["stl_solved_score"] == pytest.approx(0.25)
   assert "| b | 200.0 ± 0.0 | -500.0 ± 0.0 | 0.25 ± 0.00 | 2 |" in mtrl.raw_table(["c", "d"], s)
+
+
+def test_generalized_advantages_by_hand():
+  """γ = 0.9, λ = 0.8 over three steps; env 0 ends an episode at t = 1, env 1 never does.
+
+  Env 0: δ = (1 + 0.9·0.4 − 0.5, 1 − 0.4, 1 + 0.9·0.2 − 0.3) = (0.86, 0.6, 0.88) and
+  A₂ = 0.88, A₁ = 0.6 (the episode end cuts the sum), A₀ = 0.86 + 0.72·0.6 = 1.292.
+  Env 1 (reward 1 at the end, values 0): A = (0.72², 0.72, 1).
+  """
+  rewards = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0]], np.float32)
+  values = np.array([[0.5, 0.0], [0.4, 0.0], [0.3, 0.0]], np.float32)
+  dones = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]], np.float32)
+  adv, target = mtrl.generalized_advantages(rewards, values, dones, np.array([0.2, 0.0], np.float32),
+                                            0.9, 0.8)
+  np.testing.assert_allclose(np.asarray(adv), [[1.292, 0.5184], [0.6, 0.72], [0.88, 1.0]],
+                             rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(target), np.asarray(adv) + values, rtol=1e-6)
