@@ -67,3 +67,22 @@ def test_running_mean_is_the_trailing_window_mean():
 def test_running_mean_leaves_out_the_nan_of_skipped_steps():
   y = np.array([np.nan, 1.0, 3.0, np.nan, np.nan, 5.0])
   np.testing.assert_allclose(dashboard.running_mean(y, 2), [np.nan, 1.0, 2.0, 3.0, np.nan, 5.0])
+
+
+def test_the_panels_draw_the_logged_values():
+  history = _history()
+  h = dashboard.stack_history(history)
+  fig = dashboard.plot_dashboard(history, smooth=1)
+  panel = {a.get_title(): a for a in fig.axes if a.get_title()}
+  weights = panel["combination weights"].get_lines()
+  for i in range(3):
+    np.testing.assert_allclose(weights[i].get_ydata(), h.weights[:, i])
+  angles = panel["update-to-task angles (> 90°: that task gets worse)"].get_lines()
+  np.testing.assert_allclose(angles[0].get_ydata(),
+                             np.degrees(np.arccos(np.clip(h.update_cosines[:, 0], -1, 1))))
+  losses = panel["task losses"].get_lines()
+  np.testing.assert_allclose(losses[2].get_ydata(), h.losses[:, 2])
+  image = panel["pairwise task-gradient cosines (blue: aligned, red: conflicting)"].get_images()[0]
+  np.testing.assert_allclose(np.asarray(image.get_array())[0], h.cosines[:, 0, 1])
+  conflict = panel["conflicting pairs (running mean) and cond(G)"].get_lines()[0]
+  np.testing.assert_allclose(conflict.get_ydata(), h.conflict_fraction)
