@@ -74,8 +74,8 @@ def bilb4mtl_weighting(losses: jax.Array, state: BiLB4MTLState,
   weights, grad_logits = jax.grad(bilb4mtl_loss, argnums=(0, 1))(
       losses, state.logits, initial, lamb, normalization, weight_bounds)
   if normalization != "identity":
-    # Both divide by l⁰ ("log" also takes log l, which the transformation's
-    # loss floor guards): a first step with a loss ≤ 0 is skipped, so l⁰ > 0.
+    # Both divide by l⁰ ("log" also takes log l, which the transformation
+    # checks with positive_losses): a first step with a loss ≤ 0 is skipped, so l⁰ > 0.
     weights = jnp.where(jnp.all(initial > 0), weights, jnp.nan)
   updates, inner_state = optimizer.update(_loss_weighting.clip_for_second_moment(grad_logits),
                                           state.inner_state, state.logits)

@@ -134,7 +134,7 @@ def famo(*, w_lr: float = 0.025, gamma: float = 0.001, min_losses: float = 0.0,
   validation.check_positive("gamma", gamma, allow_zero=True)
   validation.check_finite("min_losses", min_losses)
   min_shape = np.shape(min_losses)
-  if min_shape not in ((), (num_tasks,)) and not (num_tasks is None and len(min_shape) == 1):
+  if len(min_shape) > 1 or (num_tasks is not None and min_shape not in ((), (num_tasks,))):
     raise ValueError(f"`min_losses` must be a scalar or have shape (K,) = ({num_tasks},), "
                      f"got shape {min_shape}.")
   optimizer = optax.chain(optax.add_decayed_weights(gamma), optax.adam(w_lr))

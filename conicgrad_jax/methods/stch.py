@@ -55,10 +55,10 @@ def stch_weighting(losses: jax.Array, state: STCHState, *, mu: float = 1.0,
   nadir_count = state.nadir_count + collect.astype(jnp.int32)
   nadir = nadir_sum / jnp.maximum(nadir_count, 1)
   warm_weights = 1.0 / (losses + 1e-20)
+  # Positive losses (the transformation skips other steps) make the nadir positive
+  # after the warm-up; the 1 only stands in while nothing is collected yet.
   main_weights = jax.grad(stch_loss)(losses, jnp.where(nadir > 0, nadir, 1.0), mu)
-  # Losses are positive (the transformation skips other steps), so the nadir is too.
-  weights = jnp.where(in_warmup, warm_weights,
-                      jnp.where(jnp.all(nadir > 0), main_weights, jnp.nan))
+  weights = jnp.where(in_warmup, warm_weights, main_weights)
   return weights, state._replace(weights=weights, step=state.step + 1, nadir_sum=nadir_sum,
                                  nadir_count=nadir_count)
 
