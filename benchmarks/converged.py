@@ -47,8 +47,9 @@ Resuming: every finished run is a JSON file in
 ``benchmarks/results/<name>_converged_<protocol>_runs/`` (:class:`RunStore`), and a
 run in progress writes a checkpoint (parameters, optimiser and method state, the
 best parameters so far, the rule's state and the validation curve) every few
-epochs to ``~/.cache/conicgrad_jax/converged/`` (outside git), so a killed run
-resumes from its last checkpoint. ``--workers N`` runs N worker processes, each
+epochs to the ``in_progress/`` folder beside them (:data:`IN_PROGRESS`), so a killed
+run resumes from its last checkpoint, also on another machine when that folder is
+copied or committed with the results (a finished run deletes its checkpoint). ``--workers N`` runs N worker processes, each
 pinned to one core with single-threaded XLA, pulling from the same job list; an
 ``flock`` per run key keeps two workers off the same run (the kernel drops it
 when a worker dies). ``--summarise-only`` writes the JSON, Markdown and PNGs from
@@ -75,7 +76,7 @@ from benchmarks import store as store_m
 
 SUITE = ("multifashion", "multimnist", "qm9")
 DEVICE = "CPU (2 cores)"
-SCRATCH = os.path.join(os.path.expanduser("~"), ".cache", "conicgrad_jax", "converged")
+IN_PROGRESS = "in_progress"       # checkpoints of unfinished runs, inside the runs' folder
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 # Seeds 0, 1, 2 for these (and the STL baselines); seed 0 for every other method.
@@ -640,10 +641,10 @@ class Context(NamedTuple):
     return self.cache[key]
 
 
-def context(name: str, quick: bool, out: str, scratch_root: str = SCRATCH) -> Context:
+def context(name: str, quick: bool, out: str) -> Context:
   bench = get_bench(name, quick)
-  folder = folder_name(bench, quick)
-  return Context(bench, store_m.RunStore(out, folder), os.path.join(scratch_root, folder), {})
+  store = store_m.RunStore(out, folder_name(bench, quick))
+  return Context(bench, store, os.path.join(store.folder, IN_PROGRESS), {})
 
 
 def grids_for(quick: bool) -> dict:
