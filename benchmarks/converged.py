@@ -682,8 +682,11 @@ def code_version() -> dict:
 
 
 def work(contexts: dict, methods=None, quick=False, max_runs=None, log=print,
-         poll_s: float = 30.0) -> int:
-  """Runs jobs until none is left; returns the number of runs this process finished."""
+         poll_s: float = 30.0, workers: int = 1) -> int:
+  """Runs jobs until none is left; returns the number of runs this process finished.
+
+  ``workers``: how many worker processes share the machine (recorded with each run).
+  """
   data_cache, done = {}, 0
   version = code_version()
   while max_runs is None or done < max_runs:
@@ -721,6 +724,7 @@ def work(contexts: dict, methods=None, quick=False, max_runs=None, log=print,
                     "wall_s": 0.0, "test_metrics": None}
         result["phase"] = job.phase
         result["code"] = version
+        result["workers"] = workers
         ctx.store.put(job.key, result)
         if os.path.exists(ckpt):
           os.remove(ckpt)
@@ -743,12 +747,12 @@ def stored_count(contexts: dict) -> int:
              for c in contexts.values())
 
 
-def summarise_all(contexts: dict, out: str, methods=None, quick=False, workers=1):
+def summarise_all(contexts: dict, out: str, methods=None, quick=False):
   from benchmarks import converged_report
   planned = suite_plan(contexts, methods, quick)
   for name, ctx in contexts.items():
     converged_report.write(ctx.bench, ctx.store, out, [j for j in planned if j.bench == name],
-                           quick=quick, workers=workers)
+                           quick=quick)
 
 
 def spawn_workers(argv: list, n: int, contexts: dict, out: str, methods, quick,
@@ -776,7 +780,7 @@ def spawn_workers(argv: list, n: int, contexts: dict, out: str, methods, quick,
     time.sleep(10)
     count = stored_count(contexts)
     if count != last and time.monotonic() - last_time > summary_every_s:
-      summarise_all(contexts, out, methods, quick, workers=n)
+      summarise_all(contexts, out, methods, quick)
       last, last_time = count, time.monotonic()
   return [p.returncode for p in procs]
 
@@ -806,10 +810,10 @@ def run(names, args, argv: list, methods=None) -> None:
   if args.workers > 1 and not args.worker:
     spawn_workers(argv, args.workers, contexts, args.out, methods, args.quick, log=log)
   else:
-    work(contexts, methods, args.quick, args.max_runs, log=log)
+    work(contexts, methods, args.quick, args.max_runs, log=log, workers=args.workers)
     if args.worker:
       return
-  summarise_all(contexts, args.out, methods, args.quick, workers=args.workers)
+  summarise_all(contexts, args.out, methods, args.quick)
 
 
 def main(argv=None):

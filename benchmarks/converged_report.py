@@ -21,13 +21,12 @@ from benchmarks import converged
 from benchmarks import supervised
 
 
-def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = False,
-              workers: int = 1) -> dict:
+def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = False) -> dict:
   """The summary dict of one benchmark from ``runs`` (key -> result) and the planned jobs."""
   protocol = bench.protocol
   k = bench.k
   hib = protocol.higher_is_better
-  ok = {key: r for key, r in runs.items() if not r.get("failed") and r.get("test_metrics")}
+  ok = {key: r for key, r in runs.items() if not r.get("failed") and _finite(r.get("test_metrics"))}
   by_config = {}
   for r in ok.values():
     cfg = tuple(sorted(r.get("config", {}).items()))
@@ -63,24 +62,20 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
     order = sorted(seeds)
     metrics = np.array([seeds[s]["test_metrics"] for s in order], np.float64)     # (seeds, K)
     row = {"config": dict(cfg), "seeds": order, "n_seeds": len(order),
-           "mean": metrics.mean(0).tolist(),
-           "sem": (metrics.std(0, ddof=1) / np.sqrt(len(order))).tolist()
-           if len(order) > 1 else [0.0] * k,
+           "mean": metrics.mean(0).tolist(), "sem": supervised.standard_error(metrics),
            "converged": sum(bool(seeds[s]["converged"]) for s in order),
            "epochs_run": [seeds[s]["epochs_run"] for s in order],
            "best_epochs": [seeds[s]["best_epoch"] for s in order],
            "wall_s": [seeds[s]["wall_s"] for s in order],
-           "time_per_step_in_runs_s": float(np.median([seeds[s]["time_per_step_in_run_s"]
-                                                       for s in order
-                                                       if seeds[s].get("time_per_step_in_run_s")]
-                                                      or [np.nan])),
+           "time_per_step_in_runs_s": _median([seeds[s].get("time_per_step_in_run_s")
+                                               for s in order]),
            "mode": seeds[order[0]].get("mode"), "tuned": m in tuned,
            "provisional": bool(m in tuned and tuned[m]["provisional"])}
     if have_stl:
       ref = np.asarray(stl)
       delta = 100.0 * np.mean(sign * (metrics - ref) / np.abs(ref), axis=1)
       row["delta_m_pct"] = float(delta.mean())
-      row["delta_m_sem"] = float(delta.std(ddof=1) / np.sqrt(len(delta))) if len(delta) > 1 else 0.0
+      row["delta_m_sem"] = supervised.standard_error(delta)
       row["delta_m_per_seed"] = delta.tolist()
       # A tuned method's seed 0 is the grid run that won on validation; its other seeds
       # took no part in the choice.
@@ -106,7 +101,8 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
             "converged": sum(bool(r.get("converged")) for r in all_runs),
             "hit_cap": sum(r.get("stop_reason") == "cap" for r in all_runs),
             "non_finite": sum(r.get("stop_reason") == "non-finite parameters" for r in all_runs),
-            "failed": sum(bool(r.get("failed")) for r in all_runs)}
+            "failed": sum(bool(r.get("failed")) for r in all_runs),
+            "no_finite_test_metrics": len(_unusable(runs))}
   coverage = {m: r["seeds"] for m, r in rows.items()}
   coverage.update({f"stl_{i}": s for i, s in enumerate(stl_seeds)})
   wall = sum(float(r.get("wall_s") or 0.0) for r in all_runs)
@@ -117,7 +113,7 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
       "protocol": {"converged_rule": protocol.rule(), **{
           f.name: getattr(protocol, f.name) for f in protocol.__dataclass_fields__.values()},
           "min_window": protocol.min_window, "folder": converged.folder_name(bench, quick)},
-      "device": converged.DEVICE, "workers": workers,
+      "device": converged.DEVICE, "workers": _workers(all_runs),
       "data": bench.data_note,
       "sizes": dict(zip(("train", "val", "test"), bench.sizes)),
       "tuned_methods": sorted(tuned), "tuning": tuned,
@@ -133,11 +129,37 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
   return summary
 
 
+def _finite(metrics) -> bool:
+  return bool(metrics) and all(v is not None and math.isfinite(v) for v in metrics)
+
+
+def _unusable(runs: dict) -> list:
+  """Keys of runs that finished without failing but have a missing or non-finite test
+  metric (left out of the rows, the ranks and the plots)."""
+  return [key for key, r in sorted(runs.items())
+          if not r.get("failed") and not _finite(r.get("test_metrics"))]
+
+
+def _median(values):
+  values = [v for v in values if v]
+  return float(np.median(values)) if values else None
+
+
+def _workers(runs: list) -> dict:
+  """How many runs trained with each number of worker processes sharing the cores
+  (recorded per run; "not recorded" for runs from before that record)."""
+  counts = {}
+  for r in runs:
+    key = str(r["workers"]) if "workers" in r else "not recorded"
+    counts[key] = counts.get(key, 0) + 1
+  return counts
+
+
 def _run_record(r: dict) -> dict:
   keep = ("method", "config", "seed", "phase", "mode", "strategy", "converged", "stop_reason",
           "epochs_run", "best_epoch", "best_val_score", "final_lr", "test_metrics",
           "best_val_metrics", "wall_s", "time_per_step_in_run_s", "resumed_from_epoch",
-          "code", "code_history", "failed", "error")
+          "workers", "code", "code_history", "failed", "error")
   out = {key: r[key] for key in keep if key in r}
   out["val_curve"] = [{"epoch": h["epoch"], "lr": h["lr"], "score": h["score"],
                        "val_metrics": h["val_metrics"]} for h in r.get("history", [])]
@@ -172,15 +194,17 @@ def markdown(bench: converged.Bench, s: dict) -> str:
   lines.append("")
   head = ("| method | seeds | " + " | ".join(f"{t} ({bench.metric_name})"
                                           for t in bench.task_names)
-          + " | Δm% ↓ | mean rank ↓ | converged | epochs run (best) |")
+          + " | Δm% ↓ | mean rank ↓ | converged | epochs run (best), per seed |")
   lines += [head, "|" + "---|" * (k + 6)]
   stl_seeds = s["stl_seeds"]
   stl_n = ",".join(str(len(x)) for x in stl_seeds) if len(set(map(len, stl_seeds))) > 1 \
       else str(len(stl_seeds[0]) if stl_seeds else 0)
   stl_runs = [r for r in s["runs"].values() if r["method"].startswith("stl_")]
+  stl_epochs = [r["epochs_run"] for r in stl_runs if not r.get("failed")]
   lines.append(f"| STL | {stl_n} | " + " | ".join(_fmt(v) for v in s["stl"]) + " | 0 | — | "
                f"{sum(bool(r.get('converged')) for r in stl_runs)}/{len(stl_runs)} | "
-               + _epochs(stl_runs) + " |")
+               + (f"{min(stl_epochs)}–{max(stl_epochs)} over {len(stl_epochs)} runs"
+                  if stl_epochs else "—") + " |")
   order = sorted(s["methods"].items(),
                  key=lambda kv: (kv[1]["delta_m_pct"] is None, kv[1]["delta_m_pct"] or 0.0))
   for m, r in order:
@@ -190,11 +214,9 @@ def markdown(bench: converged.Bench, s: dict) -> str:
       name += f" ({opt}={converged.fmt_value(val)}{', provisional' if r['provisional'] else ''})"
     target = 3 if (m in converged.CORE or m in converged.TUNED) and not s["quick"] else 1
     seeds = f"{r['n_seeds']}" + (f" of {target}" if r["n_seeds"] < target else "")
-    cells = [f"{_fmt(mu)} ± {_fmt(se, 2)}" if r["n_seeds"] > 1 else _fmt(mu)
-             for mu, se in zip(r["mean"], r["sem"])]
+    cells = [supervised.plus_minus(mu, se) for mu, se in zip(r["mean"], r["sem"] or [None] * k)]
     dm = ("—" if r["delta_m_pct"] is None else
-          f"{r['delta_m_pct']:.2f} ± {r['delta_m_sem']:.2f}" if r["n_seeds"] > 1 else
-          f"{r['delta_m_pct']:.2f}")
+          supervised.plus_minus(r["delta_m_pct"], r["delta_m_sem"], "{:.2f}", "{:.2f}"))
     runs = [x for x in s["runs"].values() if x["method"] == m
             and x.get("config", {}) == r["config"] and not x.get("failed")]
     lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + f" | {dm} | "
@@ -221,6 +243,10 @@ def markdown(bench: converged.Bench, s: dict) -> str:
   if failed:
     lines.append("")
     lines.append("Failed runs (left out): " + ", ".join(failed) + ".")
+  unusable = _unusable(s["runs"])
+  if unusable:
+    lines.append("")
+    lines.append("Runs without a finite test metric (left out): " + ", ".join(unusable) + ".")
   if "stl_published_units" in s:
     p = s["stl_published_units"]
     lines += ["", "STL test MAE in the units of the published QM9 tables, beside the STL row of "
@@ -238,7 +264,7 @@ def _epochs(runs) -> str:
   runs = [r for r in runs if not r.get("failed")]
   if not runs:
     return "—"
-  return ", ".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in
+  return ", ".join(f"{r['epochs_run']} ({r['best_epoch'] + 1})" for r in
                    sorted(runs, key=lambda r: r["seed"])[:3]) + (" …" if len(runs) > 3 else "")
 
 
@@ -255,12 +281,12 @@ def plot_delta(bench, s, path):
   rows.sort(key=lambda kv: kv[1]["delta_m_pct"])
   fig, ax = plt.subplots(figsize=(7, 0.28 * max(len(rows), 1) + 1.8))
   y = np.arange(len(rows))
-  ax.barh(y, [r["delta_m_pct"] for _, r in rows], xerr=[r["delta_m_sem"] for _, r in rows],
+  ax.barh(y, [r["delta_m_pct"] for _, r in rows], xerr=supervised.error_bars(r for _, r in rows),
           color=["tab:red" if m == "conicgrad" else "tab:blue" for m, _ in rows])
   ax.set_yticks(y, [_label(m, r) for m, r in rows], fontsize=8)
   ax.invert_yaxis()
   ax.axvline(0.0, color="k", lw=0.8)
-  ax.set_xlabel("Δm% vs STL (lower is better), mean ± s.e. over seeds (n)")
+  ax.set_xlabel("Δm% vs STL (lower is better), mean ± s.e. over seeds (n; no bar for n = 1)")
   title = f"{bench.name}, converged protocol"
   if s["partial"]:
     title += f" — PARTIAL ({s['run_counts']['done_of_planned']}/{s['run_counts']['planned']} runs)"
@@ -284,7 +310,7 @@ def plot_scatter(bench, s, runs, path):
   for n, (m, r) in enumerate(sorted(s["methods"].items())):
     pts = np.array([runs[key]["test_metrics"] for key in runs
                     if runs[key]["method"] == m and runs[key].get("config", {}) == r["config"]
-                    and runs[key].get("test_metrics")])
+                    and _finite(runs[key].get("test_metrics"))])
     color, marker = cmap(n % 20), markers[(n // 20 + n) % len(markers)]
     if m == "conicgrad":
       color = "red"
@@ -320,11 +346,10 @@ def load_runs(store) -> dict:
   return runs
 
 
-def write(bench: converged.Bench, store, out: str, planned: list, quick: bool = False,
-          workers: int = 1) -> dict:
+def write(bench: converged.Bench, store, out: str, planned: list, quick: bool = False) -> dict:
   """Writes NAME_converged.json / .md / .png (and NAME_converged_scatter.png for two tasks)."""
   runs = load_runs(store)
-  s = summarise(bench, runs, planned, quick, workers)
+  s = summarise(bench, runs, planned, quick)
   from benchmarks import timing
   s["machine"] = timing.machine()
   tag = f"{bench.name}{'_quick' if quick else ''}_converged"
@@ -346,7 +371,7 @@ def _text(text, p):
 
 def _dump(obj, p):
   with open(p, "w") as f:
-    json.dump(obj, f, indent=1)
+    json.dump(obj, f, indent=1, allow_nan=False)
 
 
 def _atomic(path, write):

@@ -434,12 +434,11 @@ def summarise(names, results, method_names, seeds, random, solved=None):
       norm[f"stl_{j}", s] = {"test_metrics": row, "time_per_step_s": None}
   task = _Names(tuple(names[i] for i in idx), (True,) * len(idx), "normalised return", "mtrl")
   summary = supervised.summarise(task, norm, method_names, seeds)
-  sem = lambda a: (a.std(0, ddof=1) / np.sqrt(len(a))) if len(a) > 1 else np.zeros(a.shape[1:])
   for m in method_names:
     raw = np.array([results[m, s]["final_return"] for s in seeds])
     row = summary["methods"][m]
     row["raw_return_mean"] = raw.mean(0).tolist()
-    row["raw_return_sem"] = sem(raw).tolist()
+    row["raw_return_sem"] = supervised.standard_error(raw)
     row["wall_time_per_run_s"] = row.pop("time_per_step_s")
     row.pop("time_per_step_in_runs_s", None)
     row.pop("time_ratio_to_ls", None)
@@ -455,7 +454,7 @@ def summarise(names, results, method_names, seeds, random, solved=None):
     for m in method_names:
       v = np.array([score(m, s_) for s_ in seeds])
       summary["methods"][m]["solved_score"] = float(v.mean())
-      summary["methods"][m]["solved_score_sem"] = float(sem(v[:, None])[0])
+      summary["methods"][m]["solved_score_sem"] = supervised.standard_error(v)
       means[m] = v.mean()
     ranks = supervised.mean_ranks([[means[m]] for m in method_names], (True,))
     for m, r in zip(method_names, ranks):
@@ -464,11 +463,18 @@ def summarise(names, results, method_names, seeds, random, solved=None):
                                    solved[i])) for s_ in seeds] for i in range(k)]
     summary["stl_solved_score"] = float(np.mean(stl_scores))
     summary["solved_return"] = list(solved)
-  summary.update({"stl_raw_return": stl_raw.tolist(), "stl_raw_return_sem": sem(stl_all).tolist(),
+  summary.update({"stl_raw_return": stl_raw.tolist(),
+                  "stl_raw_return_sem": supervised.standard_error(stl_all),
                   "random_return": list(random), "normalised_tasks": [names[i] for i in idx],
                   "stl_wall_time_per_run_s": stl_time})
   summary.pop("stl")
   return summary
+
+
+def _cells(means, sems, fmt="{:.1f}") -> list:
+  """"mean ± s.e." per task (the mean alone for one seed)."""
+  return [supervised.plus_minus(mu, se, fmt, fmt)
+          for mu, se in zip(means, sems or [None] * len(means))]
 
 
 def markdown_table(names, summary) -> str:
@@ -481,23 +487,18 @@ def markdown_table(names, summary) -> str:
   lines.append("| random policy (raw return) | "
                + " | ".join(f"{v:.1f}" for v in summary["random_return"]) + " | 0 | — | — | — |")
   lines.append("| STL PPO (raw return) | "
-               + " | ".join(f"{v:.1f} ± {e:.1f}" for v, e in zip(summary["stl_raw_return"],
-                                                           summary["stl_raw_return_sem"]))
+               + " | ".join(_cells(summary["stl_raw_return"], summary["stl_raw_return_sem"]))
                + " | 1 | 0 | — | " + " / ".join(f"{t:.3g}"
                                                for t in summary["stl_wall_time_per_run_s"])
                + " |")
   order = sorted(summary["methods"].items(), key=lambda kv: kv[1]["delta_m_pct"])
   for m, r in order:
-    normed = iter(zip(r["mean"], r["sem"]))
-    cells = []
-    for o, mu_raw, se_raw in zip(ok, r["raw_return_mean"], r["raw_return_sem"]):
-      if o:
-        mu, se = next(normed)
-        cells.append(f"{mu:.2f} ± {se:.2f}")
-      else:
-        cells.append(f"{mu_raw:.1f} ± {se_raw:.1f}")
+    normed = iter(_cells(r["mean"], r["sem"], "{:.2f}"))
+    raw = _cells(r["raw_return_mean"], r["raw_return_sem"])
+    cells = [next(normed) if o else c for o, c in zip(ok, raw)]
+    dm = supervised.plus_minus(r["delta_m_pct"], r["delta_m_sem"], "{:.1f}", "{:.1f}")
     lines.append(f"| {m} | " + " | ".join(cells) + f" | {np.mean(r['mean']):.2f} | "
-                 f"{r['delta_m_pct']:.1f} ± {r['delta_m_sem']:.1f} | {r['mean_rank']:.1f} | "
+                 f"{dm} | {r['mean_rank']:.1f} | "
                  f"{r['wall_time_per_run_s']:.3g} |")
   return "\n".join(lines)
 
@@ -513,12 +514,13 @@ def raw_table(names, summary) -> str:
     lines.append("| solved (Gym threshold) | "
                  + " | ".join(f"{v:.0f}" for v in summary["solved_return"]) + " | 1 | — |")
   lines.append("| STL PPO | " + " | ".join(
-      f"{v:.1f} ± {e:.1f}" for v, e in zip(summary["stl_raw_return"], summary["stl_raw_return_sem"]))
+      _cells(summary["stl_raw_return"], summary["stl_raw_return_sem"]))
       + (f" | {summary['stl_solved_score']:.2f} | — |" if has else " |"))
   key = (lambda kv: -kv[1]["solved_score"]) if has else (lambda kv: kv[1]["delta_m_pct"])
   for m, r in sorted(summary["methods"].items(), key=key):
-    cells = [f"{mu:.1f} ± {se:.1f}" for mu, se in zip(r["raw_return_mean"], r["raw_return_sem"])]
-    tail = (f" | {r['solved_score']:.2f} ± {r['solved_score_sem']:.2f} | "
+    cells = _cells(r["raw_return_mean"], r["raw_return_sem"])
+    tail = (" | " + supervised.plus_minus(r["solved_score"], r["solved_score_sem"], "{:.2f}",
+                                         "{:.2f}") + " | "
             f"{r['solved_score_rank']:g} |") if has else " |"
     lines.append(f"| {m} | " + " | ".join(cells) + tail)
   return "\n".join(lines)

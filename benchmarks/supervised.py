@@ -150,16 +150,39 @@ def mean_ranks(means, higher_is_better) -> np.ndarray:
   """Each method's rank on every task metric, averaged over the metrics.
 
   ``means``: (methods, K) metrics; rank 1 is best on a metric. Tied methods share
-  the mean of the ranks they span (e.g. two tied for first both get 1.5).
+  the mean of the ranks they span (e.g. two tied for first both get 1.5). A NaN
+  metric (a diverged run) ranks last on that metric.
   """
   means = np.asarray(means, np.float64)
   ranks = np.zeros_like(means)
   for i, higher in enumerate(higher_is_better):
     score = -means[:, i] if higher else means[:, i]
+    score = np.where(np.isnan(score), np.inf, score)   # a missing metric ranks last
     for j, v in enumerate(score):
       below, equal = np.sum(score < v), np.sum(score == v)
       ranks[j, i] = below + (equal + 1) / 2.0
   return ranks.mean(axis=1)
+
+
+def standard_error(values):
+  """The standard error of the mean over seeds (axis 0): a float for a vector, a list
+  for a (seeds, K) matrix; None for a single seed, whose spread is unknown."""
+  values = np.asarray(values, np.float64)
+  if values.shape[0] < 2:
+    return None
+  sem = values.std(axis=0, ddof=1) / np.sqrt(values.shape[0])
+  return float(sem) if sem.ndim == 0 else sem.tolist()
+
+
+def plus_minus(mean, sem, mean_format="{:.4g}", sem_format="{:.2g}") -> str:
+  """"mean ± sem", or the mean alone when the standard error is unknown (one seed)."""
+  text = mean_format.format(mean)
+  return text if sem is None else f"{text} ± {sem_format.format(sem)}"
+
+
+def error_bars(rows) -> list:
+  """``delta_m_sem`` of each row for a bar chart's xerr (NaN: no bar for one seed)."""
+  return [np.nan if r["delta_m_sem"] is None else r["delta_m_sem"] for r in rows]
 
 
 def summarise(task: Task, results: dict, method_names, seeds, times=None) -> dict:
@@ -174,12 +197,8 @@ def summarise(task: Task, results: dict, method_names, seeds, times=None) -> dic
     delta = 100.0 * np.mean(sign * (metrics - stl) / np.abs(stl), axis=1)   # per seed
     in_run = [results[m, s]["time_per_step_s"] for s in seeds
               if results[m, s]["time_per_step_s"] is not None]
-    rows[m] = {"mean": metrics.mean(0).tolist(),
-               "sem": (metrics.std(0, ddof=1) / np.sqrt(len(seeds))).tolist()
-               if len(seeds) > 1 else [0.0] * k,
-               "delta_m_pct": float(delta.mean()),
-               "delta_m_sem": float(delta.std(ddof=1) / np.sqrt(len(seeds)))
-               if len(seeds) > 1 else 0.0,
+    rows[m] = {"mean": metrics.mean(0).tolist(), "sem": standard_error(metrics),
+               "delta_m_pct": float(delta.mean()), "delta_m_sem": standard_error(delta),
                "time_per_step_in_runs_s": float(np.median(in_run)) if in_run else None,
                "time_per_step_s": (times[m]["median_s"] if times is not None
                                    else float(np.median(in_run)) if in_run else None)}
@@ -200,11 +219,11 @@ def markdown_table(task: Task, summary: dict) -> str:
   lines.append("| STL | " + " | ".join(f"{v:.4g}" for v in summary["stl"]) + " | 0 | — | — |")
   order = sorted(summary["methods"].items(), key=lambda kv: kv[1]["delta_m_pct"])
   for m, r in order:
-    cells = [f"{mu:.4g} ± {se:.2g}" for mu, se in zip(r["mean"], r["sem"])]
+    cells = [plus_minus(mu, se) for mu, se in zip(r["mean"], r["sem"] or [None] * len(r["mean"]))]
     ratio = (f"{1e3 * r['time_per_step_s']:.1f} ({r['time_ratio_to_ls']:.2f}×)"
              if r["time_ratio_to_ls"] else "—")
-    lines.append(f"| {m} | " + " | ".join(cells)
-                 + f" | {r['delta_m_pct']:.2f} ± {r['delta_m_sem']:.2f} | {r['mean_rank']:.1f} | {ratio} |")
+    dm = plus_minus(r["delta_m_pct"], r["delta_m_sem"], "{:.2f}", "{:.2f}")
+    lines.append(f"| {m} | " + " | ".join(cells) + f" | {dm} | {r['mean_rank']:.1f} | {ratio} |")
   return "\n".join(lines)
 
 
@@ -212,7 +231,7 @@ def delta_m_bars(ax, summary: dict, xlabel: str):
   """Horizontal Δm% bars (± s.e.), best first, ConicGrad highlighted."""
   order = sorted(summary["methods"].items(), key=lambda kv: kv[1]["delta_m_pct"])
   y = np.arange(len(order))
-  ax.barh(y, [r["delta_m_pct"] for _, r in order], xerr=[r["delta_m_sem"] for _, r in order],
+  ax.barh(y, [r["delta_m_pct"] for _, r in order], xerr=error_bars(r for _, r in order),
           color=["tab:red" if m == "conicgrad" else "tab:blue" for m, _ in order])
   ax.set_yticks(y, [m for m, _ in order], fontsize=8)
   ax.invert_yaxis()

@@ -41,6 +41,23 @@ def test_mean_ranks_average_ties():
   np.testing.assert_allclose(ranks, [(1.5 + 1) / 2, (1.5 + 3) / 2, (3 + 2) / 2])
 
 
+def test_mean_ranks_put_a_missing_metric_last():
+  means = [[np.nan, 0.8], [0.9, 0.9], [0.8, 0.7]]     # both metrics: higher is better
+  ranks = supervised.mean_ranks(means, (True, True))
+  np.testing.assert_allclose(ranks, [(3 + 2) / 2, (1 + 1) / 2, (2 + 3) / 2])
+
+
+def test_standard_error_is_unknown_for_one_seed():
+  assert supervised.standard_error([[0.5, 0.7]]) is None
+  assert supervised.standard_error([1.0]) is None
+  # s.d. with ddof = 1 of (1, 3) is √2; divided by √2 seeds gives 1.
+  assert supervised.standard_error([1.0, 3.0]) == pytest.approx(1.0)
+  np.testing.assert_allclose(supervised.standard_error([[1.0, 0.0], [3.0, 0.0]]), [1.0, 0.0])
+  assert supervised.plus_minus(0.5, None) == "0.5"
+  assert supervised.plus_minus(0.5, 0.25) == "0.5 ± 0.25"
+  assert np.isnan(supervised.error_bars([{"delta_m_sem": None}])[0])
+
+
 def test_run_store_resumes(tmp_path):
   runs = store_m.RunStore(str(tmp_path), "bench")
   calls = []
@@ -380,10 +397,22 @@ def test_converged_summary_with_partial_coverage(tmp_path):
   assert s["tuning"]["conicgrad"]["chosen"] == 0.25 and not s["tuning"]["conicgrad"]["complete"]
   assert "converged_rule" in s["protocol"] and s["device"] == "CPU (2 cores)"
   assert s["runs"]["stl_0_seed0"]["val_curve"][0]["lr"] == 1e-3
+  assert cg_row["sem"] is None and cg_row["delta_m_sem"] is None   # one seed: unknown
+  assert ls["sem"] == pytest.approx([0.0, 0.05])
   table = converged_report.markdown(bench, s)
   assert table.startswith("**Partial results**")
   assert "| conicgrad (c=0.25, provisional) | 1 of 3 |" in table
   assert "| linear_scalarization | 2 of 3 |" in table
+  # epochs run (best epoch counted from 1) per seed; the STL row: the range over its runs.
+  assert "| 12 (8), 12 (8) |" in table and "12–12 over 3 runs" in table
+  converged_report.plot_delta(bench, s, str(tmp_path / "delta.png"))
+
+  # A run with a non-finite test metric is left out of the rows and listed.
+  runs["mgda_seed0"] = run("mgda", 0, [None, 0.5])
+  s = converged_report.summarise(bench, runs, planned)
+  assert "mgda" not in s["methods"] and s["run_counts"]["no_finite_test_metrics"] == 1
+  assert "Runs without a finite test metric (left out): mgda_seed0." in (
+      converged_report.markdown(bench, s))
 
 
 @pytest.mark.slow
