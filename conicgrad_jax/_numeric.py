@@ -23,6 +23,19 @@ def quad(matrix: jax.Array, vector: jax.Array) -> jax.Array:
   return jnp.dot(vector, matvec(matrix, vector), precision=HIGHEST)
 
 
+def frobenius_norm(matrix: jax.Array) -> jax.Array:
+  """‖M‖_F as s‖M/s‖_F with s = max|M_ij|, and 1 for M = 0.
+
+  Squaring the entries of a Gram matrix itself overflows float32 for task
+  gradients above about 1e9 and underflows below about 1e-10.
+  """
+  tiny = jnp.finfo(matrix.dtype).tiny
+  s = jnp.max(jnp.abs(matrix))
+  s = jnp.where(s > tiny, s, 1.0)
+  norm = s * jnp.sqrt(jnp.sum(jnp.square(matrix / s)))
+  return jnp.where(norm > tiny, norm, 1.0)
+
+
 def normalized_gram(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Returns ``(G / σ, σ)`` with σ the largest diagonal entry (σ = 1 if G = 0).
 
@@ -52,8 +65,14 @@ def as_preference(preference, num_tasks: int, dtype) -> jax.Array:
 
 
 def project_simplex(v: jax.Array) -> jax.Array:
-  """Euclidean projection onto the probability simplex (sort-based; Held et al. 1974)."""
+  """Euclidean projection onto the probability simplex (sort-based; Held et al. 1974).
+
+  The projection is unchanged by adding a constant to every entry; shifting the
+  largest entry to 0 keeps the −1 of the cumulative sums above rounding for
+  entries of any size (unshifted, entries beyond 1/eps lose it and give zeros).
+  """
   k = v.shape[0]
+  v = v - jnp.max(v)
   u = jnp.sort(v)[::-1]
   css = jnp.cumsum(u) - 1.0
   idx = jnp.arange(1, k + 1, dtype=v.dtype)

@@ -81,7 +81,9 @@ def _shared_problem(seed=1, n=8, k=2):
 
 
 @pytest.mark.parametrize("make", [
-    lambda shared: cg.conicgrad(0.5, num_tasks=2, shared=shared),
+    # ConicGrad with summed heads also runs in tests/test_contracts.py by default.
+    pytest.param(lambda shared: cg.conicgrad(0.5, num_tasks=2, shared=shared),
+                 marks=pytest.mark.slow),
     lambda shared: cg.mgda(num_tasks=2, shared=shared),
 ])
 def test_accumulation_with_summed_heads_equals_large_batch_under_sgd(make):

@@ -201,6 +201,11 @@ def step_params(steps, i):
   return [np.asarray(leaf[j]) for leaf in jax.tree_util.tree_leaves(steps[call])]
 
 
+def some_methods_by_default(*default):
+  """Every method as a parameter; those not in ``default`` run under ``-m slow``."""
+  return [pytest.param(n, marks=() if n in default else pytest.mark.slow) for n in METHODS]
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_accumulated_micro_batches_equal_large_batches_at_every_step(name):
   """lax.scan + skip_nonfinite + accumulate_task_grads + inject_hyperparams + SGD, with
@@ -553,11 +558,8 @@ def test_donated_params_and_state_give_the_undonated_step():
   np.testing.assert_allclose(np.asarray(donated["w"]), np.asarray(expected["w"]), rtol=1e-6)
 
 
-_OVERFLOW_DEFAULT = ("conicgrad", "db_mtl", "excess_mtl", "pcgrad")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in _OVERFLOW_DEFAULT
-                                               else pytest.mark.slow) for n in METHODS])
+@pytest.mark.parametrize("name", some_methods_by_default("conicgrad", "db_mtl", "excess_mtl",
+                                                      "pcgrad"))
 def test_finite_gradients_that_overflow_skip_the_step(name):
   """Finite inputs whose update or state overflows: float16 task gradients of 40,000
   (their combination exceeds float16's 65,504), and float32 gradients of 1e20 (squared

@@ -31,3 +31,16 @@ def test_project_simplex_is_the_euclidean_projection(v):
   theta = np.max(v - w)
   on = w > 1e-9
   np.testing.assert_allclose((v - w)[on], theta, atol=1e-9 * scale)
+
+
+def test_project_simplex_of_huge_entries_stays_on_the_simplex():
+  """Beyond 1/eps an unshifted projection loses the −1 of its cumulative sums."""
+  for dtype, big in ((jnp.float32, 3e7), (jnp.float64, 1e17)):
+    with jax.enable_x64(dtype == jnp.float64):
+      w = np.asarray(_project(jnp.asarray([big, big / 3, -big], dtype)))
+    np.testing.assert_allclose(w, [1.0, 0.0, 0.0])
+  v = np.array([0.2, 0.5, -0.1])
+  with jax.enable_x64(True):
+    shifted = np.asarray(_project(jnp.asarray(v + 1e6)))
+    plain = np.asarray(_project(jnp.asarray(v)))
+  np.testing.assert_allclose(shifted, plain, atol=1e-9)

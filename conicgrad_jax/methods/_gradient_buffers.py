@@ -8,6 +8,7 @@ matrix.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -30,8 +31,15 @@ def all_finite(leaves: Sequence[jax.Array]) -> jax.Array:
 
 
 def task_norms(leaves: Sequence[jax.Array]) -> jax.Array:
-  """‖g_i‖ over all given stacked leaves, per task."""
-  return jnp.sqrt(sum(linalg.per_task_sum(jnp.square(accumulation(l))) for l in leaves))
+  """‖g_i‖ over all given stacked leaves, per task, as s_i‖g_i/s_i‖ with s_i = max|g_i|
+  (squares of the entries themselves overflow float32 beyond about 1.8e19)."""
+  leaves = [accumulation(l) for l in leaves]
+  peak = functools.reduce(jnp.maximum, [
+      jnp.max(jnp.abs(l), axis=tuple(range(1, l.ndim))) if l.ndim > 1 else jnp.abs(l)
+      for l in leaves])
+  peak = jnp.where(peak > 0, peak, 1.0)
+  return peak * jnp.sqrt(sum(linalg.per_task_sum(jnp.square(l / per_task(peak, l)))
+                             for l in leaves))
 
 
 def per_task(vector: jax.Array, leaf: jax.Array) -> jax.Array:

@@ -22,8 +22,9 @@ class CRMOGMState(NamedTuple):
     weights: the smoothed weights λ_t used for the last update.
     inner: the wrapped method's state (its ``weights`` are the raw λ̂_t).
     step: updates taken.
-    nonfinite_steps: updates skipped because of NaN/Inf gradients (as the
-      wrapped method counted them).
+    nonfinite_steps: updates skipped because of NaN/Inf gradients (those the
+      wrapped method skipped, and those whose recombination with λ_t
+      overflowed the gradients' dtype).
   """
   weights: jax.Array
   inner: Any
@@ -142,9 +143,19 @@ def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: floa
         v = linalg.combine_leaf(weights, leaf, _numeric.solver_dtype(leaf.dtype), precision)
         u = jnp.where(skipped, jnp.zeros_like(u), v.astype(u.dtype))
       updates.append(u)
+    # Finite gradients whose recombination overflows (e.g. float16): the step is
+    # skipped as a whole, the state kept, and counted.
+    overflow = ~skipped & ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in updates]))
+    updates = [jnp.where(overflow, jnp.zeros_like(u), u) for u in updates]
     new_state = CRMOGMState(weights, inner_state,
                             state.step + jnp.where(skipped, 0, 1).astype(jnp.int32),
-                            inner_state.nonfinite_steps)
+                            state.nonfinite_steps)
+    # (At the update that learns K nothing of that size was kept: the new values stay.)
+    new_state = jax.tree_util.tree_map(
+        lambda new, old: (jnp.where(overflow, old.astype(new.dtype), new)
+                          if old.shape == new.shape else new), new_state, state)
+    new_state = new_state._replace(
+        nonfinite_steps=state.nonfinite_steps + (skipped | overflow).astype(jnp.int32))
     return jax.tree_util.tree_unflatten(treedef, updates), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -51,7 +51,8 @@ def excess_mtl_weighting(weights: jax.Array, risks: jax.Array, baseline: jax.Arr
     weights: the previous α on the simplex.
     risks: the excess-risk estimates Ê (K,).
     baseline: Ê₀ (K,), the scale each task's risk is measured against; a
-      task with Ê₀ = 0 (no scale yet) counts as Ê/Ê₀ = 1, neutral.
+      task with Ê₀ = 0 (no positive risk yet) counts as Ê/Ê₀ = 0: it has
+      nothing left to learn, so it gets the smallest step.
     robust_step_size: η > 0.
 
   Returns:
@@ -59,7 +60,7 @@ def excess_mtl_weighting(weights: jax.Array, risks: jax.Array, baseline: jax.Arr
   """
   dtype = _numeric.solver_dtype(weights.dtype)
   baseline = baseline.astype(dtype)
-  scaled = jnp.where(baseline > 0, risks.astype(dtype) / (baseline + _EPS), 1.0)
+  scaled = jnp.where(baseline > 0, risks.astype(dtype) / (baseline + _EPS), 0.0)
   logits = jnp.log(weights.astype(dtype)) + robust_step_size * scaled
   return jax.nn.softmax(logits), aggregator.no_solver_info()
 
@@ -79,8 +80,9 @@ def excess_mtl(robust_step_size: float = 1.0, *, n_warmup_steps: int = 0,
 
   α₀ uniform. During the first ``n_warmup_steps`` updates α stays uniform and
   Ê is averaged into the baseline Ê₀; with no warm-up Ê₀ is the first
-  update's Ê, so that update leaves α uniform. A task whose Ê₀ is 0 (its
-  gradient vanished until then) counts as Ê/Ê₀ = 1 and takes its first
+  update's Ê, so that update leaves α uniform when every Ê is positive. A
+  task whose Ê₀ is 0 (its gradient vanished until then) counts as
+  Ê/Ê₀ = 0, as 0/(0 + 1e-7) in the references, and takes its first
   positive Ê as Ê₀. Memory
   O(Km) (S has the stacked gradients' shape).
 
@@ -116,7 +118,10 @@ def excess_mtl(robust_step_size: float = 1.0, *, n_warmup_steps: int = 0,
   official code keep them summing to K — multiply by K for their scale). With
   ``n_warmup_steps=0`` the first update divides Ê by itself, so α stays
   uniform, as LibMTL (torchjd instead applies the undivided Ê once); with a
-  warm-up it matches torchjd step for step.
+  warm-up it matches torchjd step for step, except for a task whose Ê₀ is 0
+  and whose gradient later appears: the references divide its risks by 1e-7
+  for good (which shuts the other tasks out), here its first positive Ê
+  becomes its Ê₀.
   """
   validation.check_positive("robust_step_size", robust_step_size)
   if isinstance(n_warmup_steps, bool) or not isinstance(n_warmup_steps, int) or n_warmup_steps < 0:

@@ -50,8 +50,10 @@ def graddrop(*, leak: float = 0.0, eps: float = buf.EPS, seed: int = 0,
      M_i = [P > U]\,[g_i > 0] + [P < U]\,[g_i < 0], \qquad
      d = \sum_i \big(\ell + (1 - \ell) M_i\big) \odot g_i,
 
-  so where the tasks agree in sign every gradient is kept, and elsewhere
-  one sign survives with probability given by its share of the total.
+  so where the tasks agree in sign every gradient is kept (with probability
+  ½(1 + S/(S + ε)), S = |Σ_i g_i|: a coordinate whose gradients sum to a few
+  ε or less, 1e-8 by default, may still be dropped), and elsewhere one sign
+  survives with probability given by its share of the total.
 
   Args:
     leak: ℓ ∈ [0, 1], the fraction of every gradient kept regardless of

@@ -6,6 +6,7 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from conicgrad_jax import _numeric
@@ -46,6 +47,9 @@ def gradvac_weighting(gram: jax.Array, targets: jax.Array, key: jax.Array, *,
   k = gram.shape[0]
   norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
   keys = jax.random.split(key, k)
+  # A target within √eps of ±1 (where √(1 − ρ̂²) is rounding noise) would make the
+  # step's denominator ε alone: the step takes it as ±(1 − √eps).
+  limit = 1.0 - float(np.sqrt(np.finfo(np.dtype(dtype)).eps))
 
   def one_task(i, target_row, key):
     order = jax.random.permutation(key, k)
@@ -54,11 +58,12 @@ def gradvac_weighting(gram: jax.Array, targets: jax.Array, key: jax.Array, *,
       c, row = carry
       gc = _numeric.matvec(gram, c)
       norm_i = jnp.sqrt(jnp.maximum(jnp.dot(c, gc), 0.0))
-      rho = gc[j] / (norm_i * norms[j] + eps)
+      rho = _ratio(gc[j], norm_i * norms[j] + eps)
       target = row[j]
-      root_t = jnp.sqrt(jnp.maximum(1.0 - target * target, 0.0))
+      aim = jnp.clip(target, -limit, limit)
+      root_t = jnp.sqrt(jnp.maximum(1.0 - aim * aim, 0.0))
       root_r = jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0))
-      w = norm_i * (target * root_r - rho * root_t) / (norms[j] * root_t + eps)
+      w = _ratio(norm_i * (aim * root_r - rho * root_t), norms[j] * root_t + eps)
       other = j != i
       c = c.at[j].add(jnp.where(other & (rho < target), w, 0.0))
       row = row.at[j].set(jnp.where(other, (1.0 - beta) * target + beta * rho, target))
@@ -69,6 +74,13 @@ def gradvac_weighting(gram: jax.Array, targets: jax.Array, key: jax.Array, *,
 
   c, rows = jax.vmap(one_task)(jnp.arange(k), targets, keys)
   return jnp.sum(c, axis=0), GradVacInfo(rows)
+
+
+def _ratio(numerator, denominator):
+  """numerator/denominator, and 0 where the denominator is 0 (a zero task gradient
+  g_j with ε = 0: its cosine is 0 and adding any multiple of it changes nothing)."""
+  safe = jnp.where(denominator > 0, denominator, 1.0)
+  return jnp.where(denominator > 0, numerator / safe, 0.0)
 
 
 class GradVacState(NamedTuple):
@@ -137,7 +149,12 @@ def gradvac(*, beta: float = 0.5, eps: float = 1e-8, seed: int = 0,
   Deviations from the reference code (LibMTL's GradVac; there is no official
   code): one whole-model target per pair (LibMTL's ``group_type=0``), the
   Gram-matrix form of newer torchjd; square roots are clamped at 0; the
-  update is the sum of the modified gradients, as LibMTL.
+  update is the sum of the modified gradients, as LibMTL. A target within
+  √eps (machine epsilon of the solver dtype) of ±1 enters the step as
+  ±(1 − √eps): in the reference the step's denominator is then ε alone and
+  the update grows by up to 1/ε (after parallel task gradients have driven
+  ρ̂ to 1). A zero task gradient with ``eps=0`` counts as cosine 0 and gets
+  no step, where the reference divides 0 by 0.
   """
   validation.check_unit_interval("beta", beta, closed_right=True)
   validation.check_positive("eps", eps, allow_zero=True)

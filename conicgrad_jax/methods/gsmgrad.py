@@ -40,7 +40,7 @@ def gsmgrad_weighting(gram: jax.Array, state: GSMGradState, *, lr: float = 0.5,
   One step, or ``warm_start_steps`` at the first call. Returns
   ``(weights, new_state)``.
   """
-  g_hat = gram / jnp.maximum(jnp.linalg.norm(gram), jnp.finfo(gram.dtype).tiny)
+  g_hat = gram / _numeric.frobenius_norm(gram)
 
   def step(_, w):
     return _numeric.project_simplex(w - lr * (_numeric.matvec(g_hat, w) + rho * w))

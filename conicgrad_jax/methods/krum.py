@@ -97,6 +97,12 @@ def krum(n_byzantine: int = 0, *, n_selected: int = 1, shared: validation.Shared
     Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017;
     torchjd 0.18 ``Krum``/``KrumWeighting`` (same Gram-matrix form).
 
+  Precision: the distances come from G, whose entries are rounded to about
+  eps·‖g_i‖‖g_j‖; a squared distance far below eps·max_i ‖g_i‖² (task gradients
+  that share a component much longer than their differences) is then rounding,
+  and the choice may be wrong in float32. Compute in float64 (``jax_enable_x64``
+  and float64 gradients) there; torchjd's Gram form has the same limit.
+
   Deviation: torchjd requires K ≥ f + 3; with fewer rows the neighbour count
   is clipped to 0..K − 1 here (so K ≤ f + 2 scores every row 0 and selects
   the first ``n_selected``), which keeps degenerate steps finite.

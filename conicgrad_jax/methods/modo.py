@@ -11,6 +11,7 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import linalg
+from conicgrad_jax.methods import _double_sampling
 from conicgrad_jax import validation
 
 
@@ -98,26 +99,8 @@ def modo(gamma: float = 0.1, *, rho: float = 0.1, shared: validation.SharedSpec 
   def init_state(k, dtype):
     return MoDoState(aggregator.placeholder_weights(k, dtype), jnp.zeros((), jnp.int32))
 
-  def as_shared(tree, n):
-    leaves = jax.tree_util.tree_leaves(tree)
-    if len(leaves) == n or shared is None:
-      return leaves
-    flags = validation.resolve_shared(shared, tree)
-    return [leaf for leaf, f in zip(leaves, flags) if f]
-
   def aggregate(leaves, state, weight_grads=None, **_):
-    k = state.weights.shape[0]
-    if weight_grads is None:
-      m = linalg.gram_matrix(leaves, precision)
-    else:
-      if len(weight_grads) != 2:
-        raise ValueError("`weight_grads` must be a pair (grads_1, grads_2) of stacked task "
-                         "gradients from two independent batches.")
-      a, b = (as_shared(g, len(leaves)) for g in weight_grads)
-      m = linalg.cross_gram_matrix(a, b, precision)
-    finite = jnp.all(jnp.isfinite(m)) & jnp.all(
-        jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
-    m = jnp.where(finite, m, jnp.eye(k, dtype=m.dtype))
+    m, finite = _double_sampling.weight_matrix(leaves, weight_grads, shared, precision)
     lam, _ = modo_weighting(m, state.weights, gamma=gamma, rho=rho)
     updates = [linalg.combine_leaf(lam, l, _numeric.solver_dtype(l.dtype), precision)
                for l in leaves]

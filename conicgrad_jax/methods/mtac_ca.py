@@ -11,6 +11,7 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import linalg
+from conicgrad_jax.methods import _double_sampling
 from conicgrad_jax import validation
 
 
@@ -65,25 +66,13 @@ def mtac_ca_weighting(gram: jax.Array, weights: jax.Array, *, lr: float = 0.5,
   """
   dtype = _numeric.solver_dtype(gram.dtype)
   m = gram.astype(dtype)
-  m = m / jnp.maximum(jnp.linalg.norm(m), jnp.finfo(dtype).tiny)
+  m = m / _numeric.frobenius_norm(m)
 
   def step(_, w):
     return _numeric.project_simplex(w - lr * (_numeric.matvec(m, w) + rho * w))
 
   w = jax.lax.fori_loop(0, steps, step, weights.astype(dtype))
   return w, aggregator.SolverInfo(jnp.asarray(steps, jnp.int32))
-
-
-def weight_grad_leaves(weight_grads, num_shared: int):
-  """The two shared-leaf lists of ``weight_grads=(g1, g2)``; a ValueError naming it otherwise."""
-  if not (isinstance(weight_grads, (tuple, list)) and len(weight_grads) == 2):
-    raise ValueError("`weight_grads` must be a pair (grads_1, grads_2) of stacked task "
-                     "gradients of the shared leaves.")
-  pair = [jax.tree_util.tree_leaves(g) for g in weight_grads]
-  if any(len(p) != num_shared for p in pair):
-    raise ValueError(f"`weight_grads`: each of the pair must hold the {num_shared} shared "
-                     f"leaves (tree_leaves order), got {[len(p) for p in pair]}.")
-  return pair
 
 
 def mtac_ca(lr: float = 0.5, *, rho: float = 0.01, steps: int = 1,
@@ -155,15 +144,7 @@ def mtac_ca(lr: float = 0.5, *, rho: float = 0.01, steps: int = 1,
   check_options(lr, rho, steps)
 
   def aggregate(leaves, state, weight_grads=None, **_):
-    if weight_grads is None:
-      m = linalg.gram_matrix(leaves, precision)
-    else:
-      xi1, xi2 = weight_grad_leaves(weight_grads, len(leaves))
-      m = linalg.cross_gram_matrix(xi1, xi2, precision)
-    finite = jnp.all(jnp.isfinite(m)) & jnp.all(
-        jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
-    k = state.weights.shape[0]
-    m = jnp.where(finite, m, jnp.eye(k, dtype=m.dtype))
+    m, finite = _double_sampling.weight_matrix(leaves, weight_grads, shared, precision)
     w, _ = mtac_ca_weighting(m, state.weights, lr=lr, rho=rho, steps=steps)
     updates = [linalg.combine_leaf(w, l, _numeric.solver_dtype(l.dtype), precision)
                for l in leaves]

@@ -2,7 +2,7 @@ r"""SDMGrad: stochastic direction-oriented MGDA with an unbiased double-sampling
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +11,7 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import linalg
+from conicgrad_jax.methods import _double_sampling
 from conicgrad_jax import validation
 
 
@@ -25,23 +26,6 @@ class SDMGradState(NamedTuple):
   weights: jax.Array
   simplex_weights: jax.Array
   nonfinite_steps: jax.Array
-
-
-def cross_gram(a_leaves: Sequence[jax.Array], b_leaves: Sequence[jax.Array],
-               precision=_numeric.HIGHEST) -> jax.Array:
-  """M_ij = Σ_leaves ⟨a_i, b_j⟩ of two stacked leaf lists (at least float32).
-
-  The cross-batch analogue of :func:`conicgrad_jax.linalg.gram_matrix`: one
-  contraction over each leaf's non-task axes, no concatenation.
-  """
-  grams = []
-  for a, b in zip(a_leaves, b_leaves):
-    axes = tuple(range(1, a.ndim))
-    grams.append(jax.lax.dot_general(
-        a, b, ((axes, axes), ((), ())), precision=precision,
-        preferred_element_type=_numeric.solver_dtype(jnp.result_type(a.dtype, b.dtype))))
-  dtype = jnp.result_type(*[g.dtype for g in grams])
-  return sum(g.astype(dtype) for g in grams)
 
 
 def sdmgrad_weighting(cross: jax.Array, state: SDMGradState, *, lamda: float = 0.3,
@@ -67,16 +51,6 @@ def sdmgrad_weighting(cross: jax.Array, state: SDMGradState, *, lamda: float = 0
   (w, _), _ = jax.lax.scan(sgd, (w0, jnp.zeros_like(w0)), None, length=niter)
   weights = (w + lamda / k) / (1.0 + lamda)
   return weights, state._replace(weights=weights, simplex_weights=w)
-
-
-def _weight_leaves(weight_grads, leaves):
-  """The shared leaves of the two extra batches (full pytrees or shared-leaf lists)."""
-  xi1, xi2 = (jax.tree_util.tree_leaves(g) for g in weight_grads)
-  if len(xi1) != len(leaves):
-    shapes = {x.shape[1:] for x in leaves}
-    xi1 = [l for l in xi1 if l.ndim and l.shape[1:] in shapes]
-    xi2 = [l for l in xi2 if l.ndim and l.shape[1:] in shapes]
-  return xi1, xi2
 
 
 def sdmgrad(lamda: float = 0.3, *, niter: int = 20, lr: float = 10.0,
@@ -150,14 +124,7 @@ def sdmgrad(lamda: float = 0.3, *, niter: int = 20, lr: float = 10.0,
     return SDMGradState(w, w, jnp.zeros((), jnp.int32))
 
   def aggregate(leaves, state, weight_grads=None, **_):
-    k = state.weights.shape[0]
-    if weight_grads is None:
-      m = linalg.gram_matrix(leaves, precision)
-    else:
-      m = cross_gram(*_weight_leaves(weight_grads, leaves), precision)
-    finite = jnp.all(jnp.isfinite(m)) & jnp.all(
-        jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
-    m = jnp.where(finite, m, jnp.eye(k, dtype=m.dtype))
+    m, finite = _double_sampling.weight_matrix(leaves, weight_grads, shared, precision)
     weights, new_state = sdmgrad_weighting(m, state, lamda=lamda, niter=niter, lr=lr)
     updates = [linalg.combine_leaf(weights, l, _numeric.solver_dtype(l.dtype), precision)
                for l in leaves]

@@ -62,6 +62,22 @@ def test_nonfinite_step_is_skipped_and_weights_kept():
   assert int(new.nonfinite_steps) == 1 and int(new.step) == 1
 
 
+def test_a_recombination_that_overflows_float16_is_skipped():
+  """The wrapped method's update of these gradients is finite (about 3e4), but the
+  smoothed weights (here starting at 2, 2) recombine them beyond float16's 65,504."""
+  g = {"w": jnp.asarray([[30000.0, -1.0], [30000.0, 1.0]], jnp.float16)}
+  params = {"w": jnp.zeros(2, jnp.float16)}
+  inner = cg.upgrad(num_tasks=2)
+  plain, _ = jax.jit(inner.update)(g, inner.init(params), params)
+  assert np.all(np.isfinite(np.asarray(plain["w"], np.float32)))
+  tx = cg.cr_mogm(cg.upgrad(num_tasks=2), alpha=0.9, initial_weights=[2.0, 2.0], num_tasks=2)
+  state = tx.init(params)
+  u, new = jax.jit(tx.update)(g, state, params)
+  np.testing.assert_array_equal(np.asarray(u["w"], np.float32), 0.0)
+  assert int(new.nonfinite_steps) == 1 and int(new.step) == 0
+  np.testing.assert_array_equal(np.asarray(new.weights), np.asarray(state.weights))
+
+
 def test_options_are_validated():
   with pytest.raises(ValueError, match="alpha"):
     cg.cr_mogm(alpha=1.5)

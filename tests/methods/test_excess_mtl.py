@@ -92,11 +92,32 @@ def test_a_task_with_zero_gradient_at_the_baseline_step_waits_for_its_own_baseli
   step = jax.jit(tx.update)
   state = tx.init(params)
   _, state = step({"w": jnp.array([[0.0, 0.0], [0.0, 1.0]])}, state, params)
-  np.testing.assert_allclose(np.asarray(state.weights), 0.5, rtol=1e-6)   # still uniform
+  # Task 0 has no risk (ratio 0), task 1 its own baseline (ratio 1): α ∝ (½e⁰, ½e¹).
+  first = np.array([1.0, np.e]) / (1.0 + np.e)
+  np.testing.assert_allclose(np.asarray(state.weights), first, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(state.baseline), [0.0, 1.0], rtol=1e-5, atol=1e-6)
   _, state = step({"w": jnp.array([[1.0, 0.0], [0.0, 1.0]])}, state, params)
   # Task 0's first positive risk, 1/√(1 + 1e-7), becomes its baseline (ratio 1);
-  # task 1's risk 1/√2 against its baseline 1: α ∝ (e¹·½, e^{1/√2}·½).
+  # task 1's risk 1/√2 against its baseline 1: α ∝ (α₀ e¹, α₁ e^{1/√2}).
   np.testing.assert_allclose(np.asarray(state.baseline), [1.0, 1.0], rtol=1e-5)
-  expected = np.exp([1.0, 1 / np.sqrt(2)]) / np.exp([1.0, 1 / np.sqrt(2)]).sum()
-  np.testing.assert_allclose(np.asarray(state.weights), expected, rtol=1e-4)
+  expected = first * np.exp([1.0, 1 / np.sqrt(2)])
+  np.testing.assert_allclose(np.asarray(state.weights), expected / expected.sum(), rtol=1e-4)
+
+
+def test_a_task_whose_gradient_stays_zero_loses_its_weight():
+  """Its excess risk is 0, so it must not draw the weight away from the live tasks
+  (whose ratios Ê/Ê₀ decay as S accumulates): the update keeps the live tasks' size."""
+  live = np.array([[1.0, 2.0, 0.0], [-1.0, 0.5, 1.0]], np.float32)
+  params = {"w": jnp.zeros(3)}
+  norms = []
+  for J in (np.stack([live[0], np.zeros(3, np.float32), live[1]]), live):
+    tx = cg.excess_mtl(1.0, num_tasks=len(J))
+    step, state = jax.jit(tx.update), tx.init(params)
+    for _ in range(200):
+      u, state = step({"w": jnp.asarray(J)}, state, params)
+    norms.append(float(jnp.linalg.norm(u["w"])))
+    if len(J) == 3:
+      weights = np.asarray(state.weights)
+      assert weights[1] < 1e-3 * min(weights[0], weights[2])
+  # Three tasks: the update is (nearly) the two-task one.
+  assert norms[0] == pytest.approx(norms[1], rel=1e-2)

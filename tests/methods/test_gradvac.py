@@ -47,3 +47,38 @@ def test_degenerate_inputs_give_finite_updates():
 
 def test_optax_contract():
   _common.check_optax_contract(cg.gradvac)
+
+
+def test_a_target_driven_to_one_by_parallel_gradients_keeps_the_step_bounded():
+  """Parallel gradients drive ρ̂ to 1 in float32; the next step, at cosine 0.995,
+  would divide by ε alone (an update 1e8 times the gradients in the reference)."""
+  rng = np.random.default_rng(3)
+  g = rng.standard_normal(50)
+  h = rng.standard_normal(50)
+  h -= (h @ g) / (g @ g) * g
+  h *= 0.1 * np.linalg.norm(g) / np.linalg.norm(h)
+  tx = cg.gradvac(num_tasks=2)
+  step, state = jax.jit(tx.update), tx.init(None)
+  parallel = {"w": jnp.asarray(np.stack([g, 2.0 * g]), jnp.float32)}
+  for _ in range(40):
+    _, state = step(parallel, state)
+  assert float(state.targets[0, 1]) > 1.0 - 1e-6
+  turned = np.stack([g, 2.0 * (g + h)])
+  u, state = step({"w": jnp.asarray(turned, jnp.float32)}, state)
+  ratio = float(jnp.linalg.norm(u["w"])) / np.linalg.norm(turned.sum(0))
+  assert np.isfinite(ratio) and 1.0 < ratio < 10.0 and int(state.nonfinite_steps) == 0
+
+
+def test_a_zero_task_gradient_with_eps_zero_is_left_alone():
+  """Its cosine is 0/0 without ε: it counts as 0, and adding a multiple of a zero
+  gradient changes nothing, so the update is the one with ε > 0."""
+  g = {"w": jnp.asarray([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [-1.0, 0.5, 1.0]], jnp.float32)}
+  updates = []
+  for eps in (1e-8, 0.0):
+    tx = cg.gradvac(eps=eps, num_tasks=3)
+    step, state = jax.jit(tx.update), tx.init(None)
+    for _ in range(3):
+      u, state = step(g, state)
+    assert int(state.nonfinite_steps) == 0
+    updates.append(np.asarray(u["w"]))
+  np.testing.assert_allclose(updates[1], updates[0], rtol=1e-5, atol=1e-6)

@@ -73,9 +73,12 @@ def test_gsmgrad_is_invariant_to_the_gradient_scale():
   J = jnp.asarray(_J(3), jnp.float32)
   tx = cg.gsmgrad(num_tasks=4)
   run = jax.jit(jax.vmap(lambda c: tx.update({"w": c * J}, tx.init(None))[1].weights))
-  outs = np.asarray(run(jnp.array([1e-6, 1.0, 1e6], jnp.float32)))
-  np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
-  np.testing.assert_allclose(outs[2], outs[1], atol=1e-5)
+  # Gradients from 1e-15 to 1e15: G from 1e-30 to 1e30, whose squares over- and
+  # underflow float32 (the Frobenius norm must not square G itself).
+  scales = [1e-15, 1e-6, 1.0, 1e6, 1e15]
+  outs = np.asarray(run(jnp.array(scales, jnp.float32)))
+  for out in outs:
+    np.testing.assert_allclose(out, outs[2], atol=1e-5)
 
 
 def test_gsmgrad_options_are_validated():

@@ -1,5 +1,6 @@
 """moco: the tracked Jacobian and weights against a NumPy transcription of the update."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -41,3 +42,19 @@ def test_options_are_validated():
     cg.moco(rho=-1.0, num_tasks=2)
   with pytest.raises(ValueError, match="init"):
     cg.moco(num_tasks=2).init(None)
+
+
+def test_gradients_whose_squares_overflow_float32_give_the_same_update():
+  """MoCo normalises each g_i: entries beyond about 1.8e19 overflow Σg² in float32,
+  and l·g/‖g‖ would then be a silent zero. Every quantity of the definition is O(1)."""
+  J = np.array([[1.0, 0.0, 0.0], [0.0, 3.0, 0.0]], np.float32)
+  params = {"w": jnp.zeros(3)}
+  tx = cg.moco(num_tasks=2)
+  step = jax.jit(tx.update)
+  out = []
+  for scale in (1.0, 1e20):
+    u, state = step({"w": jnp.asarray(J * scale)}, tx.init(params), params, losses=jnp.ones(2))
+    assert int(state.nonfinite_steps) == 0
+    out.append(np.asarray(u["w"]))
+  np.testing.assert_allclose(out[1], out[0], rtol=1e-5, atol=1e-7)
+  assert np.linalg.norm(out[0]) > 0.1

@@ -93,8 +93,10 @@ def test_weights_stay_on_the_simplex_and_are_scale_free():
   w, _ = _simplex(jnp.asarray(G, jnp.float32), jnp.asarray(w0, jnp.float32))
   w = np.asarray(w)
   assert np.all(w >= 0) and np.allclose(w.sum(1), 1.0, atol=1e-5)
-  w_big, _ = _simplex(jnp.asarray(1e6 * G, jnp.float32), jnp.asarray(w0, jnp.float32))
-  np.testing.assert_allclose(np.asarray(w_big), w, atol=1e-5)
+  # G from 1e-30 to 1e30 (gradients 1e±15): squaring G itself over- or underflows.
+  for scale in (1e-30, 1e-12, 1e6, 1e30):
+    w_scaled, _ = _simplex(jnp.asarray(scale * G, jnp.float32), jnp.asarray(w0, jnp.float32))
+    np.testing.assert_allclose(np.asarray(w_scaled), w, atol=1e-5)
 
 
 def test_options_are_validated():

@@ -8,7 +8,6 @@ import pytest
 
 import conicgrad_jax as cg
 import reference_solvers as ref
-from conicgrad_jax.methods import sdmgrad as sdmgrad_m
 
 
 def _random_J(seed, k=4, m=7):
@@ -61,21 +60,6 @@ def test_two_further_batches_give_the_fixed_point_of_their_cross_gram():
   assert spread(xi1 @ xi2.T) <= 1e-4
   assert spread(xi1 @ xi1.T) > 1e-2
   assert np.sum(w > 1e-4) >= 2                       # the check above is not vacuous
-
-
-def test_cross_gram_matches_numpy_leaf_by_leaf():
-  rng = np.random.default_rng(0)
-  a = [rng.standard_normal((3, 4, 2)), rng.standard_normal((3, 5))]
-  b = [rng.standard_normal((3, 4, 2)), rng.standard_normal((3, 5))]
-  m = sdmgrad_m.cross_gram([jnp.asarray(x, jnp.float32) for x in a],
-                           [jnp.asarray(x, jnp.float32) for x in b])
-  expected = sum(x.reshape(3, -1) @ y.reshape(3, -1).T for x, y in zip(a, b))
-  np.testing.assert_allclose(np.asarray(m), expected, rtol=1e-5, atol=1e-5)
-  same = sdmgrad_m.cross_gram([jnp.asarray(x, jnp.float32) for x in a],
-                              [jnp.asarray(x, jnp.float32) for x in a])
-  np.testing.assert_allclose(np.asarray(same),
-                             np.asarray(cg.gram_matrix([jnp.asarray(x, jnp.float32) for x in a])),
-                             rtol=1e-6)
 
 
 def test_options_are_validated():

@@ -27,8 +27,10 @@ def _model(rng):
 MASK = {"enc": True, "heads": {"h0": False, "h1": False, "h2": False}}
 
 
-@pytest.mark.parametrize("log_losses", [False, True])
-@pytest.mark.parametrize("unroll", [True, False])
+@pytest.mark.parametrize("unroll, log_losses", [
+    (True, False), (False, True),
+    pytest.param(True, True, marks=pytest.mark.slow),
+    pytest.param(False, False, marks=pytest.mark.slow)])
 def test_gramian_mode_equals_the_stacked_path(unroll, log_losses):
   """Same G and the same ConicGrad update, from one task gradient at a time."""
   params, x, losses = _model(np.random.default_rng(4))

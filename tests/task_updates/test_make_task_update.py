@@ -58,8 +58,9 @@ def _close(a, b, **tol):
     np.testing.assert_allclose(np.asarray(u), np.asarray(v), **tol)
 
 
-@pytest.mark.parametrize("name", ["conicgrad", "mgda", "upgrad", "nash_mtl", "famo", "gsmgrad",
-                                  "mtac_fc"])
+@pytest.mark.parametrize("name", ["conicgrad", "upgrad"] + [
+    pytest.param(n, marks=pytest.mark.slow)
+    for n in ("mgda", "nash_mtl", "famo", "gsmgrad", "mtac_fc")])
 @pytest.mark.parametrize("mode", ["stacked", "chunked", "gramian"])
 def test_modes_equal_the_stacked_path(name, mode):
   params, x = _problem(1)
