@@ -11,8 +11,8 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import linalg
-from conicgrad_jax.methods import _double_sampling
 from conicgrad_jax import validation
+from conicgrad_jax.methods import _double_sampling
 
 
 class MoDoState(NamedTuple):

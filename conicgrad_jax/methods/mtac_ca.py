@@ -11,8 +11,8 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import linalg
-from conicgrad_jax.methods import _double_sampling
 from conicgrad_jax import validation
+from conicgrad_jax.methods import _double_sampling
 
 
 class MTACState(NamedTuple):
@@ -120,8 +120,9 @@ def mtac_ca(lr: float = 0.5, *, rho: float = 0.01, steps: int = 1,
 
   ``update(task_grads, state, params=None, weight_grads=None)``:
   ``weight_grads=(grads_1, grads_2)`` are two further stacked task-gradient
-  samples of the shared leaves (pytrees whose leaves are the shared leaves in
-  ``tree_leaves`` order). Other keyword arguments are ignored.
+  samples: full pytrees like the task gradients (their shared leaves are
+  selected by ``shared``), or lists of the shared leaves in ``tree_leaves``
+  order. Other keyword arguments are ignored.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is
