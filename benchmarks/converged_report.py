@@ -62,7 +62,6 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
     order = sorted(seeds)
     metrics = np.array([seeds[s]["test_metrics"] for s in order], np.float64)     # (seeds, K)
     row = {"config": dict(cfg), "seeds": order, "n_seeds": len(order),
-           "metrics_per_seed": metrics.tolist(),
            "mean": metrics.mean(0).tolist(), "sem": supervised.standard_error(metrics),
            "converged": sum(bool(seeds[s]["converged"]) for s in order),
            "epochs_run": [seeds[s]["epochs_run"] for s in order],
@@ -91,7 +90,6 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
     ranks = supervised.mean_ranks([rows[m]["mean"] for m in names], bench.higher_is_better)
     for m, r in zip(names, ranks):
       rows[m]["mean_rank"] = float(r)
-    _ranks_per_seed(rows, bench.higher_is_better)
 
   real = [j for j in planned if isinstance(j, converged.Job)]
   pending = [j for j in planned if isinstance(j, converged.Pending)]
@@ -129,20 +127,6 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
   if bench.name == "qm9" and bench.extras:
     summary["stl_published_units"] = published_units(bench, stl)
   return summary
-
-
-def _ranks_per_seed(rows: dict, higher_is_better):
-  """Each row's mean rank on every seed alone (among the rows that have that seed), and
-  their standard error over seeds: how much the ranking moves from seed to seed."""
-  for m in rows:
-    rows[m]["mean_rank_per_seed"] = []
-  for seed in sorted({s for r in rows.values() for s in r["seeds"]}):
-    names = [m for m, r in rows.items() if seed in r["seeds"]]
-    metrics = [rows[m]["metrics_per_seed"][rows[m]["seeds"].index(seed)] for m in names]
-    for m, rank in zip(names, supervised.mean_ranks(metrics, higher_is_better)):
-      rows[m]["mean_rank_per_seed"].append(float(rank))
-  for r in rows.values():
-    r["mean_rank_sem"] = supervised.standard_error(r["mean_rank_per_seed"])
 
 
 def _finite(metrics) -> bool:
@@ -236,8 +220,7 @@ def markdown(bench: converged.Bench, s: dict) -> str:
     runs = [x for x in s["runs"].values() if x["method"] == m
             and x.get("config", {}) == r["config"] and not x.get("failed")]
     lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + f" | {dm} | "
-                 + supervised.plus_minus(r["mean_rank"], r["mean_rank_sem"], "{:.1f}", "{:.1f}")
-                 + f" | {r['converged']}/{r['n_seeds']} | "
+                 + f"{r['mean_rank']:.1f} | {r['converged']}/{r['n_seeds']} | "
                  + _epochs(runs) + " |")
   failed = [key for key, r in s["runs"].items() if r.get("failed")]
   lines.append("")

@@ -399,8 +399,6 @@ def test_converged_summary_with_partial_coverage(tmp_path):
   assert s["runs"]["stl_0_seed0"]["val_curve"][0]["lr"] == 1e-3
   assert cg_row["sem"] is None and cg_row["delta_m_sem"] is None   # one seed: unknown
   assert ls["sem"] == pytest.approx([0.0, 0.05])
-  # Seed 0: ConicGrad is better on both tasks (rank 2); seed 1: ranked alone (rank 1).
-  assert ls["mean_rank_per_seed"] == [2.0, 1.0] and ls["mean_rank_sem"] == pytest.approx(0.5)
   table = converged_report.markdown(bench, s)
   assert table.startswith("**Partial results**")
   assert "| conicgrad (c=0.25, provisional) | 1 of 3 |" in table

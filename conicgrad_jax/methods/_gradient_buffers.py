@@ -35,7 +35,8 @@ def task_norms(leaves: Sequence[jax.Array]) -> jax.Array:
   (squares of the entries themselves overflow float32 beyond about 1.8e19)."""
   leaves = [accumulation(l) for l in leaves]
   peak = functools.reduce(jnp.maximum, [
-      jnp.max(jnp.abs(l), axis=tuple(range(1, l.ndim))) if l.ndim > 1 else jnp.abs(l)
+      jnp.max(jnp.abs(l), axis=tuple(range(1, l.ndim)), initial=0.0) if l.ndim > 1
+      else jnp.abs(l)
       for l in leaves])
   peak = jnp.where(peak > 0, peak, 1.0)
   return peak * jnp.sqrt(sum(linalg.per_task_sum(jnp.square(l / per_task(peak, l)))

@@ -48,7 +48,8 @@ def gradvac_weighting(gram: jax.Array, targets: jax.Array, key: jax.Array, *,
   norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
   keys = jax.random.split(key, k)
   # A target within √eps of ±1 (where √(1 − ρ̂²) is rounding noise) would make the
-  # step's denominator ε alone: the step takes it as ±(1 − √eps).
+  # step's denominator ε alone: the step aims at ±(1 − √eps) instead (and a cosine
+  # already above that aim takes no step).
   limit = 1.0 - float(np.sqrt(np.finfo(np.dtype(dtype)).eps))
 
   def one_task(i, target_row, key):
@@ -65,7 +66,7 @@ def gradvac_weighting(gram: jax.Array, targets: jax.Array, key: jax.Array, *,
       root_r = jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0))
       w = _ratio(norm_i * (aim * root_r - rho * root_t), norms[j] * root_t + eps)
       other = j != i
-      c = c.at[j].add(jnp.where(other & (rho < target), w, 0.0))
+      c = c.at[j].add(jnp.where(other & (rho < aim), w, 0.0))
       row = row.at[j].set(jnp.where(other, (1.0 - beta) * target + beta * rho, target))
       return (c, row), None
 

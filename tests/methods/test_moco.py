@@ -58,3 +58,16 @@ def test_gradients_whose_squares_overflow_float32_give_the_same_update():
     out.append(np.asarray(u["w"]))
   np.testing.assert_allclose(out[1], out[0], rtol=1e-5, atol=1e-7)
   assert np.linalg.norm(out[0]) > 0.1
+
+
+def test_an_empty_shared_leaf_adds_nothing():
+  """A (K, 0) leaf has no entries: the norms, and so the update, are those without it."""
+  params = {"a": jnp.zeros(3), "b": jnp.zeros(0)}
+  g = {"a": jnp.asarray([[1.0, 0.0, 2.0], [0.0, 3.0, 1.0]], jnp.float32),
+       "b": jnp.zeros((2, 0), jnp.float32)}
+  tx = cg.moco(num_tasks=2)
+  u, _ = jax.jit(tx.update)(g, tx.init(params), params, losses=jnp.ones(2))
+  alone = cg.moco(num_tasks=2)
+  v, _ = jax.jit(alone.update)({"a": g["a"]}, alone.init({"a": params["a"]}), {"a": params["a"]},
+                               losses=jnp.ones(2))
+  np.testing.assert_allclose(np.asarray(u["a"]), np.asarray(v["a"]), rtol=1e-6)
