@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from conicgrad_jax import linalg
 from conicgrad_jax import validation
+from conicgrad_jax.methods import _gradient_buffers as buf
 
 
 def shared_leaves(tree, shared, num_shared: int) -> list:
@@ -37,6 +38,5 @@ def weight_matrix(leaves, weight_grads, shared, precision) -> tuple[jax.Array, j
                        "gradients from two independent batches.")
     a, b = (shared_leaves(g, shared, len(leaves)) for g in weight_grads)
     m = linalg.cross_gram_matrix(a, b, precision)
-  finite = jnp.all(jnp.isfinite(m)) & jnp.all(
-      jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+  finite = jnp.all(jnp.isfinite(m)) & buf.all_finite(leaves)
   return jnp.where(finite, m, jnp.eye(m.shape[0], dtype=m.dtype)), finite

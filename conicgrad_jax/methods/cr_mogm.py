@@ -13,6 +13,7 @@ from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import linalg
 from conicgrad_jax import validation
+from conicgrad_jax.methods import _gradient_buffers as buf
 
 
 class CRMOGMState(NamedTuple):
@@ -145,7 +146,7 @@ def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: floa
       updates.append(u)
     # Finite gradients whose recombination overflows (e.g. float16): the step is
     # skipped as a whole, the state kept, and counted.
-    overflow = ~skipped & ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(u)) for u in updates]))
+    overflow = ~skipped & ~buf.all_finite(updates)
     updates = [jnp.where(overflow, jnp.zeros_like(u), u) for u in updates]
     new_state = CRMOGMState(weights, inner_state,
                             state.step + jnp.where(skipped, 0, 1).astype(jnp.int32),
