@@ -182,7 +182,8 @@ def plot_dashboard(history, path: Optional[str] = None, *,
   ax.set_ylim(-0.02, 1.02)
   ax.set_ylabel("fraction of conflicting pairs", color="tab:red")
   ax.set_xlabel("step")
-  ax.set_title("conflicting pairs (running mean) and cond(G)")
+  ax.set_title(f"conflicting pairs (running mean of {window} steps) and cond(G)" if window > 1
+               else "conflicting pairs (per step) and cond(G)")
   ax2 = ax.twinx()
   lines(ax2, h.condition_number, "tab:blue", None)
   ax2.set_yscale("log")

@@ -43,15 +43,29 @@ def leaf_gram(leaf: jax.Array, precision=_numeric.HIGHEST) -> jax.Array:
 
 
 def _shared_leaves(task_grads: PyTree, shared) -> list:
-  from conicgrad_jax import validation  # validation does not import linalg; keep it lazy anyway
+  """The leaves that ``shared`` selects, each checked to carry the same leading task axis."""
   validation.check_shared_spec(shared)
-  leaves = jax.tree_util.tree_leaves(task_grads)
-  if not leaves:
+  paths_leaves = jax.tree_util.tree_flatten_with_path(task_grads)[0]
+  if not paths_leaves:
     raise ValueError("`task_grads` has no leaves.")
-  if shared is None:
-    return leaves
-  flags = validation.resolve_shared(shared, task_grads)
-  return [leaf for leaf, f in zip(leaves, flags) if f]
+  flags = ([True] * len(paths_leaves) if shared is None
+           else validation.resolve_shared(shared, task_grads))
+  selected = [(path, leaf) for (path, leaf), f in zip(paths_leaves, flags) if f]
+  hint = ("; if it is a task-specific leaf whose gradient is already summed over the "
+          "tasks, leave it out with `shared=`")
+  first_path, k = None, None
+  for path, leaf in selected:
+    if not validation.is_array(leaf) or jnp.ndim(leaf) == 0:
+      raise ValueError(f"Task-gradient leaf {validation.path_str(path)} has no leading "
+                       f"task axis (shape {jnp.shape(leaf)}){hint}.")
+    if k is None:
+      first_path, k = path, leaf.shape[0]
+    elif leaf.shape[0] != k:
+      raise ValueError(
+          f"Task-gradient leaf {validation.path_str(path)} has shape {leaf.shape}, task "
+          f"axis {leaf.shape[0]}, but leaf {validation.path_str(first_path)} has K = {k}: "
+          f"every leaf that enters the Gram matrix needs the same K{hint}.")
+  return [leaf for _, leaf in selected]
 
 
 def gram_matrix(task_grads: PyTree, precision=_numeric.HIGHEST, *, shared=None) -> jax.Array:
@@ -99,7 +113,7 @@ def cross_gram_matrix(task_grads_a: PyTree, task_grads_b: PyTree, precision=_num
     [[3.0, 1.0], [2.0, 2.0]]
   """
   a_leaves = _shared_leaves(task_grads_a, shared)
-  flags = None if shared is None else _flags(shared, task_grads_a)
+  flags = None if shared is None else validation.resolve_shared(shared, task_grads_a)
   b_all = jax.tree_util.tree_leaves(task_grads_b)
   if len(b_all) == len(jax.tree_util.tree_leaves(task_grads_a)):
     validation.check_same_structure(task_grads_b, task_grads_a, "`task_grads_b`",
@@ -120,11 +134,6 @@ def cross_gram_matrix(task_grads_a: PyTree, task_grads_b: PyTree, precision=_num
         preferred_element_type=_accumulation_dtype(jnp.result_type(a.dtype, b.dtype))))
   dtype = jnp.result_type(*[g.dtype for g in grams])
   return sum(g.astype(dtype) for g in grams)
-
-
-def _flags(shared, tree):
-  from conicgrad_jax import validation
-  return validation.resolve_shared(shared, tree)
 
 
 def combine_leaf(weights: jax.Array, leaf: jax.Array, out_dtype=None,

@@ -55,7 +55,11 @@ class MethodInfo(NamedTuple):
     needs_losses: ``update`` needs ``losses=`` with the factory's default
       options (some methods use them only with certain options, e.g. MGDA's
       "loss" normalisations, and are not flagged).
-    stateful: its state carries more than logs between steps.
+    stateful: its update depends on what its state carries from earlier
+      steps (moving averages, learned weights, a schedule). A warm start
+      (ConicGrad, MGDA, UPGrad, ...) does not count: it moves only the
+      solver's starting point, and the answer is certified to the same
+      tolerance with or without it.
     random: it draws random numbers (key kept in its state).
   """
   factory: Callable

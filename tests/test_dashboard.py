@@ -84,5 +84,9 @@ def test_the_panels_draw_the_logged_values():
   np.testing.assert_allclose(losses[2].get_ydata(), h.losses[:, 2])
   image = panel["pairwise task-gradient cosines (blue: aligned, red: conflicting)"].get_images()[0]
   np.testing.assert_allclose(np.asarray(image.get_array())[0], h.cosines[:, 0, 1])
-  conflict = panel["conflicting pairs (running mean) and cond(G)"].get_lines()[0]
+  conflict = panel["conflicting pairs (per step) and cond(G)"].get_lines()[0]
   np.testing.assert_allclose(conflict.get_ydata(), h.conflict_fraction)
+  smoothed = {a.get_title(): a for a in dashboard.plot_dashboard(history, smooth=3).axes}
+  conflict = smoothed["conflicting pairs (running mean of 3 steps) and cond(G)"].get_lines()[0]
+  np.testing.assert_allclose(conflict.get_ydata(),
+                             dashboard.running_mean(h.conflict_fraction, 3))

@@ -153,3 +153,13 @@ def test_wrapper_shares_the_gram_contraction_in_the_compiled_program():
     hlo = jax.jit(tx.update).lower(g, tx.init(None)).compile().as_text()
     counts.append((_consumers(hlo, "task_grads__a__"), _consumers(hlo, "task_grads__b__")))
   assert counts[0] == counts[1], counts
+
+
+def test_a_wrapper_without_the_methods_shared_names_the_summed_head():
+  """Forgetting `shared=` on the wrapper (the method has it) is an error that names the head."""
+  _, g = _grads(1)
+  params = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape[1:]), g)
+  summed = dict(g, head=g["head"].sum(0))
+  tx = dg.with_diagnostics(cg.mgda(shared=SHARED))
+  with pytest.raises(ValueError, match=r"\['head'\] has shape \(5,\).*`shared=`"):
+    tx.update(summed, tx.init(params), params)

@@ -104,3 +104,15 @@ def test_gram_matrix_on_shared_leaves_and_cross_gram():
   fewer_tasks = jax.tree_util.tree_map(lambda x: x[:2], other)
   with pytest.raises(ValueError, match="same K"):
     cross_gram_matrix(tree, fewer_tasks)
+
+
+def test_a_summed_head_in_the_gram_names_the_leaf_and_the_shared_option():
+  """A head gradient already summed over tasks (no task axis) is named, with `shared=` as the fix."""
+  tree = {"enc": jnp.ones((2, 8, 8)), "head_a": jnp.ones((8,))}
+  with pytest.raises(ValueError, match=r"\['head_a'\] has shape \(8,\).*K = 2.*`shared=`"):
+    gram_matrix(tree)
+  with pytest.raises(ValueError, match=r"\['b'\] has no leading task axis.*`shared=`"):
+    gram_matrix({"a": jnp.ones((2, 3)), "b": jnp.ones(())})
+  np.testing.assert_allclose(
+      np.asarray(gram_matrix(tree, shared={"enc": True, "head_a": False})),
+      np.full((2, 2), 64.0))
