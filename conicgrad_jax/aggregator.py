@@ -27,6 +27,7 @@ Conventions, for every method built here:
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 import jax
@@ -88,6 +89,80 @@ is unknown) and ``nonfinite_steps``. When K is only learnt at the first
 ``update``, the adapter calls ``init_state(K, dtype)`` again and carries
 ``nonfinite_steps`` over.
 """
+
+
+# The `shared` option each method of this library was built with, keyed by its
+# update function, so that wrappers (cr_mogm, with_diagnostics) can take it over.
+_SHARED_OF_UPDATE: "weakref.WeakKeyDictionary[Callable, validation.SharedSpec]" = (
+    weakref.WeakKeyDictionary())
+
+
+def record_shared(update: Callable, shared: validation.SharedSpec):
+  """Records the ``shared`` a method's ``update`` was built with (see :func:`shared_option`)."""
+  _SHARED_OF_UPDATE[update] = shared
+
+
+def check_method(method, name: str, *, jacobian_allowed: bool = True):
+  """Raises ValueError naming ``name`` unless ``method`` looks like a method of this library.
+
+  Checks what can be checked before ``init``: an optax transformation, and
+  (with ``jacobian_allowed=False``) one whose update is Σ_k w_k g_k with the
+  weights in its state. :func:`check_method_state` checks the state at ``init``.
+  """
+  if isinstance(method, str) or not (callable(getattr(method, "init", None))
+                                     and callable(getattr(method, "update", None))):
+    raise ValueError(f"`{name}` must be a balancing method of this library (e.g. "
+                     f"conicgrad()), got {type(method).__name__}.")
+  if not jacobian_allowed and isinstance(method, JacobianTransformation):
+    raise ValueError(
+        f"`{name}` needs the task gradients themselves (its update is not Σ_k w_k g_k "
+        "with the weights in its state), so it cannot be wrapped here; use a Gram or "
+        "loss weighting.")
+
+
+def check_method_state(state, name: str):
+  """Raises ValueError naming ``name`` unless ``state`` has ``weights`` and ``nonfinite_steps``."""
+  if not (hasattr(state, "weights") and hasattr(state, "nonfinite_steps")):
+    raise ValueError(
+        f"`{name}`'s state ({type(state).__name__}) has no `weights`: it must be a balancing "
+        "method of this library itself, not an optax.chain or another optimiser "
+        "(wrap the method first, then chain the result).")
+
+
+def shared_option(method, shared: validation.SharedSpec = None) -> validation.SharedSpec:
+  """The ``shared`` a wrapper of ``method`` uses: its own if given, else the method's.
+
+  A method built outside this library counts as built with ``None`` (all leaves).
+  :func:`check_shared_agrees` checks at trace time that the two select the same leaves.
+  """
+  if shared is not None:
+    return shared
+  return _SHARED_OF_UPDATE.get(getattr(method, "update", None), None)
+
+
+def check_shared_agrees(method, name: str, shared: validation.SharedSpec, wrapper: str,
+                        task_grads: PyTree):
+  """Raises ValueError when ``shared`` selects other leaves of ``task_grads`` than ``method``'s.
+
+  A wrapper that recombined other leaves than the method it wraps would mix
+  weighted and summed head gradients without a sign of it.
+  """
+  update = getattr(method, "update", None)
+  if update not in _SHARED_OF_UPDATE:
+    return
+  own = _SHARED_OF_UPDATE[update]
+  if own is shared:
+    return
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(task_grads)[0]]
+  theirs = validation.resolve_shared(own, task_grads)
+  ours = validation.resolve_shared(shared, task_grads)
+  for path, a, b in zip(paths, theirs, ours):
+    if a != b:
+      raise ValueError(
+          f"`shared` of {wrapper} makes leaf {validation.path_str(path)} "
+          f"{'shared' if b else 'task-specific'}, but `{name}` was built with a `shared` "
+          f"that makes it {'shared' if a else 'task-specific'}: pass the same `shared` to "
+          f"both, or leave it out of {wrapper} to use the method's.")
 
 
 def stacked_gradient_transformation(
@@ -174,6 +249,7 @@ def stacked_gradient_transformation(
     kept = kept._replace(nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
     return jax.tree_util.tree_unflatten(treedef, updates), kept
 
+  record_shared(update_fn, shared)
   if needs_jacobian:
     return JacobianTransformation(init_fn, update_fn)
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

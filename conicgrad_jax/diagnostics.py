@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from conicgrad_jax import _numeric
+from conicgrad_jax import aggregator
 from conicgrad_jax import linalg
 from conicgrad_jax import validation
 
@@ -107,6 +108,8 @@ def conflict_diagnostics(gram: jax.Array, weights: Optional[jax.Array] = None,
   if weights is None:
     weights = jnp.full((k,), 1.0 / k, dtype)
   weights = jnp.asarray(weights).astype(dtype)
+  if weights.shape != (k,):
+    raise ValueError(f"`weights` has shape {weights.shape}; expected ({k},) for this Gram matrix.")
   sq = jnp.maximum(jnp.diagonal(gram), 0.0)
   norms = jnp.sqrt(sq)
   outer = norms[:, None] * norms[None, :]
@@ -217,7 +220,9 @@ def with_diagnostics(method: optax.GradientTransformation, *,
     method: a Gram method of this library (its combination weights in
       ``state.weights``; for Jacobian methods such as ``graddrop`` or
       ``trimmed_mean`` the update-angle fields describe Σ_k w_k g_k, not their update).
-    shared: the same ``shared`` as the method's (see :func:`~conicgrad_jax.conicgrad`).
+    shared: the leaves that enter G; by default the ``shared`` the method
+      was built with (see :func:`~conicgrad_jax.conicgrad`). One that
+      differs from the method's is an error.
     num_tasks: K, to fix the diagnostics' shapes at ``init`` (needed in a
       ``lax.scan`` carry); else the first update fixes them.
     precision: the method's matmul precision (the same one lets XLA share G).
@@ -240,16 +245,21 @@ def with_diagnostics(method: optax.GradientTransformation, *,
   """
   validation.check_shared_spec(shared)
   validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
-  if not (hasattr(method, "init") and hasattr(method, "update")):
-    raise ValueError(f"`method` must be an optax transformation, got {type(method).__name__}.")
+  aggregator.check_method(method, "method")
+  shared = aggregator.shared_option(method, shared)
 
   def init_fn(params):
     inner = method.init(params)
+    aggregator.check_method_state(inner, "method")
+    k_inner = inner.weights.shape[0]
+    if num_tasks is not None and k_inner not in (0, num_tasks):
+      raise ValueError(f"`num_tasks` is {num_tasks} but `method` was built for K = {k_inner}.")
     k = num_tasks if num_tasks is not None else (inner.weights.shape[0] or None)
     dtype = _numeric.solver_dtype(inner.weights.dtype)
     return DiagnosticsState(inner, empty_diagnostics(k, dtype))
 
   def update_fn(task_grads, state, params=None, **extra_args):
+    aggregator.check_shared_agrees(method, "method", shared, "with_diagnostics", task_grads)
     updates, inner = method.update(task_grads, state.inner, params, **extra_args)
     gram = linalg.gram_matrix(task_grads, precision, shared=shared)
     new = conflict_diagnostics(gram, inner.weights, extra_args.get("losses"))

@@ -58,6 +58,7 @@ def _shared_leaves(task_grads: PyTree, shared) -> list:
     if not validation.is_array(leaf) or jnp.ndim(leaf) == 0:
       raise ValueError(f"Task-gradient leaf {validation.path_str(path)} has no leading "
                        f"task axis (shape {jnp.shape(leaf)}){hint}.")
+    validation.check_floating_leaf(path, leaf)
     if k is None:
       first_path, k = path, leaf.shape[0]
     elif leaf.shape[0] != k:
@@ -160,6 +161,14 @@ def combine(weights: jax.Array, task_grads: PyTree, out_dtypes: PyTree = None,
   Returns:
     A pytree with the task axis contracted away.
   """
+  if jnp.ndim(weights) != 1:
+    raise ValueError(f"`weights` must be a (K,) vector, got shape {jnp.shape(weights)}.")
+  for path, leaf in jax.tree_util.tree_flatten_with_path(task_grads)[0]:
+    if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != jnp.shape(weights)[0]:
+      raise ValueError(
+          f"Task-gradient leaf {validation.path_str(path)} has shape {jnp.shape(leaf)}; "
+          f"`weights` has K = {jnp.shape(weights)[0]}, so every leaf needs that leading "
+          "task axis.")
   if out_dtypes is None:
     return jax.tree_util.tree_map(
         lambda leaf: combine_leaf(weights, leaf, None, precision), task_grads)

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from conicgrad_jax import validation
+
 
 
 class SkipNonfiniteState(NamedTuple):
@@ -80,10 +82,8 @@ def skip_nonfinite(inner: optax.GradientTransformation,
     (True, 1)
   """
   if max_consecutive_errors is not None:
-    if isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int) \
-        or max_consecutive_errors < 0:
-      raise ValueError("`max_consecutive_errors` must be None or a non-negative integer, got "
-                       f"{max_consecutive_errors!r}.")
+    max_consecutive_errors = validation.check_non_negative_int("max_consecutive_errors",
+                                                               max_consecutive_errors)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):

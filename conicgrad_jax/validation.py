@@ -11,6 +11,7 @@ import numbers
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from conicgrad_jax._types import PyTree
@@ -123,9 +124,29 @@ def check_finite(name: str, value):
     raise ValueError(f"`{name}` must be finite, got {value!r}.")
 
 
+def _check_real(name: str, value):
+  """Raises ValueError naming ``name`` when ``value`` is a bool or complex (traced ones too)."""
+  dtype = getattr(value, "dtype", None)
+  if isinstance(value, (bool, np.bool_)) or (dtype is not None and np.dtype(dtype) == np.bool_):
+    raise ValueError(f"`{name}` must be a number, not a bool, got {value!r}.")
+  if isinstance(value, complex) or (dtype is not None
+                                    and np.issubdtype(np.dtype(dtype), np.complexfloating)):
+    raise ValueError(f"`{name}` must be a real number, got {value!r}.")
+
+
+def check_floating_leaf(path, leaf, what: str = "Task-gradient leaf"):
+  """Raises ValueError naming the leaf unless its dtype is real floating point."""
+  dtype = np.dtype(leaf.dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(
+        f"{what} {path_str(path)} has dtype {dtype}; it must be real floating point "
+        "(float16, bfloat16, float32 or float64).")
+
+
 def check_unit_interval(name: str, value, *, closed_right: bool = False):
   """Raises ValueError unless 0 ≤ value < 1 (≤ 1 if ``closed_right``)."""
   check_scalar(name, value)
+  _check_real(name, value)
   v = concrete_float(value)
   if v is None:
     if not (is_array(value) or isinstance(value, numbers.Number)):
@@ -137,9 +158,14 @@ def check_unit_interval(name: str, value, *, closed_right: bool = False):
     raise ValueError(f"`{name}` must lie in {interval}, got {v}.")
 
 
-def check_preference(preference):
-  """Eager check of a preference vector: 1-D, finite, ≥ 0, positive sum."""
-  if preference is None or isinstance(preference, jax.core.Tracer):
+def check_preference(preference, num_tasks: Optional[int] = None):
+  """Eager check of a preference vector: 1-D, finite, ≥ 0, positive sum, K = ``num_tasks`` entries."""
+  if preference is None:
+    return
+  if num_tasks is not None and np.shape(preference) != (num_tasks,):
+    raise ValueError(
+        f"`preference` has shape {np.shape(preference)} but `num_tasks` is {num_tasks}.")
+  if isinstance(preference, jax.core.Tracer):
     return
   p = np.asarray(preference, dtype=np.float64)
   if p.ndim != 1 or p.size == 0:
@@ -163,6 +189,15 @@ def check_positive_int(name: str, value, *, allow_none: bool = False):
     raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
+def check_non_negative_int(name: str, value) -> int:
+  """Returns ``value`` as a Python int ≥ 0 (NumPy integers too), or raises ValueError naming ``name``."""
+  if is_array(value) and np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.integer):
+    value = int(value)
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
+    raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+  return int(value)
+
+
 def check_bool(name: str, value) -> bool:
   """Returns ``value`` as a Python bool, or raises ValueError naming ``name``."""
   if not isinstance(value, (bool, np.bool_)):
@@ -176,6 +211,7 @@ def check_positive(name: str, value, *, allow_zero: bool = False):
   Traced values (``optax.inject_hyperparams``) are accepted unchecked.
   """
   check_scalar(name, value)
+  _check_real(name, value)
   v = concrete_float(value)
   if v is None:
     if not (is_array(value) or isinstance(value, numbers.Number)):
@@ -279,6 +315,7 @@ def check_task_grads(task_grads: PyTree, shared_flags: list[bool],
       raise ValueError(
           f"Task-gradient leaf {path_str(path)} is a {type(leaf).__name__}, "
           "not an array; every leaf needs a leading task axis.")
+    check_floating_leaf(path, leaf)
   param_leaves = None
   if params is not None:
     message = structure_mismatch(task_grads, params, "`task_grads`", "`params`")
@@ -309,7 +346,8 @@ def check_task_grads(task_grads: PyTree, shared_flags: list[bool],
       k, first_path = shape[0], path
     elif shape[0] != k:
       where = (f"leaf {path_str(first_path)} has {k}" if first_path is not None
-               else f"`num_tasks` is {k}")
+               else f"the method was built for K = {k} (its `num_tasks`, or the length "
+                    "of its `preference` or `weights`)")
       raise ValueError(
           f"Task-gradient leaf {path_str(path)} has task axis of length "
           f"{shape[0]}, but {where}: every leaf needs the same K.")

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import conicgrad_jax as cg
@@ -103,6 +104,11 @@ def test_wrapper_keeps_the_update_and_logs_the_step(name):
                              rtol=1e-5, atol=1e-6)
 
 
+def test_weights_of_another_length_are_named():
+  with pytest.raises(ValueError, match=r"`weights` has shape \(2,\); expected \(3,\)"):
+    dg.conflict_diagnostics(jnp.eye(3), jnp.ones(2))
+
+
 def test_non_finite_gram_gives_nan_diagnostics_and_a_skipped_first_step_stores_them():
   G = jnp.eye(3).at[0, 1].set(jnp.nan)
   d = DIAGNOSE(G)
@@ -155,11 +161,18 @@ def test_wrapper_shares_the_gram_contraction_in_the_compiled_program():
   assert counts[0] == counts[1], counts
 
 
-def test_a_wrapper_without_the_methods_shared_names_the_summed_head():
-  """Forgetting `shared=` on the wrapper (the method has it) is an error that names the head."""
+def test_the_wrapper_takes_the_methods_shared_and_refuses_a_different_one():
+  """Without `shared` the wrapper uses the method's; one that selects other leaves is an error."""
   _, g = _grads(1)
   params = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape[1:]), g)
   summed = dict(g, head=g["head"].sum(0))
-  tx = dg.with_diagnostics(cg.mgda(shared=SHARED))
-  with pytest.raises(ValueError, match=r"\['head'\] has shape \(5,\).*`shared=`"):
-    tx.update(summed, tx.init(params), params)
+  inherited = dg.with_diagnostics(cg.mgda(shared=SHARED))
+  explicit = dg.with_diagnostics(cg.mgda(shared=SHARED), shared=SHARED)
+  a = inherited.update(summed, inherited.init(params), params)[1].diagnostics
+  b = explicit.update(summed, explicit.init(params), params)[1].diagnostics
+  np.testing.assert_array_equal(np.asarray(a.cosines), np.asarray(b.cosines))
+  conflicting = dg.with_diagnostics(cg.mgda(shared=SHARED), shared={"enc": True, "head": True})
+  with pytest.raises(ValueError, match=r"makes leaf \['head'\] shared.*`method` was built"):
+    conflicting.update(g, conflicting.init(params), params)
+  with pytest.raises(ValueError, match="no `weights`"):
+    dg.with_diagnostics(optax.chain(cg.mgda(), optax.sgd(1.0))).init(params)

@@ -116,3 +116,12 @@ def test_a_summed_head_in_the_gram_names_the_leaf_and_the_shared_option():
   np.testing.assert_allclose(
       np.asarray(gram_matrix(tree, shared={"enc": True, "head_a": False})),
       np.full((2, 2), 64.0))
+
+
+def test_combine_names_weights_that_do_not_match_the_task_axis():
+  tree = {"a": jnp.ones((2, 3))}
+  with pytest.raises(ValueError, match=r"`weights` must be a \(K,\) vector"):
+    combine(jnp.ones((2, 1)), tree)
+  with pytest.raises(ValueError, match=r"leaf \['a'\] has shape \(2, 3\); `weights` has K = 3"):
+    combine(jnp.ones(3), tree)
+  np.testing.assert_allclose(np.asarray(combine(jnp.array([1.0, 2.0]), tree)["a"]), [3.0] * 3)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import conicgrad_jax as cg
 from conicgrad_jax import conicgrad, value_and_task_grads
 from conicgrad_jax import validation
 
@@ -50,7 +51,7 @@ def test_leaves_with_different_task_counts_name_the_leaf():
 
 
 def test_num_tasks_mismatch_names_the_leaf():
-  with pytest.raises(ValueError, match=r"\['a'\].*`num_tasks` is 4"):
+  with pytest.raises(ValueError, match=r"\['a'\].*built for K = 4 \(its `num_tasks`"):
     _update({"a": jnp.ones((2, 3))}, num_tasks=4)
 
 
@@ -101,9 +102,16 @@ def test_state_for_a_different_k():
     tx.update({"a": jnp.ones((3, 4))}, state)
 
 
+@pytest.mark.parametrize("factory", [cg.upgrad, cg.dualproj, cg.aligned_mtl, cg.config,
+                                     cg.conicgrad])
+def test_preference_length_checked_against_num_tasks_at_construction(factory):
+  with pytest.raises(ValueError, match=r"`preference` has shape \(2,\) but `num_tasks` is 3"):
+    factory(preference=np.ones(2), num_tasks=3)
+
+
 def test_preference_length_checked_against_k_at_trace_time():
   tx = conicgrad(0.5, preference=np.ones(3))
-  with pytest.raises(ValueError, match="`num_tasks` is 3"):
+  with pytest.raises(ValueError, match="built for K = 3.*length of its `preference`"):
     tx.update({"a": jnp.ones((2, 4))}, tx.init(None))
 
 
@@ -165,3 +173,21 @@ def test_check_positive():
     validation.check_positive("x", -1e-3, allow_zero=True)
   with pytest.raises(ValueError, match="`x` must be a number"):
     validation.check_positive("x", "big")
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.complex64])
+def test_task_gradients_that_are_not_real_floats_are_refused_by_name(dtype):
+  """Integer updates would truncate, complex Gram matrices lack the conjugate: an error instead."""
+  tx = cg.conicgrad(num_tasks=2)
+  with pytest.raises(ValueError, match=r"leaf \['w'\] has dtype .*real floating point"):
+    tx.update({"w": jnp.eye(2).astype(dtype)}, tx.init(None))
+  with pytest.raises(ValueError, match=r"leaf \['w'\] has dtype"):
+    cg.gram_matrix({"w": jnp.eye(2).astype(dtype)})
+
+
+@pytest.mark.parametrize("factory, name, value", [
+    (cg.conicgrad, "c", 0.5j), (cg.conicgrad, "c", False), (cg.dwa, "temperature", 1j),
+    (cg.dwa, "temperature", True), (cg.famo, "w_lr", 1e-3 + 1j), (cg.graddrop, "leak", 0.5j)])
+def test_bool_and_complex_options_are_refused_by_name(factory, name, value):
+  with pytest.raises(ValueError, match=f"`{name}` must be a"):
+    factory(**{name: value})

@@ -37,6 +37,13 @@ def weight_matrix(leaves, weight_grads, shared, precision) -> tuple[jax.Array, j
       raise ValueError("`weight_grads` must be a pair (grads_1, grads_2) of stacked task "
                        "gradients from two independent batches.")
     a, b = (shared_leaves(g, shared, len(leaves)) for g in weight_grads)
+    for which, pair_leaves in (("first", a), ("second", b)):
+      for i, (leaf, own) in enumerate(zip(pair_leaves, leaves)):
+        if jnp.shape(leaf) != own.shape:
+          raise ValueError(
+              f"`weight_grads`: shared leaf {i} of the {which} batch has shape "
+              f"{jnp.shape(leaf)}, but the task gradients' shared leaf {i} has {own.shape}: "
+              "both batches need the same K tasks and the same parameter shapes.")
     m = linalg.cross_gram_matrix(a, b, precision)
   finite = jnp.all(jnp.isfinite(m)) & buf.all_finite(leaves)
   return jnp.where(finite, m, jnp.eye(m.shape[0], dtype=m.dtype)), finite

@@ -123,7 +123,6 @@ def conicgrad(
     Find Them in a Cone", ICML 2025, arXiv:2502.00217.
   """
   validation.check_unit_interval("c", c)
-  validation.check_preference(preference)
   if scale not in conic.SCALES:
     raise ValueError(f"`scale` must be one of {conic.SCALES}, got {scale!r}.")
   validation.check_positive_int("max_iter", max_iter)
@@ -132,11 +131,7 @@ def conicgrad(
     raise ValueError(f"`tol` must be a positive number, got {tol!r}.")
   if preference is not None and num_tasks is None:
     num_tasks = int(np.shape(preference)[0])
-  if (preference is not None and num_tasks is not None
-      and np.shape(preference) != (num_tasks,)):
-    raise ValueError(
-        f"`preference` has shape {np.shape(preference)} but `num_tasks` is "
-        f"{num_tasks}.")
+  validation.check_preference(preference, num_tasks)
 
   def init_state(k, dtype=jnp.float32):
     return ConicGradState(weights=aggregator.placeholder_weights(k, dtype),

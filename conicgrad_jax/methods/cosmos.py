@@ -40,6 +40,8 @@ def _preference(preference, default, k, dtype):
     if default is None:
       return jnp.full((k,), 1.0 / k, dtype)
     preference = default
+  else:
+    validation.check_preference(preference)    # a concrete one; a traced one as it is
   preference = jnp.asarray(preference, dtype)
   if preference.shape != (k,):
     raise ValueError(f"`preference` has shape {preference.shape}; expected ({k},).")

@@ -58,8 +58,8 @@ def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: floa
     inner: the wrapped Gram method, an optax transformation of this library
       whose state has ``weights`` (the combination weights) and
       ``nonfinite_steps``, e.g. ``upgrad()``; ``mgda(shared=shared,
-      num_tasks=num_tasks, precision=precision)`` when ``None``. Build it
-      with the same ``shared`` as passed here.
+      num_tasks=num_tasks, precision=precision)`` when ``None``. Not a
+      Jacobian method (GradDrop, MoCo, ...): their weights do not give their update.
     alpha: α ∈ [0, 1], the EMA coefficient of the previous weights (0: the
       wrapped method unchanged; 1: weights frozen at λ₀). torchjd's default
       0.9; the paper's Corollary 1 raises α toward 1 as the learning rate
@@ -67,7 +67,9 @@ def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: floa
     initial_weights: optional λ₀ (K,).
     shared: which leaves are shared (see :func:`~conicgrad_jax.conicgrad`);
       the shared leaves are recombined with λ_t, the others keep the wrapped
-      method's update (the sum of their task gradients).
+      method's update (the sum of their task gradients). By default the
+      ``shared`` that ``inner`` was built with; one that differs from it is
+      an error.
     num_tasks: K, for the default inner method's state shapes.
     precision: matmul precision of the combination (and of the default MGDA).
 
@@ -99,9 +101,8 @@ def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: floa
   if inner is None:
     from conicgrad_jax.methods.mgda import mgda
     inner = mgda(shared=shared, num_tasks=num_tasks, precision=precision)
-  elif not (hasattr(inner, "init") and hasattr(inner, "update")):
-    raise ValueError("`inner` must be an optax transformation of this library (e.g. upgrad()), "
-                     f"got {type(inner).__name__}.")
+  aggregator.check_method(inner, "inner", jacobian_allowed=False)
+  shared = aggregator.shared_option(inner, shared)
   if initial_weights is not None:
     w0 = np.asarray(initial_weights, np.float64)
     if w0.ndim != 1 or not np.all(np.isfinite(w0)):
@@ -111,10 +112,12 @@ def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: floa
 
   def init_fn(params):
     inner_state = inner.init(params)
+    aggregator.check_method_state(inner_state, "inner")
     return CRMOGMState(jnp.zeros_like(inner_state.weights) + inner_state.weights, inner_state,
                        jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
   def update_fn(task_grads, state, params=None, **extra_args):
+    aggregator.check_shared_agrees(inner, "inner", shared, "cr_mogm", task_grads)
     inner_updates, inner_state = inner.update(task_grads, state.inner, params, **extra_args)
     raw = inner_state.weights
     k = raw.shape[0]
@@ -159,4 +162,5 @@ def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: floa
         nonfinite_steps=state.nonfinite_steps + (skipped | overflow).astype(jnp.int32))
     return jax.tree_util.tree_unflatten(treedef, updates), new_state
 
+  aggregator.record_shared(update_fn, shared)
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

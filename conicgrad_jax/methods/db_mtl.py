@@ -79,7 +79,8 @@ def db_mtl(*, beta: float = 0.9, beta_sigma: float = 0.0, num_tasks: Optional[in
     :class:`DBMTLState`; ``init(params)`` needs the parameters.
     ``update(task_grads, state, params=None, *, losses)`` needs ``losses=``
     (shape (K,)) and ignores other keyword arguments; non-finite losses and
-    losses ≤ −10⁻⁸ skip the step.
+    losses ≤ −10⁻⁸ skip the step. A loss near 0 scales its task's gradient
+    ∇ log(L + 10⁻⁸) by up to 10⁸, as in the reference code.
 
   Example:
     >>> import jax.numpy as jnp

@@ -124,8 +124,7 @@ def excess_mtl(robust_step_size: float = 1.0, *, n_warmup_steps: int = 0,
   becomes its Ê₀.
   """
   validation.check_positive("robust_step_size", robust_step_size)
-  if isinstance(n_warmup_steps, bool) or not isinstance(n_warmup_steps, int) or n_warmup_steps < 0:
-    raise ValueError(f"`n_warmup_steps` must be a non-negative int, got {n_warmup_steps!r}.")
+  n_warmup_steps = validation.check_non_negative_int("n_warmup_steps", n_warmup_steps)
   if num_tasks is None:
     raise ValueError("excess_mtl keeps K-stacked squared-gradient sums in its state: pass "
                      "`num_tasks`.")

@@ -16,8 +16,7 @@ KrumState = aggregator.GramMethodState
 
 
 def _check_counts(n_byzantine, n_selected):
-  if isinstance(n_byzantine, bool) or not isinstance(n_byzantine, int) or n_byzantine < 0:
-    raise ValueError(f"`n_byzantine` must be a non-negative int, got {n_byzantine!r}.")
+  validation.check_non_negative_int("n_byzantine", n_byzantine)
   validation.check_positive_int("n_selected", n_selected)
 
 
@@ -108,6 +107,7 @@ def krum(n_byzantine: int = 0, *, n_selected: int = 1, shared: validation.Shared
   the first ``n_selected``), which keeps degenerate steps finite.
   """
   _check_counts(n_byzantine, n_selected)
+  validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
   if num_tasks is not None and n_selected > num_tasks:
     raise ValueError(f"`n_selected` ({n_selected}) exceeds `num_tasks` ({num_tasks}).")
 

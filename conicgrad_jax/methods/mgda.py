@@ -27,7 +27,7 @@ def gradient_normalizers(gram, losses, normalization):
     return norms + _EPS
   if losses is None:
     raise ValueError(f"MGDA normalization {normalization!r} needs `losses=`.")
-  losses = jnp.asarray(losses, dtype)
+  losses = aggregator.require_losses(losses, gram.shape[0], "mgda").astype(dtype)
   if normalization == "loss":
     return losses + _EPS
   return losses * norms + _EPS

@@ -83,7 +83,8 @@ def moco(*, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
     An ``optax.GradientTransformationExtraArgs`` whose state is a
     :class:`MoCoState`; ``init(params)`` needs the parameters.
     ``update(task_grads, state, params=None, *, losses)`` needs ``losses=``
-    (shape (K,)) and ignores other keyword arguments.
+    (shape (K,)) and ignores other keyword arguments; non-finite or negative
+    losses skip the step.
 
   Example:
     >>> import jax.numpy as jnp
@@ -114,7 +115,9 @@ def moco(*, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
     updates, new_state = moco_aggregation(leaves, losses, state, beta=beta,
                                           beta_sigma=beta_sigma, gamma=gamma,
                                           gamma_sigma=gamma_sigma, rho=rho)
-    finite = buf.all_finite(leaves) & jnp.all(jnp.isfinite(losses))
+    # The gradients are rescaled to length L_k: a negative loss would reverse its
+    # task's gradient, so such steps are skipped like non-finite ones.
+    finite = buf.all_finite(leaves) & jnp.all(jnp.isfinite(losses)) & jnp.all(losses >= 0)
     return updates, new_state, finite
 
   return aggregator.stacked_gradient_transformation(

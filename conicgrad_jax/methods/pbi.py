@@ -89,6 +89,8 @@ def pbi(theta: float = 5.0, *, preference=None, reference=None,
   """
   validation.check_positive("theta", theta, allow_zero=True)
   validation.check_preference(preference)
+  if reference is not None:
+    validation.check_finite("reference", reference)
   fixed = None if preference is None else jnp.asarray(preference, jnp.float32)
   ref = None if reference is None else jnp.asarray(reference, jnp.float32)
   for name, v in (("preference", fixed), ("reference", ref)):

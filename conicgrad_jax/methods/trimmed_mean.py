@@ -89,8 +89,7 @@ def trimmed_mean(trim_number: int = 1, *, shared: validation.SharedSpec = None,
   by default and, with fewer rows, t is clipped to ⌊(K − 1)/2⌋ so at least one
   value per coordinate remains (with K ≤ 2 the trimmed mean is the mean).
   """
-  if isinstance(trim_number, bool) or not isinstance(trim_number, int) or trim_number < 0:
-    raise ValueError(f"`trim_number` must be a non-negative int, got {trim_number!r}.")
+  trim_number = validation.check_non_negative_int("trim_number", trim_number)
 
   def init_state(k, dtype):
     return TrimmedMeanState(aggregator.placeholder_weights(k, dtype), jnp.zeros((), jnp.int32))

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from conicgrad_jax import _numeric
+from conicgrad_jax import validation
 from conicgrad_jax.solvers.barrier import CENTRED, KAPPA
 
 SCALES = ("g0", "unit", "raw")
@@ -400,6 +401,16 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
     unit update direction d̂ (zero when g0 = 0) and ``diagnostics`` is a
     :class:`ConicDiagnostics`.
   """
+  if jnp.ndim(gram) != 2 or jnp.shape(gram)[0] != jnp.shape(gram)[1]:
+    raise ValueError(f"`gram` must be a square K×K matrix, got shape {jnp.shape(gram)}.")
+  validation.check_unit_interval("c", c)
+  validation.check_preference(preference)
+  if preference is not None and jnp.shape(preference) != (jnp.shape(gram)[0],):
+    raise ValueError(f"`preference` has shape {jnp.shape(preference)}; expected "
+                     f"({jnp.shape(gram)[0]},) for this Gram matrix.")
+  if tol is not None:
+    validation.check_positive("tol", tol)
+  validation.check_positive_int("max_iter", max_iter)
   gram_n, sigma = _numeric.normalized_gram(gram)
   dtype = gram_n.dtype
   num_tasks = gram_n.shape[0]

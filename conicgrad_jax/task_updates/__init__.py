@@ -163,7 +163,9 @@ def make_task_update(
     log_losses: differentiate log L_k instead of L_k, so every Gram method
       weighs ∇ log L_k = ∇L_k / L_k (the log-MGDA / log-CAGrad / log-IMTL
       variants of Liu et al.'s FAMO code); the heads get Σ_k ∇ log L_k. The
-      losses returned (and passed to the method as ``losses=``) are L_k.
+      losses returned (and passed to the method as ``losses=``) are L_k. A
+      loss ≤ 0 has no logarithm: that step's task gradients are NaN, and the
+      method skips it (``nonfinite_steps``).
     num_tasks: optional K; it must agree with the method's (a check only).
 
   Returns:
@@ -205,6 +207,7 @@ def make_task_update(
     raise ValueError('mode="representation" splits the parameters by `encode` and `fun`; '
                      "leave `shared` unset.")
 
+  aggregator.check_method(method, "method")
   if isinstance(method, aggregator.JacobianTransformation) and (
       mode in ("gramian", "representation") or every > 1):
     raise ValueError(
@@ -235,6 +238,7 @@ def make_task_update(
       method_state = method.init(params)
     else:
       method_state = method.init(_common.split(params, shared).shared_tree(params))
+    aggregator.check_method_state(method_state, "method")
     k = method_state.weights.shape[0]
     if num_tasks is not None and k not in (0, num_tasks):
       raise ValueError(f"`num_tasks` is {num_tasks} but the method was built for K = {k}.")

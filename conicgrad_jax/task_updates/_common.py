@@ -93,7 +93,12 @@ def loss_function(fun: Callable[..., Any], args, kwargs, *, has_aux: bool = Fals
       raise ValueError(
           f"The loss function must return a 1-D vector of task losses, got "
           f"shape {losses.shape}.")
-    return (jnp.log(losses) if log_losses else losses), (losses, aux)
+    if not log_losses:
+      return losses, (losses, aux)
+    # log L_k exists for L_k > 0 only; otherwise the factor NaN makes the step's task
+    # gradients NaN (∇L_k/L_k would ascend a negative loss), so the method skips the step.
+    defined = jnp.where(losses > 0, 1.0, jnp.nan).astype(losses.dtype)
+    return jnp.log(losses) * jax.lax.stop_gradient(defined), (losses, aux)
 
   return of_params
 

@@ -86,7 +86,8 @@ def value_and_task_grads(
       (:mod:`~conicgrad_jax.task_updates.conv_layout`); ``None``: on CPU.
     log_losses: differentiate log L_k instead of L_k (∇ log L_k = ∇L_k / L_k,
       the "log" variants of the Gram methods, e.g. log-MGDA of Liu et al.'s
-      FAMO code). The returned losses are still L_k.
+      FAMO code). The returned losses are still L_k. A loss L_k ≤ 0 has no
+      logarithm: that step's task gradients are NaN, so the method skips it.
 
   Returns:
     A function ``(params, *args, **kwargs) -> ((losses, aux) or losses,
@@ -101,6 +102,11 @@ def value_and_task_grads(
   """
   from conicgrad_jax.task_updates import chunked  # noqa: PLC0415 (circular)
 
+  if not callable(fun):
+    raise ValueError(f"`fun` must be a function returning the K task losses, got "
+                     f"{type(fun).__name__}.")
+  has_aux = validation.check_bool("has_aux", has_aux)
+  log_losses = validation.check_bool("log_losses", log_losses)
   validation.check_shared_spec(shared)
   validation.check_positive_int("chunk_size", chunk_size, allow_none=True)
   strategy = _common.check_strategy(strategy)

@@ -87,6 +87,19 @@ def test_options_are_validated():
     cg.cr_mogm(initial_weights=[1.0, 0.0], num_tasks=3)
 
 
+def test_jacobian_methods_are_refused_and_the_inner_shared_is_taken_over():
+  """A Jacobian method's weights do not give its update; heads must keep the inner's split."""
+  with pytest.raises(ValueError, match="needs the task gradients themselves"):
+    cg.cr_mogm(cg.trimmed_mean(1, num_tasks=3))
+  g = _grads(np.random.default_rng(5))
+  tx = cg.cr_mogm(cg.upgrad(shared=SHARED))           # no `shared` here: the inner's
+  u, _ = tx.update(g, tx.init(PARAMS), PARAMS)
+  np.testing.assert_allclose(np.asarray(u["head"]), np.asarray(g["head"]).sum(0), rtol=1e-6)
+  mixed = cg.cr_mogm(cg.upgrad(shared=SHARED), shared={"enc": True, "head": True})
+  with pytest.raises(ValueError, match=r"makes leaf \['head'\] shared.*`inner` was built"):
+    mixed.update(g, mixed.init(PARAMS), PARAMS)
+
+
 def test_matches_torchjd_around_imtl_g():
   torch, torchjd = tjd.require()
   from torchjd.aggregation import CRMOGMWeighting, IMTLGWeighting

@@ -63,3 +63,15 @@ def test_weight_grads_must_be_a_pair_of_shared_leaves():
   with pytest.raises(ValueError, match="shared leaves"):
     _double_sampling.weight_matrix([g["enc"]], ([g["enc"], g["head"], g["enc"]],) * 2, None,
                                    jax.lax.Precision.HIGHEST)
+
+
+def test_weight_grads_of_other_shapes_name_the_leaf_and_the_batch():
+  rng = np.random.default_rng(4)
+  g = _batch(rng)
+  wrong_k = {"enc": jnp.ones((2, 4)), "head": jnp.ones((2, 4))}
+  with pytest.raises(ValueError, match=r"leaf 0 of the second batch has shape \(2, 4\).*\(3, 4\)"):
+    _double_sampling.weight_matrix([g["enc"]], (g, wrong_k), SHARED, jax.lax.Precision.HIGHEST)
+  transposed = [jnp.ones((3, 2, 2))]
+  with pytest.raises(ValueError, match=r"first batch has shape \(3, 2, 2\)"):
+    _double_sampling.weight_matrix([g["enc"].reshape(3, 4)], (transposed, [g["enc"]]), SHARED,
+                                   jax.lax.Precision.HIGHEST)

@@ -47,6 +47,11 @@ def test_options_are_validated():
     cg.krum(0, n_selected=0)
   with pytest.raises(ValueError, match="n_selected"):
     cg.krum(0, n_selected=4, num_tasks=3)
+  for bad in ("abc", 0, [2]):
+    with pytest.raises(ValueError, match="`num_tasks` must be a positive integer"):
+      cg.krum(0, num_tasks=bad)
+  cg.krum(np.int64(1), num_tasks=np.int64(4))       # NumPy integers are integers
+  cg.trimmed_mean(np.int64(1))
 
 
 @pytest.mark.parametrize("f,n_selected", [(0, 1), (1, 2)])

@@ -57,6 +57,8 @@ def test_mgda_normalizations_use_losses():
   assert np.all(np.isfinite(np.asarray(u["w"])))
   with pytest.raises(ValueError, match="losses"):      # "loss" cannot run without them
     update(g, tx.init(None))
+  with pytest.raises(ValueError, match=r"`losses` has shape \(3,\); expected \(4,\)"):
+    update(g, tx.init(None), losses=jnp.ones(3))
 
 
 def test_options_are_validated():

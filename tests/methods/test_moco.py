@@ -71,3 +71,15 @@ def test_an_empty_shared_leaf_adds_nothing():
   v, _ = jax.jit(alone.update)({"a": g["a"]}, alone.init({"a": params["a"]}), {"a": params["a"]},
                                losses=jnp.ones(2))
   np.testing.assert_allclose(np.asarray(u["a"]), np.asarray(v["a"]), rtol=1e-6)
+
+
+def test_a_negative_loss_skips_the_step_instead_of_reversing_its_task():
+  """MoCo rescales g_k to length L_k; L_k < 0 would turn the task's gradient around."""
+  params = {"w": jnp.zeros(2)}
+  tx = cg.moco(num_tasks=2)
+  grads = {"w": jnp.eye(2, dtype=jnp.float32)}
+  u, state = jax.jit(tx.update)(grads, tx.init(params), params, losses=jnp.array([-1.0, 1.0]))
+  assert int(state.nonfinite_steps) == 1
+  np.testing.assert_array_equal(np.asarray(u["w"]), np.zeros(2))
+  u, state = jax.jit(tx.update)(grads, tx.init(params), params, losses=jnp.array([0.0, 1.0]))
+  assert int(state.nonfinite_steps) == 0 and np.all(np.asarray(u["w"]) >= 0)

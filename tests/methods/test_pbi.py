@@ -46,6 +46,11 @@ def test_theta_zero_is_the_projection_and_options_are_validated():
     cg.pbi(-1.0)
   with pytest.raises(ValueError, match="reference"):
     cg.pbi(reference=[0.0, 0.0], num_tasks=3)
+  with pytest.raises(ValueError, match="`reference` must be finite"):
+    cg.pbi(reference=[float("nan"), 0.0])
+  with pytest.raises(ValueError, match="`preference` must be finite, non-negative"):
+    tx.update({"w": jnp.eye(2)}, tx.init(None), losses=jnp.array([5.0, 1.0]),
+              preference=jnp.array([-1.0, 2.0]))
 
 
 def test_matches_torchjd():

@@ -401,3 +401,24 @@ def test_warm_start_gives_the_certified_answer_from_good_and_bad_starts():
         assert cos >= c - 1e-9
       _, d_near = _warm64(G2, c, near)
       assert int(d_near.iterations) <= 10 < int(d0.iterations)
+
+
+def test_bad_arguments_of_the_weighting_are_named():
+  """The exported solver refuses what would otherwise come back as NaN weights."""
+  gram = jnp.eye(2)
+  for c in (1.5, float("nan"), -0.1):
+    with pytest.raises(ValueError, match="`c` must"):
+      conic_weighting(gram, c)
+  with pytest.raises(ValueError, match="`preference` must be finite, non-negative"):
+    conic_weighting(gram, 0.5, preference=jnp.zeros(2))
+  with pytest.raises(ValueError, match=r"`preference` has shape \(3,\)"):
+    conic_weighting(gram, 0.5, preference=jnp.ones(3))
+  with pytest.raises(ValueError, match="square"):
+    conic_weighting(jnp.ones((2, 3)), 0.5)
+  with pytest.raises(ValueError, match="`tol`"):
+    conic_weighting(gram, 0.5, tol=-1.0)
+  with pytest.raises(ValueError, match="`max_iter`"):
+    conic_weighting(gram, 0.5, max_iter=0)
+  # A traced c is not checked here (optax.inject_hyperparams), and still solves.
+  w, _ = jax.jit(conic_weighting)(gram, 0.5)
+  assert np.all(np.isfinite(np.asarray(w)))

@@ -93,6 +93,21 @@ def test_log_losses_weighs_the_log_loss_gradients(mode):
                              (jac_heads / l[:, None, None]).sum(0), rtol=1e-4, atol=1e-6)
 
 
+def test_log_losses_skip_a_step_whose_loss_is_not_positive():
+  """∇ log L = ∇L / L would ascend a negative loss: the step's task gradients are NaN, it is skipped."""
+  params, x = _problem(9)
+  shifted = lambda p, x: fun(p, x) - jnp.array([0.0, 10.0, 0.0])    # task 1's loss < 0
+  _, task_grads = cg.value_and_task_grads(shifted, shared=shared, log_losses=True)(params, x)
+  assert np.all(np.isnan(np.asarray(task_grads["enc"])))
+  _, positive = cg.value_and_task_grads(fun, shared=shared, log_losses=True)(params, x)
+  assert np.all(np.isfinite(np.asarray(positive["enc"])))
+  task = cg.make_task_update(shifted, cg.conicgrad(0.5, num_tasks=K), shared=shared,
+                             log_losses=True)
+  _, update, state = jax.jit(task.step)(params, task.init(params), x)
+  assert int(state.method_state.nonfinite_steps) == 1
+  assert all(np.all(np.asarray(u) == 0) for u in jax.tree_util.tree_leaves(update))
+
+
 def _representation_reference(params, x):
   """MGDA-UB by hand: weights from the Gram matrix of ∂L_k/∂z, then Σ_k w_k ∇_θ L_k."""
   z = encode(params, x)

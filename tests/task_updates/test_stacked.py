@@ -119,3 +119,12 @@ def test_unrolled_chunks_run_one_after_another():
   stacked_bytes = _step_temp_bytes("stacked")
   chunked_bytes = _step_temp_bytes("chunked", chunk_size=1, unroll=True)
   assert chunked_bytes <= 0.5 * stacked_bytes, (chunked_bytes, stacked_bytes)
+
+
+def test_the_loss_function_and_flags_are_checked_by_name():
+  with pytest.raises(ValueError, match="`fun` must be a function"):
+    value_and_task_grads("loss")
+  with pytest.raises(ValueError, match="`has_aux` must be True or False"):
+    value_and_task_grads(lambda p: p, has_aux="yes")
+  with pytest.raises(ValueError, match="`log_losses` must be True or False"):
+    value_and_task_grads(lambda p: p, log_losses=1)
