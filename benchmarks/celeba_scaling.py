@@ -19,7 +19,7 @@ path for them; tested in ``tests/test_benchmarks.py``).
 
 Full run: every method at 5.2M, and linear scalarisation, ConicGrad, MGDA and
 FAMO at all four sizes (the Gram methods share the stacked-gradient cost that
-dominates; the aggregation benchmark separates their solvers), batch 8, two
+dominates; the aggregation benchmark separates their solvers), batch 8, three
 timed rounds after one warm-up. ``--quick``: two tiny widths, ConicGrad and
 FAMO, batch 2.
 
@@ -143,7 +143,7 @@ def main(argv=None):
     plan = {size: (width, names if size == "5.2M" else
                    [n for n in names if n in ALL_SIZES_METHODS])
             for size, width in models.WIDTHS.items()}
-    batch, rounds = 8, 2
+    batch, rounds = 8, 3
   tag = "celeba_scaling_quick" if args.quick else "celeba_scaling"
   runs = store_m.RunStore(args.out, tag)
   rows = []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+
+_MAX_NAME = 120
 
 
 class RunStore:
@@ -15,7 +18,13 @@ class RunStore:
     os.makedirs(self.folder, exist_ok=True)
 
   def _path(self, key: str) -> str:
-    return os.path.join(self.folder, re.sub(r"[^A-Za-z0-9_.=-]+", "_", key) + ".json")
+    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", key)
+    if len(name) > _MAX_NAME:
+      # File names are limited (255 bytes on most file systems): a long key keeps its
+      # start and gets a digest of the whole key instead of the rest.
+      digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+      name = f"{name[:_MAX_NAME - 13]}-{digest}"
+    return os.path.join(self.folder, name + ".json")
 
   def get(self, key: str):
     path = self._path(key)

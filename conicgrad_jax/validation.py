@@ -334,10 +334,13 @@ def check_task_grads(task_grads: PyTree, shared_flags: list[bool],
         stacked.append(False)
         continue
       if shape[1:] != pshape or len(shape) != len(pshape) + 1:
+        summed_shared = shared_flags[i] and shape == pshape
         raise ValueError(
             f"Task-gradient leaf {path_str(path)} has shape {shape}; expected "
             f"(K, *{pshape}) for the parameter of shape {pshape}"
-            + ("" if shared_flags[i] else f", or {pshape} already summed") + ".")
+            + ("" if shared_flags[i] else f", or {pshape} already summed")
+            + (": it looks summed over the tasks already; if it is task-specific, leave it "
+               "out of the shared leaves with `shared=`" if summed_shared else "") + ".")
     if len(shape) == 0:
       raise ValueError(
           f"Task-gradient leaf {path_str(path)} is a scalar; it needs a leading "
@@ -350,7 +353,9 @@ def check_task_grads(task_grads: PyTree, shared_flags: list[bool],
                     "of its `preference` or `weights`)")
       raise ValueError(
           f"Task-gradient leaf {path_str(path)} has task axis of length "
-          f"{shape[0]}, but {where}: every leaf needs the same K.")
+          f"{shape[0]}, but {where}: every leaf needs the same K (a task-specific leaf "
+          "whose gradient is already summed over the tasks goes out of the shared leaves "
+          "with `shared=`, and update() then needs `params`).")
     stacked.append(True)
   if k is None or k < 1:
     raise ValueError("The task gradients have no task axis (K = 0).")

@@ -62,7 +62,7 @@ def train(steps: int = 300, batch: int = 128, n_train: int = 4000, lr: float = 1
   images, labels, name = load_data(n_train, seed)
   params = overlaid.init_params(seed)
   method = cg.with_diagnostics(cg.conicgrad(c, shared=overlaid.is_shared, num_tasks=2),
-                               shared=overlaid.is_shared, num_tasks=2)
+                               num_tasks=2)
   optimiser = optax.adam(lr)
   task_grads = cg.value_and_task_grads(overlaid.task_losses, shared=overlaid.is_shared)
 

@@ -1,5 +1,7 @@
 """The benchmarks' bookkeeping: Δm%, ranks, resumable runs, data, QM9 features, the converged rule."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -65,6 +67,17 @@ def test_run_store_resumes(tmp_path):
   again = store_m.RunStore(str(tmp_path), "bench").run("conicgrad_seed0",
                                                         lambda: calls.append(2) or {"v": 2})
   assert first == again == {"v": 1} and calls == [1]
+
+
+def test_run_store_keys_longer_than_a_file_name_stay_distinct(tmp_path):
+  """A key naming 39 methods is longer than the 255 bytes a file name may have."""
+  runs = store_m.RunStore(str(tmp_path), "bench")
+  long_a = "5.2M_" + "-".join(f"method_number_{i}" for i in range(39)) + "_b8"
+  long_b = long_a.replace("_b8", "_b4")
+  runs.put(long_a, {"x": 1})
+  runs.put(long_b, {"x": 2})
+  assert runs.get(long_a) == {"x": 1} and runs.get(long_b) == {"x": 2}
+  assert all(len(name) < 255 for name in os.listdir(runs.folder))
 
 
 def test_overlay_places_both_images():

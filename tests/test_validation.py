@@ -191,3 +191,13 @@ def test_task_gradients_that_are_not_real_floats_are_refused_by_name(dtype):
 def test_bool_and_complex_options_are_refused_by_name(factory, name, value):
   with pytest.raises(ValueError, match=f"`{name}` must be a"):
     factory(**{name: value})
+
+
+def test_a_summed_head_without_shared_points_to_the_shared_option():
+  params = {"enc": jnp.zeros((3, 2)), "head": jnp.zeros(4)}
+  grads = {"enc": jnp.ones((2, 3, 2)), "head": jnp.ones(4)}     # head already summed
+  tx = conicgrad(0.5)
+  with pytest.raises(ValueError, match=r"\['head'\].*looks summed over the tasks.*`shared=`"):
+    tx.update(grads, tx.init(params), params)
+  with pytest.raises(ValueError, match=r"\['head'\].*every leaf needs the same K.*`shared=`"):
+    tx.update({"enc": jnp.ones((2, 3, 2)), "head": jnp.ones((4, 1))}, tx.init(None))
