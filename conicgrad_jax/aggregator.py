@@ -27,7 +27,6 @@ Conventions, for every method built here:
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 import jax
@@ -91,15 +90,20 @@ is unknown) and ``nonfinite_steps``. When K is only learnt at the first
 """
 
 
-# The `shared` option each method of this library was built with, keyed by its
-# update function, so that wrappers (cr_mogm, with_diagnostics) can take it over.
-_SHARED_OF_UPDATE: "weakref.WeakKeyDictionary[Callable, validation.SharedSpec]" = (
-    weakref.WeakKeyDictionary())
+# The attribute of a method's update function that holds the `shared` it was built
+# with, so that wrappers (cr_mogm, with_diagnostics) can take it over. It lives on the
+# function, so it lives exactly as long as the method.
+_SHARED_ATTRIBUTE = "_conicgrad_jax_shared"
+_UNRECORDED = object()
 
 
 def record_shared(update: Callable, shared: validation.SharedSpec):
   """Records the ``shared`` a method's ``update`` was built with (see :func:`shared_option`)."""
-  _SHARED_OF_UPDATE[update] = shared
+  setattr(update, _SHARED_ATTRIBUTE, shared)
+
+
+def _recorded_shared(method):
+  return getattr(getattr(method, "update", None), _SHARED_ATTRIBUTE, _UNRECORDED)
 
 
 def check_method(method, name: str, *, jacobian_allowed: bool = True):
@@ -125,8 +129,8 @@ def check_method_state(state, name: str):
   if not (hasattr(state, "weights") and hasattr(state, "nonfinite_steps")):
     raise ValueError(
         f"`{name}`'s state ({type(state).__name__}) has no `weights`: it must be a balancing "
-        "method of this library itself, not an optax.chain or another optimiser "
-        "(wrap the method first, then chain the result).")
+        "method of this library itself (optionally wrapped by cr_mogm or with_diagnostics), "
+        "not an optax.chain or another optimiser; chain optimisers after it.")
 
 
 def shared_option(method, shared: validation.SharedSpec = None) -> validation.SharedSpec:
@@ -137,7 +141,8 @@ def shared_option(method, shared: validation.SharedSpec = None) -> validation.Sh
   """
   if shared is not None:
     return shared
-  return _SHARED_OF_UPDATE.get(getattr(method, "update", None), None)
+  own = _recorded_shared(method)
+  return None if own is _UNRECORDED else own
 
 
 def check_shared_agrees(method, name: str, shared: validation.SharedSpec, wrapper: str,
@@ -147,11 +152,8 @@ def check_shared_agrees(method, name: str, shared: validation.SharedSpec, wrappe
   A wrapper that recombined other leaves than the method it wraps would mix
   weighted and summed head gradients without a sign of it.
   """
-  update = getattr(method, "update", None)
-  if update not in _SHARED_OF_UPDATE:
-    return
-  own = _SHARED_OF_UPDATE[update]
-  if own is shared:
+  own = _recorded_shared(method)
+  if own is _UNRECORDED or own is shared:
     return
   paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(task_grads)[0]]
   theirs = validation.resolve_shared(own, task_grads)

@@ -270,4 +270,5 @@ def with_diagnostics(method: optax.GradientTransformation, *,
                                    new, old)
     return updates, DiagnosticsState(inner, new)
 
+  aggregator.record_shared(update_fn, shared)
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -125,7 +125,9 @@ def cross_gram_matrix(task_grads_a: PyTree, task_grads_b: PyTree, precision=_num
     raise ValueError(f"`task_grads_b` has {len(b_leaves)} leaves where `task_grads_a` has "
                      f"{len(a_leaves)} (shared) leaves.")
   grams = []
-  for a, b in zip(a_leaves, b_leaves):
+  for i, (a, b) in enumerate(zip(a_leaves, b_leaves)):
+    validation.check_floating_leaf((jax.tree_util.SequenceKey(i),), b,
+                                   "Shared leaf of `task_grads_b`")
     if a.shape != b.shape:
       raise ValueError(f"Leaves of shapes {a.shape} and {b.shape} do not match (both need "
                        "the same K tasks and the same parameter shape).")

@@ -162,19 +162,18 @@ def check_preference(preference, num_tasks: Optional[int] = None):
   """Eager check of a preference vector: 1-D, finite, ≥ 0, positive sum, K = ``num_tasks`` entries."""
   if preference is None:
     return
+  if np.ndim(preference) != 1 or np.size(preference) == 0:
+    raise ValueError(
+        f"`preference` must be a non-empty 1-D vector, got shape {np.shape(preference)}.")
+  if not isinstance(preference, jax.core.Tracer):
+    p = np.asarray(preference, dtype=np.float64)
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
+      raise ValueError(
+          "`preference` must be finite, non-negative and not all zero, got "
+          f"{p.tolist()}.")
   if num_tasks is not None and np.shape(preference) != (num_tasks,):
     raise ValueError(
         f"`preference` has shape {np.shape(preference)} but `num_tasks` is {num_tasks}.")
-  if isinstance(preference, jax.core.Tracer):
-    return
-  p = np.asarray(preference, dtype=np.float64)
-  if p.ndim != 1 or p.size == 0:
-    raise ValueError(
-        f"`preference` must be a non-empty 1-D vector, got shape {p.shape}.")
-  if not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
-    raise ValueError(
-        "`preference` must be finite, non-negative and not all zero, got "
-        f"{p.tolist()}.")
 
 
 def check_positive_int(name: str, value, *, allow_none: bool = False):
@@ -191,6 +190,9 @@ def check_positive_int(name: str, value, *, allow_none: bool = False):
 
 def check_non_negative_int(name: str, value) -> int:
   """Returns ``value`` as a Python int ≥ 0 (NumPy integers too), or raises ValueError naming ``name``."""
+  if isinstance(value, jax.core.Tracer):
+    raise ValueError(f"`{name}` fixes array shapes, so it must be a concrete integer, not a "
+                     "traced value (with optax.inject_hyperparams, list it in static_args).")
   if is_array(value) and np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.integer):
     value = int(value)
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:

@@ -201,3 +201,28 @@ def test_a_summed_head_without_shared_points_to_the_shared_option():
     tx.update(grads, tx.init(params), params)
   with pytest.raises(ValueError, match=r"\['head'\].*every leaf needs the same K.*`shared=`"):
     tx.update({"enc": jnp.ones((2, 3, 2)), "head": jnp.ones((4, 1))}, tx.init(None))
+
+
+def test_a_malformed_preference_is_named_before_its_length():
+  for bad, shape in ((1.0, r"\(\)"), ([[1.0, 1.0]], r"\(1, 2\)")):
+    with pytest.raises(ValueError, match=f"non-empty 1-D vector, got shape {shape}"):
+      conicgrad(0.5, preference=bad)
+  with pytest.raises(ValueError, match="`tol` must be a number, not a bool"):
+    conicgrad(0.5, tol=True)
+
+
+def test_the_recorded_shared_does_not_keep_its_owner_alive():
+  """A bound-method predicate points back to its object; the record must not pin it."""
+  import gc
+  import weakref
+
+  class Trainer:
+    def __init__(self):
+      self.tx = conicgrad(0.5, shared=self.is_shared, num_tasks=2)
+
+    def is_shared(self, path, leaf):
+      return path[0].key == "enc"
+
+  refs = [weakref.ref(Trainer()) for _ in range(3)]
+  gc.collect()
+  assert all(r() is None for r in refs)

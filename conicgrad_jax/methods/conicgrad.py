@@ -127,11 +127,11 @@ def conicgrad(
     raise ValueError(f"`scale` must be one of {conic.SCALES}, got {scale!r}.")
   validation.check_positive_int("max_iter", max_iter)
   warm_start = validation.check_bool("warm_start", warm_start)
-  if tol is not None and not (validation.concrete_float(tol) or 0) > 0:
-    raise ValueError(f"`tol` must be a positive number, got {tol!r}.")
+  if tol is not None:
+    validation.check_positive("tol", tol)
+  validation.check_preference(preference, num_tasks)
   if preference is not None and num_tasks is None:
     num_tasks = int(np.shape(preference)[0])
-  validation.check_preference(preference, num_tasks)
 
   def init_state(k, dtype=jnp.float32):
     return ConicGradState(weights=aggregator.placeholder_weights(k, dtype),

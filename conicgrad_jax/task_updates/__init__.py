@@ -164,8 +164,8 @@ def make_task_update(
       weighs ∇ log L_k = ∇L_k / L_k (the log-MGDA / log-CAGrad / log-IMTL
       variants of Liu et al.'s FAMO code); the heads get Σ_k ∇ log L_k. The
       losses returned (and passed to the method as ``losses=``) are L_k. A
-      loss ≤ 0 has no logarithm: that step's task gradients are NaN, and the
-      method skips it (``nonfinite_steps``).
+      loss ≤ 0 has no logarithm: all task gradients of that step are NaN,
+      and the method skips the step.
     num_tasks: optional K; it must agree with the method's (a check only).
 
   Returns:

@@ -87,7 +87,7 @@ def value_and_task_grads(
     log_losses: differentiate log L_k instead of L_k (∇ log L_k = ∇L_k / L_k,
       the "log" variants of the Gram methods, e.g. log-MGDA of Liu et al.'s
       FAMO code). The returned losses are still L_k. A loss L_k ≤ 0 has no
-      logarithm: that step's task gradients are NaN, so the method skips it.
+      logarithm: all task gradients of that step are NaN, so a method skips it.
 
   Returns:
     A function ``(params, *args, **kwargs) -> ((losses, aux) or losses,
