@@ -88,6 +88,7 @@ def accumulate_task_grads(inner: optax.GradientTransformation, every: int, *,
     >>> float(jnp.abs(u["w"]).sum())
     0.0
   """
+  validation.check_transformation("inner", inner)
   validation.check_positive_int("every", every)
   validation.check_positive_int("num_tasks", num_tasks)
   inner = optax.with_extra_args_support(inner)

@@ -113,10 +113,11 @@ def check_method(method, name: str, *, jacobian_allowed: bool = True):
   (with ``jacobian_allowed=False``) one whose update is Σ_k w_k g_k with the
   weights in its state. :func:`check_method_state` checks the state at ``init``.
   """
-  if isinstance(method, str) or not (callable(getattr(method, "init", None))
-                                     and callable(getattr(method, "update", None))):
+  try:
+    validation.check_transformation(name, method)
+  except ValueError:
     raise ValueError(f"`{name}` must be a balancing method of this library (e.g. "
-                     f"conicgrad()), got {type(method).__name__}.")
+                     f"conicgrad()), got {type(method).__name__}.") from None
   if not jacobian_allowed and isinstance(method, JacobianTransformation):
     raise ValueError(
         f"`{name}` needs the task gradients themselves (its update is not Σ_k w_k g_k "

@@ -81,6 +81,7 @@ def skip_nonfinite(inner: optax.GradientTransformation,
     >>> bool(jnp.all(u["w"] == 0)), int(state.total_notfinite)
     (True, 1)
   """
+  validation.check_transformation("inner", inner)
   if max_consecutive_errors is not None:
     max_consecutive_errors = validation.check_non_negative_int("max_consecutive_errors",
                                                                max_consecutive_errors)

@@ -200,6 +200,13 @@ def check_non_negative_int(name: str, value) -> int:
   return int(value)
 
 
+def check_transformation(name: str, value):
+  """Raises ValueError naming ``name`` unless ``value`` has callable ``init`` and ``update``."""
+  if not (callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))):
+    raise ValueError(f"`{name}` must be an optax transformation (init and update), got "
+                     f"{type(value).__name__}.")
+
+
 def check_bool(name: str, value) -> bool:
   """Returns ``value`` as a Python bool, or raises ValueError naming ``name``."""
   if not isinstance(value, (bool, np.bool_)):

@@ -46,6 +46,8 @@ def test_accumulated_update_equals_large_batch_update(make):
 def test_needs_params_and_positive_every():
   with pytest.raises(ValueError, match="every"):
     cg.accumulate_task_grads(cg.conicgrad(0.5), every=0, num_tasks=2)
+  with pytest.raises(ValueError, match="`inner` must be an optax transformation"):
+    cg.accumulate_task_grads("conicgrad", every=2, num_tasks=2)
   with pytest.raises(ValueError, match="init\\(params\\)"):
     cg.accumulate_task_grads(cg.conicgrad(0.5), every=2, num_tasks=2).init(None)
 

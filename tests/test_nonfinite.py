@@ -88,6 +88,8 @@ def test_after_max_consecutive_errors_the_update_goes_through():
 def test_bad_max_consecutive_errors():
   with pytest.raises(ValueError, match="max_consecutive_errors"):
     cg.skip_nonfinite(optax.sgd(1.0), max_consecutive_errors=-1)
+  with pytest.raises(ValueError, match="`inner` must be an optax transformation"):
+    cg.skip_nonfinite("sgd")
 
 
 def test_optax_apply_if_finite_cannot_wrap_a_multi_task_chain():
