@@ -113,11 +113,8 @@ def check_method(method, name: str, *, jacobian_allowed: bool = True):
   (with ``jacobian_allowed=False``) one whose update is Σ_k w_k g_k with the
   weights in its state. :func:`check_method_state` checks the state at ``init``.
   """
-  try:
-    validation.check_transformation(name, method)
-  except ValueError:
-    raise ValueError(f"`{name}` must be a balancing method of this library (e.g. "
-                     f"conicgrad()), got {type(method).__name__}.") from None
+  validation.check_transformation(name, method,
+                                  "a balancing method of this library (e.g. conicgrad())")
   if not jacobian_allowed and isinstance(method, JacobianTransformation):
     raise ValueError(
         f"`{name}` needs the task gradients themselves (its update is not Σ_k w_k g_k "

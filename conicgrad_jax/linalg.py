@@ -51,21 +51,11 @@ def _shared_leaves(task_grads: PyTree, shared) -> list:
   flags = ([True] * len(paths_leaves) if shared is None
            else validation.resolve_shared(shared, task_grads))
   selected = [(path, leaf) for (path, leaf), f in zip(paths_leaves, flags) if f]
-  hint = ("; if it is a task-specific leaf whose gradient is already summed over the "
-          "tasks, leave it out with `shared=`")
-  first_path, k = None, None
+  validation.check_leading_axis(
+      selected, hint="; a task-specific leaf whose gradient is already summed over the "
+                     "tasks stays out of the Gram matrix with `shared=`")
   for path, leaf in selected:
-    if not validation.is_array(leaf) or jnp.ndim(leaf) == 0:
-      raise ValueError(f"Task-gradient leaf {validation.path_str(path)} has no leading "
-                       f"task axis (shape {jnp.shape(leaf)}){hint}.")
     validation.check_floating_leaf(path, leaf)
-    if k is None:
-      first_path, k = path, leaf.shape[0]
-    elif leaf.shape[0] != k:
-      raise ValueError(
-          f"Task-gradient leaf {validation.path_str(path)} has shape {leaf.shape}, task "
-          f"axis {leaf.shape[0]}, but leaf {validation.path_str(first_path)} has K = {k}: "
-          f"every leaf that enters the Gram matrix needs the same K{hint}.")
   return [leaf for _, leaf in selected]
 
 
@@ -165,12 +155,8 @@ def combine(weights: jax.Array, task_grads: PyTree, out_dtypes: PyTree = None,
   """
   if jnp.ndim(weights) != 1:
     raise ValueError(f"`weights` must be a (K,) vector, got shape {jnp.shape(weights)}.")
-  for path, leaf in jax.tree_util.tree_flatten_with_path(task_grads)[0]:
-    if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != jnp.shape(weights)[0]:
-      raise ValueError(
-          f"Task-gradient leaf {validation.path_str(path)} has shape {jnp.shape(leaf)}; "
-          f"`weights` has K = {jnp.shape(weights)[0]}, so every leaf needs that leading "
-          "task axis.")
+  validation.check_leading_axis(jax.tree_util.tree_flatten_with_path(task_grads)[0],
+                                jnp.shape(weights)[0], "`weights`")
   if out_dtypes is None:
     return jax.tree_util.tree_map(
         lambda leaf: combine_leaf(weights, leaf, None, precision), task_grads)

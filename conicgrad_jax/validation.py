@@ -99,11 +99,17 @@ def check_scalar(name: str, value):
     raise ValueError(f"`{name}` must be a scalar, got shape {np.shape(value)}.")
 
 
-def check_integer(name: str, value):
-  """Raises ValueError naming ``name`` unless ``value`` is an integer (not a bool)."""
+def _integer_scalar(value):
+  """A 0-d integer array (optax.inject_hyperparams passes those) as a Python int; else ``value``."""
   if is_array(value) and np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype,
                                                                np.integer):
-    return
+    return int(value)
+  return value
+
+
+def check_integer(name: str, value):
+  """Raises ValueError naming ``name`` unless ``value`` is an integer (not a bool)."""
+  value = _integer_scalar(value)
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     raise ValueError(f"`{name}` must be an integer, got {value!r}.")
 
@@ -141,6 +147,25 @@ def check_floating_leaf(path, leaf, what: str = "Task-gradient leaf"):
     raise ValueError(
         f"{what} {path_str(path)} has dtype {dtype}; it must be real floating point "
         "(float16, bfloat16, float32 or float64).")
+
+
+def check_leading_axis(paths_leaves, k: Optional[int] = None, source: str = "",
+                       hint: str = "") -> Optional[int]:
+  """K of stacked leaves ``[(path, leaf), ...]``: every leaf needs the same leading task axis.
+
+  ``k`` fixes K beforehand (``source`` says where it comes from, e.g. "`weights`");
+  otherwise the first leaf does. ``hint`` ends the error messages.
+  """
+  for path, leaf in paths_leaves:
+    if not is_array(leaf) or jnp.ndim(leaf) == 0:
+      raise ValueError(f"Task-gradient leaf {path_str(path)} has no leading task axis "
+                       f"(shape {jnp.shape(leaf)}){hint}.")
+    if k is None:
+      k, source = leaf.shape[0], f"leaf {path_str(path)}"
+    elif leaf.shape[0] != k:
+      raise ValueError(f"Task-gradient leaf {path_str(path)} has shape {leaf.shape}; {source} "
+                       f"has K = {k}: every leaf needs that leading task axis{hint}.")
+  return k
 
 
 def check_unit_interval(name: str, value, *, closed_right: bool = False):
@@ -182,8 +207,7 @@ def check_positive_int(name: str, value, *, allow_none: bool = False):
     return
   if isinstance(value, jax.core.Tracer):
     return
-  if is_array(value) and np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.integer):
-    value = int(value)
+  value = _integer_scalar(value)
   if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
     raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
@@ -193,18 +217,17 @@ def check_non_negative_int(name: str, value) -> int:
   if isinstance(value, jax.core.Tracer):
     raise ValueError(f"`{name}` fixes array shapes, so it must be a concrete integer, not a "
                      "traced value (with optax.inject_hyperparams, list it in static_args).")
-  if is_array(value) and np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.integer):
-    value = int(value)
+  value = _integer_scalar(value)
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
     raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
   return int(value)
 
 
-def check_transformation(name: str, value):
+def check_transformation(name: str, value,
+                         what: str = "an optax transformation (init and update)"):
   """Raises ValueError naming ``name`` unless ``value`` has callable ``init`` and ``update``."""
   if not (callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))):
-    raise ValueError(f"`{name}` must be an optax transformation (init and update), got "
-                     f"{type(value).__name__}.")
+    raise ValueError(f"`{name}` must be {what}, got {type(value).__name__}.")
 
 
 def check_bool(name: str, value) -> bool:
