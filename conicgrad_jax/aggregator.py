@@ -122,6 +122,15 @@ def check_method(method, name: str, *, jacobian_allowed: bool = True):
         "loss weighting.")
 
 
+def check_state_type(state, expected: type):
+  """Raises ValueError unless ``state`` is an ``expected`` (the method's own state type)."""
+  if type(state) is not expected:
+    raise ValueError(
+        f"The optimiser state is a {type(state).__name__}, but this method's state is a "
+        f"{expected.__name__}: pass the state that this method's own `init` returned "
+        "(a state made by another method, or restored without its type, does not fit).")
+
+
 def check_method_state(state, name: str):
   """Raises ValueError naming ``name`` unless ``state`` has ``weights`` and ``nonfinite_steps``."""
   if not (hasattr(state, "weights") and hasattr(state, "nonfinite_steps")):
@@ -203,10 +212,21 @@ def stacked_gradient_transformation(
       return strong(init_state(num_tasks, dtype, params))
     return strong(init_state(num_tasks, dtype))
 
+  state_type = []
+
+  def check_own_state(state, task_grads, params):
+    if not state_type:
+      if params is None:
+        params = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(jnp.shape(x)[1:], jnp.result_type(x)), task_grads)
+      state_type.append(type(jax.eval_shape(init_fn, params)))
+    check_state_type(state, state_type[0])
+
   def update_fn(task_grads, state, params=None, **extra_args):
     flags = validation.resolve_shared(shared, task_grads)
     k, stacked = validation.check_task_grads(task_grads, flags, params, num_tasks,
                                              shared_given=shared is not None)
+    check_own_state(state, task_grads, params)
     leaves, treedef = jax.tree_util.tree_flatten(task_grads)
     shared_leaves = [leaf for leaf, f in zip(leaves, flags) if f]
 
@@ -289,6 +309,7 @@ def gram_weighting_transformation(
     The transformation. ``update(task_grads, state, params=None, **extra)``
     accepts and forwards unknown keyword arguments to ``weigh``.
   """
+  validation.check_precision(precision)
 
   def aggregate(shared_leaves, state, **extra_args):
     k = state.weights.shape[0]
@@ -340,6 +361,7 @@ def loss_weighting_transformation(
     ``positive_losses`` losses ≤ 0, skip the step like non-finite gradients do (zero update,
     state kept, ``nonfinite_steps`` + 1).
   """
+  validation.check_precision(precision)
 
   def weigh(gram, state, losses=None, **_):
     del gram

@@ -243,6 +243,7 @@ def with_diagnostics(method: optax.GradientTransformation, *,
     >>> bool(jnp.all(state.diagnostics.update_cosines > 0))   # MGDA improves both tasks
     True
   """
+  validation.check_precision(precision)
   validation.check_shared_spec(shared)
   validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
   aggregator.check_method(method, "method")
@@ -259,6 +260,7 @@ def with_diagnostics(method: optax.GradientTransformation, *,
     return DiagnosticsState(inner, empty_diagnostics(k, dtype))
 
   def update_fn(task_grads, state, params=None, **extra_args):
+    aggregator.check_state_type(state, DiagnosticsState)
     aggregator.check_shared_agrees(method, "method", shared, "with_diagnostics", task_grads)
     updates, inner = method.update(task_grads, state.inner, params, **extra_args)
     gram = linalg.gram_matrix(task_grads, precision, shared=shared)

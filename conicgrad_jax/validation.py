@@ -230,6 +230,45 @@ def check_transformation(name: str, value,
     raise ValueError(f"`{name}` must be {what}, got {type(value).__name__}.")
 
 
+def check_precision(precision):
+  """Raises ValueError naming ``precision`` unless JAX's matmuls accept it.
+
+  Checked on abstract values (``jax.eval_shape``): nothing is computed.
+  """
+  def probe():
+    one = jnp.ones((1, 1), jnp.float32)
+    return jnp.matmul(one, one, precision=precision)
+  try:
+    jax.eval_shape(probe)
+  except (ValueError, TypeError) as error:
+    raise ValueError(
+        f"`precision` must be a matmul precision JAX accepts (None, a jax.lax.Precision, "
+        f"'highest', 'high', 'default', ...), got {precision!r}.") from error
+
+
+def check_task_vectors(function: str, first: str, value, **others):
+  """Raises ValueError unless ``value`` and every array in ``others`` has shape (K,).
+
+  For the scalarised-loss helpers (``famo_loss(losses, logits)``, ...): the
+  first argument fixes K, and every other argument given is a vector of K
+  entries (``None`` skips one; a name ending in ``"_or_scalar"`` may also be a
+  scalar). The message names the function, the argument and both shapes.
+  """
+  shape = jnp.shape(value)
+  if len(shape) != 1:
+    raise ValueError(f"{function}: `{first}` must be a vector of K entries, one per task; "
+                     f"got shape {shape}.")
+  for name, other in others.items():
+    if other is None:
+      continue
+    scalar_ok = name.endswith("_or_scalar")
+    name = name.removesuffix("_or_scalar")
+    other_shape = jnp.shape(other)
+    if other_shape != shape and not (scalar_ok and other_shape == ()):
+      expected = f"({shape[0]},) like `{first}`" + (" or a scalar" if scalar_ok else "")
+      raise ValueError(f"{function}: `{name}` has shape {other_shape}; expected {expected}.")
+
+
 def check_bool(name: str, value) -> bool:
   """Returns ``value`` as a Python bool, or raises ValueError naming ``name``."""
   if not isinstance(value, (bool, np.bool_)):

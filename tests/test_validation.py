@@ -1,5 +1,7 @@
 """Bad input raises ValueError at construction or trace time, naming what is wrong."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -226,3 +228,95 @@ def test_the_recorded_shared_does_not_keep_its_owner_alive():
   refs = [weakref.ref(Trainer()) for _ in range(3)]
   gc.collect()
   assert all(r() is None for r in refs)
+
+
+_TAKES_PRECISION = sorted(
+    name for name, info in cg.registry.methods().items()
+    if "precision" in inspect.signature(info.factory).parameters)
+
+
+def test_every_method_with_a_precision_option_is_covered():
+  assert len(_TAKES_PRECISION) >= 30, _TAKES_PRECISION
+
+
+@pytest.mark.parametrize("name", _TAKES_PRECISION)
+def test_an_unknown_precision_is_refused_at_construction(name):
+  factory = cg.registry.methods()[name].factory
+  with pytest.raises(ValueError, match="`precision` must be a matmul precision"):
+    factory(precision="bogus")
+  factory(precision="highest")            # a valid one is accepted
+  factory(precision=jax.lax.Precision.HIGH)
+
+
+def test_with_diagnostics_refuses_an_unknown_precision():
+  with pytest.raises(ValueError, match="`precision` must be a matmul precision"):
+    cg.with_diagnostics(cg.mgda(), precision="bogus")
+
+
+_K3 = jnp.ones(3)
+_LOSS_HELPERS = [
+    ("imtl_l_loss", lambda l, v: cg.imtl_l_loss(l, v), "log_scales"),
+    ("uncertainty_weighting_loss", lambda l, v: cg.uncertainty_weighting_loss(l, v),
+     "log_scales"),
+    ("famo_loss", lambda l, v: cg.famo_loss(l, v), "logits"),
+    ("famo_loss", lambda l, v: cg.famo_loss(l, _K3 if l.ndim == 1 else l, v), "min_losses"),
+    ("bilb4mtl_loss", lambda l, v: cg.bilb4mtl_loss(l, v, _K3 if l.ndim == 1 else l),
+     "logits"),
+    ("bilb4mtl_loss", lambda l, v: cg.bilb4mtl_loss(l, _K3 if l.ndim == 1 else l, v),
+     "initial_losses"),
+    ("cosmos_loss", lambda l, v: cg.cosmos_loss(l, v), "preference"),
+    ("gsmgrad_fa_loss", lambda l, v: cg.gsmgrad_fa_loss(l, v), "weights"),
+    ("pbi_loss", lambda l, v: cg.pbi_loss(l, v), "preference"),
+    ("pbi_loss", lambda l, v: cg.pbi_loss(l, _K3 if l.ndim == 1 else l, reference=v),
+     "reference"),
+    ("stch_loss", lambda l, v: cg.stch_loss(l, v), "nadir"),
+]
+
+
+@pytest.mark.parametrize("function, call, name", _LOSS_HELPERS)
+def test_loss_helpers_name_an_argument_of_the_wrong_length(function, call, name):
+  with pytest.raises(ValueError, match=rf"{function}: `{name}` has shape \(2,\); expected \(3,\)"):
+    call(_K3, jnp.ones(2))
+
+
+@pytest.mark.parametrize("function, call, name", _LOSS_HELPERS)
+def test_loss_helpers_refuse_losses_that_are_not_a_vector(function, call, name):
+  del name
+  with pytest.raises(ValueError, match=rf"{function}: `losses` must be a vector of K entries"):
+    call(jnp.ones((3, 2)), jnp.ones((3, 2)))
+
+
+def test_single_argument_loss_helpers_refuse_a_matrix():
+  for helper in (cg.gls_loss, cg.scale_invariant_ls_loss):
+    with pytest.raises(ValueError, match="`losses` must be a vector"):
+      helper(jnp.ones((3, 2)))
+
+
+def test_famo_loss_takes_a_scalar_floor_and_the_balance_loss_names_its_vectors():
+  assert np.isfinite(float(cg.famo_loss(_K3, jnp.zeros(3), 0.5)))
+  from conicgrad_jax.methods import gradnorm
+  with pytest.raises(ValueError, match=r"gradnorm_balance_loss: `ratio` has shape \(\)"):
+    gradnorm.gradnorm_balance_loss(jnp.zeros(3), _K3, jnp.asarray(1.0))
+
+
+@pytest.mark.parametrize("name", sorted(cg.registry.methods()))
+def test_a_state_made_by_another_method_is_named(name):
+  params = {"w": jnp.zeros(4)}
+  grads = {"w": jnp.ones((3, 4))}
+  factory = cg.registry.methods()[name].factory
+  tx = factory(**({"num_tasks": 3} if "num_tasks" in inspect.signature(factory).parameters
+                  else {}))
+  own = type(tx.init(params))
+  donor = cg.famo() if own is not type(cg.famo().init(params)) else cg.conicgrad(0.5)
+  foreign = donor.init(params)
+  with pytest.raises(ValueError, match=rf"state is a {type(foreign).__name__}, but this "
+                                       rf"method's state is a {own.__name__}"):
+    tx.update(grads, foreign, params)
+
+
+def test_with_diagnostics_names_a_state_of_the_bare_method():
+  params = {"w": jnp.zeros(4)}
+  tx = cg.with_diagnostics(cg.mgda())
+  with pytest.raises(ValueError, match="state is a WarmGramMethodState, but this method's "
+                                       "state is a DiagnosticsState"):
+    tx.update({"w": jnp.ones((3, 4))}, cg.mgda().init(params), params)

@@ -45,6 +45,8 @@ def bilb4mtl_loss(losses: jax.Array, logits: jax.Array, initial_losses: jax.Arra
   With ``weight_bounds = (lo, hi)`` σ is clipped to [lo, hi] after the
   softmax (zero gradient outside, as ``torch.clamp``).
   """
+  validation.check_task_vectors("bilb4mtl_loss", "losses", losses, logits=logits,
+                                initial_losses=initial_losses)
   if normalization == "rescaled":
     norm = losses / (initial_losses / jnp.min(initial_losses))
   elif normalization == "log":

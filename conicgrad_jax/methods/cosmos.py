@@ -23,6 +23,7 @@ class CosmosState(NamedTuple):
 
 def cosmos_loss(losses: jax.Array, preference: jax.Array, lamda: float = 1.0) -> jax.Array:
   r"""S(L) = rᵀL − λ rᵀL/(‖r‖‖L‖) (each norm floored at 1e-8): back-propagate it for the update."""
+  validation.check_task_vectors("cosmos_loss", "losses", losses, preference=preference)
   dot = jnp.dot(preference, losses)
   norms = (jnp.maximum(jnp.linalg.norm(preference), _NORM_EPS)
            * jnp.maximum(jnp.linalg.norm(losses), _NORM_EPS))

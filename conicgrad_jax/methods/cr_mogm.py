@@ -97,6 +97,7 @@ def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: floa
   Deviation: the wrapped method still computes its own combination, which
   is discarded; under ``jax.jit`` XLA removes that dead computation.
   """
+  validation.check_precision(precision)
   validation.check_unit_interval("alpha", alpha, closed_right=True)
   if inner is None:
     from conicgrad_jax.methods.mgda import mgda
@@ -117,6 +118,7 @@ def cr_mogm(inner: Optional[optax.GradientTransformation] = None, *, alpha: floa
                        jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
   def update_fn(task_grads, state, params=None, **extra_args):
+    aggregator.check_state_type(state, CRMOGMState)
     aggregator.check_shared_agrees(inner, "inner", shared, "cr_mogm", task_grads)
     inner_updates, inner_state = inner.update(task_grads, state.inner, params, **extra_args)
     raw = inner_state.weights

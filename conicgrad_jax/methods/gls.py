@@ -21,6 +21,7 @@ class GLSState(NamedTuple):
 
 def gls_loss(losses: jax.Array) -> jax.Array:
   r"""(Π_i l_i)^{1/K}, computed as exp(mean log l) (no over- or underflow for large K)."""
+  validation.check_task_vectors("gls_loss", "losses", losses)
   return jnp.exp(jnp.mean(jnp.log(losses)))
 
 

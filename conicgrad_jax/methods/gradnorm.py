@@ -35,6 +35,8 @@ class GradNormState(NamedTuple):
 def gradnorm_balance_loss(logits: jax.Array, norms: jax.Array, ratio: jax.Array,
                           alpha: float = 1.5) -> jax.Array:
   r"""Σ_i |G_i − sg(Ḡ r_i^α)|, G_i = K·softmax(s)_i ‖g_i‖, Ḡ = mean_i G_i: the loss of s."""
+  validation.check_task_vectors("gradnorm_balance_loss", "logits", logits, norms=norms,
+                                ratio=ratio)
   k = logits.shape[0]
   g = k * jax.nn.softmax(logits) * norms
   target = jax.lax.stop_gradient(jnp.mean(g) * ratio ** alpha)

@@ -31,6 +31,7 @@ class GSMGradFAState(NamedTuple):
 
 def gsmgrad_fa_loss(losses: jax.Array, weights: jax.Array) -> jax.Array:
   r"""Σ_i w_i l_i with the GSMGrad-FA weights held fixed: back-propagate this once for the update."""
+  validation.check_task_vectors("gsmgrad_fa_loss", "losses", losses, weights=weights)
   return jnp.sum(jax.lax.stop_gradient(weights) * losses)
 
 

@@ -94,6 +94,7 @@ def modo(gamma: float = 0.1, *, rho: float = 0.1, shared: validation.SharedSpec 
   all three batches into them); here task-specific leaves get the sum of the
   gradients passed to ``update``, as for every method.
   """
+  validation.check_precision(precision)
   _check(gamma, rho)
 
   def init_state(k, dtype):

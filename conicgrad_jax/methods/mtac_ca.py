@@ -142,6 +142,7 @@ def mtac_ca(lr: float = 0.5, *, rho: float = 0.01, steps: int = 1,
     Xiao, Ban & Ji, "Direction-oriented Multi-objective Learning: Simple and
     Provable Stochastic Algorithms" (SDMGrad), NeurIPS 2023.
   """
+  validation.check_precision(precision)
   check_options(lr, rho, steps)
 
   def aggregate(leaves, state, weight_grads=None, **_):

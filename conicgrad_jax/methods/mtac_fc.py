@@ -127,6 +127,7 @@ def mtac_fc(lr: float = 0.1, *, shared: validation.SharedSpec = None,
     conflict-avoidant (CA) and fast-convergence (FC) task weighting,
     arXiv:2405.16077 (published as MOAC-CA / MOAC-FC).
   """
+  validation.check_precision(precision)
   _ca.check_options(lr, 0.0, 1)
 
   def aggregate(leaves, state, **_):

@@ -21,6 +21,7 @@ class ScaleInvariantLSState(NamedTuple):
 
 def scale_invariant_ls_loss(losses: jax.Array, eps: float = 0.0) -> jax.Array:
   r"""Σ_k log(L_k + ε): back-propagate this once for the method's update."""
+  validation.check_task_vectors("scale_invariant_ls_loss", "losses", losses)
   return jnp.sum(jnp.log(losses + eps))
 
 

@@ -115,6 +115,7 @@ def sdmgrad(lamda: float = 0.3, *, niter: int = 20, lr: float = 10.0,
   ``weight_grads`` (the update's own gradients) is what the official code
   computes anyway, since its three gradient buffers alias one tensor.
   """
+  validation.check_precision(precision)
   validation.check_positive("lamda", lamda, allow_zero=True)
   validation.check_positive_int("niter", niter)
   validation.check_positive("lr", lr)

@@ -36,6 +36,8 @@ def uncertainty_weighting_loss(losses: jax.Array, log_scales: jax.Array) -> jax.
   Its gradient in the losses is the weight vector ½e^{−s}; its gradient in s
   trains the log-variances.
   """
+  validation.check_task_vectors("uncertainty_weighting_loss", "losses", losses,
+                                log_scales=log_scales)
   return jnp.sum(0.5 * (jnp.exp(-log_scales) * losses + log_scales))
 
 
