@@ -584,6 +584,61 @@ def test_finite_gradients_that_overflow_skip_the_step(name):
           np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     else:
       assert int(new_state.nonfinite_steps) == 0, dtype
+    if dtype == jnp.float32 and cg.methods()[name].gram_weighting:
+      # Gradients of 1e20 overflow G (entries ~4e40): a Gram method skips the step.
+      assert int(new_state.nonfinite_steps) == 1, name
+
+
+@pytest.mark.parametrize("name", some_methods_by_default("famo", "graddrop", "mgda"))
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf])
+def test_nonfinite_task_gradients_give_a_zero_update_keep_the_state_and_count(name, bad):
+  """Every method on its own, without `skip_nonfinite`: one NaN or Inf entry in the task
+  gradients gives an all-zero update, the state unchanged but for `nonfinite_steps`,
+  which counts the step (docs: numerics, non-finite gradients)."""
+  params = {"w": jnp.zeros((4,), jnp.float32)}
+  good = {"w": jnp.asarray([[1.0, 0.5, -0.2, 0.3], [-0.4, 1.0, 0.1, 0.2]], jnp.float32)}
+  losses = jnp.array([0.5, 1.0], jnp.float32)
+  tx = build(name)
+  step = jax.jit(lambda g, s: tx.update(g, s, params, losses=losses))
+  _, state = step(good, tx.init(params))        # a state that holds a step
+  update, new_state = step({"w": good["w"].at[1, 2].set(bad)}, state)
+  assert bool(jnp.all(update["w"] == 0)), update
+  assert int(new_state.nonfinite_steps) == int(state.nonfinite_steps) + 1
+  # Unchanged but for the counters of skipped steps (a wrapper's inner method counts too).
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(new_state)[0],
+                          jax.tree_util.tree_leaves(state)):
+    if not jax.tree_util.keystr(path).endswith("nonfinite_steps"):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b),
+                                    err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("name", some_methods_by_default("famo", "graddrop", "mgda", "rlw"))
+def test_vmap_over_independent_problems_gives_each_problems_update(name):
+  """``jax.vmap`` of ``update`` over a batch of independent problems (task gradients,
+  losses and states batched) gives, for each, the update and state of its own call."""
+  rng = np.random.default_rng(3)
+  params = {"w": jnp.zeros((4,), jnp.float32)}
+  grads = {"w": jnp.asarray(rng.standard_normal((3, K, 4)), jnp.float32)}
+  losses = jnp.asarray(rng.uniform(0.5, 2.0, (3, K)), jnp.float32)
+  tx = build(name)
+  single = jax.jit(lambda g, s, l: tx.update(g, s, params, losses=l))
+  state = single(jax.tree_util.tree_map(lambda x: x[0], grads), tx.init(params), losses[0])[1]
+  states = jax.tree_util.tree_map(lambda x: jnp.stack([x] * 3), state)
+  batched = jax.jit(jax.vmap(lambda g, s, l: tx.update(g, s, params, losses=l)))
+  updates, new_states = batched(grads, states, losses)
+  for b in range(3):
+    expected = single(jax.tree_util.tree_map(lambda x: x[b], grads), state, losses[b])
+    got = jax.tree_util.tree_map(lambda x: x[b], (updates, new_states))
+    for (path, a), e in zip(jax.tree_util.tree_flatten_with_path(got)[0],
+                            jax.tree_util.tree_leaves(expected)):
+      where = f"problem {b}, {jax.tree_util.keystr(path)}"
+      if jnp.issubdtype(e.dtype, jnp.inexact):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-4, atol=1e-5,
+                                   err_msg=where)
+      elif "iterations" not in jax.tree_util.keystr(path):
+        # (A solver's step count may differ: a warm start certified at the tolerance's
+        # edge in one program and just missed in the other changes the path, not the answer.)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(e), err_msg=where)
 
 
 @pytest.mark.parametrize("name", ["conicgrad", "linear_scalarization", "mgda"])
