@@ -6,6 +6,7 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from conicgrad_jax import _numeric
@@ -34,6 +35,14 @@ def cosmos_weighting(losses: jax.Array, preference: jax.Array, *,
                      lamda: float = 1.0) -> tuple[jax.Array, aggregator.SolverInfo]:
   r"""w = ∇_L S(L): the weights whose combination Σ w_k g_k is ∇_θ S(L(θ))."""
   return jax.grad(cosmos_loss)(losses, preference, lamda), aggregator.no_solver_info()
+
+
+def _fixed_vector(value):
+  """An option vector as given: a JAX array keeps its dtype (a traced one stays traced),
+  anything else becomes float64 numpy, cast to the losses' dtype at each update."""
+  if value is None or isinstance(value, jax.Array):
+    return value
+  return np.asarray(value, np.float64)
 
 
 def _preference(preference, default, k, dtype):
@@ -99,7 +108,7 @@ def cosmos(lamda: float = 1.0, *, preference=None, shared: validation.SharedSpec
   """
   validation.check_positive("lamda", lamda, allow_zero=True)
   validation.check_preference(preference)
-  fixed = None if preference is None else jnp.asarray(preference, jnp.float32)
+  fixed = _fixed_vector(preference)
   if fixed is not None and num_tasks is not None and fixed.shape != (num_tasks,):
     raise ValueError(f"`preference` has shape {fixed.shape} but `num_tasks` is {num_tasks}.")
 

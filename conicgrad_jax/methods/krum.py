@@ -20,19 +20,22 @@ def _check_counts(n_byzantine, n_selected):
   validation.check_positive_int("n_selected", n_selected)
 
 
-def krum_weighting(gram: jax.Array, n_byzantine: int = 0,
-                   n_selected: int = 1) -> tuple[jax.Array, aggregator.SolverInfo]:
+def krum_weighting(gram: jax.Array, n_byzantine: int = 0, n_selected: int = 1, *,
+                   squared: bool = False) -> tuple[jax.Array, aggregator.SolverInfo]:
   r"""Multi-Krum weights from the Gram matrix: 1/n_selected on the best-scored rows.
 
-  Distances d_ij = ‖g_i − g_j‖ = (G_ii + G_jj − 2G_ij)^½; the score of row i
-  is the sum of its n = K − f − 2 smallest distances to the other rows
-  (f = ``n_byzantine``); the ``n_selected`` lowest scores get weight
-  1/n_selected, the others 0. Ties go to the lower index.
+  Distances d_ij = ‖g_i − g_j‖ = (G_ii + G_jj − 2G_ij)^½ (their squares with
+  ``squared=True``); the score of row i is the sum of its n = K − f − 2
+  smallest distances to the other rows (f = ``n_byzantine``); the
+  ``n_selected`` lowest scores get weight 1/n_selected, the others 0. Ties
+  go to the lower index.
 
   Args:
     gram: (K, K) Gram matrix.
     n_byzantine: f, the number of rows that may be adversarial (f ≥ 0).
     n_selected: how many rows are averaged (1: Krum; more: Multi-Krum).
+    squared: score with squared distances, as Blanchard et al. do; the
+      default, plain distances, is torchjd's score.
 
   Returns:
     ``(weights, SolverInfo)``; the weights sum to 1.
@@ -46,7 +49,9 @@ def krum_weighting(gram: jax.Array, n_byzantine: int = 0,
   dtype = _numeric.solver_dtype(gram.dtype)
   gram = gram.astype(dtype)
   sq = jnp.diagonal(gram)
-  dist = jnp.sqrt(jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0))
+  dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
+  if not squared:
+    dist = jnp.sqrt(dist)
   n_closest = min(max(k - n_byzantine - 2, 0), k - 1)
   # Self-distance is 0 and sorts first; the next n_closest entries are the neighbours.
   nearest = jnp.sort(dist, axis=1)[:, 1:1 + n_closest]
@@ -56,8 +61,8 @@ def krum_weighting(gram: jax.Array, n_byzantine: int = 0,
   return weights, aggregator.no_solver_info()
 
 
-def krum(n_byzantine: int = 0, *, n_selected: int = 1, shared: validation.SharedSpec = None,
-         num_tasks: Optional[int] = None,
+def krum(n_byzantine: int = 0, *, n_selected: int = 1, squared: bool = False,
+         shared: validation.SharedSpec = None, num_tasks: Optional[int] = None,
          precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Krum / Multi-Krum: average the task gradients whose nearest neighbours are closest.
 
@@ -66,13 +71,17 @@ def krum(n_byzantine: int = 0, *, n_selected: int = 1, shared: validation.Shared
     d = \frac{1}{n_{sel}} \sum_{i \in S} g_i,
 
   N_i the K − f − 2 rows nearest to g_i (f = ``n_byzantine``), S the
-  ``n_selected`` rows of lowest score. Computed from the Gram matrix alone
+  ``n_selected`` rows of lowest score (torchjd's score; Blanchard et al. sum
+  the squared distances ‖g_i − g_j‖², ``squared=True``, which can select
+  another row). Computed from the Gram matrix alone
   (see :func:`krum_weighting`). A Byzantine-robust aggregator from federated
   learning, not a multi-task method: offered so users can compare against it.
 
   Args:
     n_byzantine: f, how many task gradients may be adversarial (≥ 0).
     n_selected: how many rows to average (1: Krum, > 1: Multi-Krum).
+    squared: score with squared distances, as in the paper (default: plain
+      distances, as torchjd).
     shared: which leaves are shared (see :func:`~conicgrad_jax.conicgrad`);
       task-specific leaves receive the plain sum of their task gradients.
     num_tasks: K, to fix the state's shapes at ``init``.
@@ -107,12 +116,13 @@ def krum(n_byzantine: int = 0, *, n_selected: int = 1, shared: validation.Shared
   the first ``n_selected``), which keeps degenerate steps finite.
   """
   _check_counts(n_byzantine, n_selected)
+  squared = validation.check_bool("squared", squared)
   validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
   if num_tasks is not None and n_selected > num_tasks:
     raise ValueError(f"`n_selected` ({n_selected}) exceeds `num_tasks` ({num_tasks}).")
 
   def weights_fn(gram, **_):
-    return krum_weighting(gram, n_byzantine, n_selected)
+    return krum_weighting(gram, n_byzantine, n_selected, squared=squared)
 
   return aggregator.stateless_gram_method(weights_fn, shared=shared, num_tasks=num_tasks,
                                          precision=precision)

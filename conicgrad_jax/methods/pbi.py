@@ -11,7 +11,7 @@ import optax
 from conicgrad_jax import _numeric
 from conicgrad_jax import aggregator
 from conicgrad_jax import validation
-from conicgrad_jax.methods.cosmos import _preference
+from conicgrad_jax.methods.cosmos import _fixed_vector, _preference
 
 _SQRT_EPS = 1e-12
 
@@ -93,8 +93,8 @@ def pbi(theta: float = 5.0, *, preference=None, reference=None,
   validation.check_preference(preference)
   if reference is not None:
     validation.check_finite("reference", reference)
-  fixed = None if preference is None else jnp.asarray(preference, jnp.float32)
-  ref = None if reference is None else jnp.asarray(reference, jnp.float32)
+  fixed = _fixed_vector(preference)
+  ref = _fixed_vector(reference)
   for name, v in (("preference", fixed), ("reference", ref)):
     if v is not None and num_tasks is not None and v.shape != (num_tasks,):
       raise ValueError(f"`{name}` has shape {v.shape} but `num_tasks` is {num_tasks}.")

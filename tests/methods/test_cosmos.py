@@ -63,3 +63,18 @@ def test_matches_torchjd():
     _, s = tx.update({"w": jnp.eye(4)}, tx.init(None), losses=jnp.asarray(L, jnp.float32))
     assert tjd.cosine(s.weights, Lt.grad.numpy()) >= 0.999
     np.testing.assert_allclose(np.asarray(s.weights), Lt.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_fixed_preference_keeps_float64():
+  """The preference given at construction is used in the losses' dtype, as one given
+  at each update is: in float64 the two agree to rounding."""
+  r = [0.1, 0.3, 0.6]
+  with jax.enable_x64(True):
+    grads = {"w": jnp.eye(3, dtype=jnp.float64)}
+    losses = jnp.asarray([0.3, 1.1, 2.0], jnp.float64)
+    fixed, per_step = cg.cosmos(1.0, preference=r), cg.cosmos(1.0)
+    a = fixed.update(grads, fixed.init(None), losses=losses)[1].weights
+    b = per_step.update(grads, per_step.init(None), losses=losses,
+                        preference=jnp.asarray(r, jnp.float64))[1].weights
+    assert a.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-14)

@@ -10,9 +10,9 @@ from conicgrad_jax.methods.krum import krum_weighting
 import torchjd_reference as tjd
 
 
-def _reference(J, f, n_selected):
+def _reference(J, f, n_selected, squared=False):
   k = J.shape[0]
-  d = np.linalg.norm(J[:, None, :] - J[None, :, :], axis=-1)
+  d = np.linalg.norm(J[:, None, :] - J[None, :, :], axis=-1) ** (2 if squared else 1)
   scores = [np.sort(np.delete(d[i], i))[:k - f - 2].sum() for i in range(k)]
   w = np.zeros(k)
   w[np.argsort(scores, kind="stable")[:n_selected]] = 1.0 / n_selected
@@ -27,6 +27,25 @@ def test_weights_match_brute_force_scores(f, n_selected):
   got = np.asarray(fn(jnp.asarray(np.einsum("bkm,blm->bkl", Js, Js), jnp.float32)))
   for J, w in zip(Js, got):
     np.testing.assert_allclose(w, _reference(J, f, n_selected), atol=1e-6)
+
+
+def test_squared_scores_follow_the_paper_and_can_choose_another_row():
+  """Blanchard et al. score with squared distances; torchjd (the default) with plain
+  ones. On these five points the two choose different rows."""
+  J = np.array([[0.3, -0.3], [1.3, 0.2], [-1.1, 0.7], [2.6, 1.9], [-1.4, -2.5]])
+  g = jnp.asarray(J @ J.T, jnp.float32)
+  plain = np.asarray(krum_weighting(g, 0)[0])
+  squared = np.asarray(krum_weighting(g, 0, squared=True)[0])
+  np.testing.assert_allclose(plain, _reference(J, 0, 1), atol=1e-6)
+  np.testing.assert_allclose(squared, _reference(J, 0, 1, squared=True), atol=1e-6)
+  assert np.argmax(plain) == 0 and np.argmax(squared) == 1
+  rng = np.random.default_rng(4)
+  for J in rng.standard_normal((20, 6, 5)):
+    w = krum_weighting(jnp.asarray(J @ J.T, jnp.float32), 1, 2, squared=True)[0]
+    np.testing.assert_allclose(np.asarray(w), _reference(J, 1, 2, squared=True), atol=1e-6)
+  tx = cg.krum(0, squared=True)
+  _, state = tx.update({"w": jnp.asarray(J[:5], jnp.float32)}, tx.init(None))
+  assert float(jnp.sum(state.weights)) == pytest.approx(1.0)
 
 
 def test_excludes_the_outliers():

@@ -67,3 +67,18 @@ def test_matches_torchjd():
     _, s = tx.update({"w": jnp.eye(4)}, tx.init(None), losses=jnp.asarray(L, jnp.float32))
     assert tjd.cosine(s.weights, Lt.grad.numpy()) >= 0.999
     np.testing.assert_allclose(np.asarray(s.weights), Lt.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_fixed_preference_and_reference_keep_float64():
+  """Preference and reference given at construction are used in the losses' dtype: in
+  float64 the update equals the exact gradient of pbi_loss to rounding."""
+  r, z = [0.1, 0.3, 0.6], [0.05, 0.2, -0.1]
+  with jax.enable_x64(True):
+    grads = {"w": jnp.eye(3, dtype=jnp.float64)}
+    losses = jnp.asarray([0.3, 1.1, 2.0], jnp.float64)
+    tx = cg.pbi(5.0, preference=r, reference=z)
+    weights = tx.update(grads, tx.init(None), losses=losses)[1].weights
+    exact = jax.grad(cg.pbi_loss)(losses, jnp.asarray(r, jnp.float64), 5.0,
+                                  jnp.asarray(z, jnp.float64))
+    assert weights.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(weights), np.asarray(exact), rtol=1e-13)
