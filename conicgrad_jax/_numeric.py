@@ -42,7 +42,7 @@ def normalized_gram(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
   Every solver works on the normalised matrix, so its tolerances are relative
   to the largest task-gradient norm and the result is invariant to a positive
   rescaling of all gradients, from 1e-20 to 1e20 in float64 (in float32, G itself
-  over- or underflows for gradient norms beyond about 1e±18).
+  over- or underflows for gradient norms beyond about 1e±19).
   """
   dtype = solver_dtype(gram.dtype)
   gram = gram.astype(dtype)

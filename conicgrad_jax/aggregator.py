@@ -212,21 +212,40 @@ def stacked_gradient_transformation(
       return strong(init_state(num_tasks, dtype, params))
     return strong(init_state(num_tasks, dtype))
 
-  state_type = []
+  def check_own_state(state, task_grads, stacked, params, k):
+    # The state this method would start from for these gradients, as shapes only.
+    if params is None:
+      leaves, treedef = jax.tree_util.tree_flatten(task_grads)
+      params = treedef.unflatten([
+          jax.ShapeDtypeStruct(jnp.shape(x)[1:] if s else jnp.shape(x), jnp.result_type(x))
+          for x, s in zip(leaves, stacked)])
 
-  def check_own_state(state, task_grads, params):
-    if not state_type:
-      if params is None:
-        params = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(jnp.shape(x)[1:], jnp.result_type(x)), task_grads)
-      state_type.append(type(jax.eval_shape(init_fn, params)))
-    check_state_type(state, state_type[0])
+    def own(p):
+      if init_needs_params:
+        return init_state(k, state_dtype(p), p)
+      return init_state(k, state_dtype(p))
+
+    expected = jax.eval_shape(own, params)
+    check_state_type(state, type(expected))
+    if state.weights.shape[0] != k:
+      return      # K not learnt yet (placeholder), or another K: reported below
+    got, structure = jax.tree_util.tree_flatten_with_path(state)
+    if structure != jax.tree_util.tree_structure(expected):
+      raise ValueError(f"The optimiser state ({type(state).__name__}) is not laid out as "
+                       "this method's: pass the state that this method's own `init` returned.")
+    for (path, leaf), want in zip(got, jax.tree_util.tree_leaves(expected)):
+      if jnp.shape(leaf) != want.shape:
+        raise ValueError(
+            f"The optimiser state does not fit this method: state{jax.tree_util.keystr(path)} "
+            f"has shape {jnp.shape(leaf)}, but this method's state for these task gradients "
+            f"has {want.shape} (a state of another method with the same state type, or one "
+            "made for other parameters?).")
 
   def update_fn(task_grads, state, params=None, **extra_args):
     flags = validation.resolve_shared(shared, task_grads)
     k, stacked = validation.check_task_grads(task_grads, flags, params, num_tasks,
                                              shared_given=shared is not None)
-    check_own_state(state, task_grads, params)
+    check_own_state(state, task_grads, stacked, params, k)
     leaves, treedef = jax.tree_util.tree_flatten(task_grads)
     shared_leaves = [leaf for leaf, f in zip(leaves, flags) if f]
 

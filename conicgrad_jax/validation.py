@@ -246,13 +246,14 @@ def check_precision(precision):
         f"'highest', 'high', 'default', ...), got {precision!r}.") from error
 
 
-def check_task_vectors(function: str, first: str, value, **others):
+def check_task_vectors(function: str, first: str, value, *, scalar_ok=(), **others):
   """Raises ValueError unless ``value`` and every array in ``others`` has shape (K,).
 
   For the scalarised-loss helpers (``famo_loss(losses, logits)``, ...): the
   first argument fixes K, and every other argument given is a vector of K
-  entries (``None`` skips one; a name ending in ``"_or_scalar"`` may also be a
-  scalar). The message names the function, the argument and both shapes.
+  entries (``None`` skips one), or a scalar for the names in ``scalar_ok``
+  (broadcast to every task). The message names the function, the argument
+  and both shapes.
   """
   shape = jnp.shape(value)
   if len(shape) != 1:
@@ -261,11 +262,10 @@ def check_task_vectors(function: str, first: str, value, **others):
   for name, other in others.items():
     if other is None:
       continue
-    scalar_ok = name.endswith("_or_scalar")
-    name = name.removesuffix("_or_scalar")
     other_shape = jnp.shape(other)
-    if other_shape != shape and not (scalar_ok and other_shape == ()):
-      expected = f"({shape[0]},) like `{first}`" + (" or a scalar" if scalar_ok else "")
+    scalar = name in scalar_ok
+    if other_shape != shape and not (scalar and other_shape == ()):
+      expected = f"({shape[0]},) like `{first}`" + (" or a scalar" if scalar else "")
       raise ValueError(f"{function}: `{name}` has shape {other_shape}; expected {expected}.")
 
 

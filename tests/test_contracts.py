@@ -622,12 +622,16 @@ def test_vmap_over_independent_problems_gives_each_problems_update(name):
   losses = jnp.asarray(rng.uniform(0.5, 2.0, (3, K)), jnp.float32)
   tx = build(name)
   single = jax.jit(lambda g, s, l: tx.update(g, s, params, losses=l))
-  state = single(jax.tree_util.tree_map(lambda x: x[0], grads), tx.init(params), losses[0])[1]
-  states = jax.tree_util.tree_map(lambda x: jnp.stack([x] * 3), state)
+  # Each problem's own state: one earlier step on its own gradients and losses.
+  first = {"w": jnp.asarray(rng.standard_normal((3, K, 4)), jnp.float32)}
+  first_losses = jnp.asarray(rng.uniform(0.5, 2.0, (3, K)), jnp.float32)
+  own = [single(jax.tree_util.tree_map(lambda x: x[b], first), tx.init(params),
+                first_losses[b])[1] for b in range(3)]
+  states = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *own)
   batched = jax.jit(jax.vmap(lambda g, s, l: tx.update(g, s, params, losses=l)))
   updates, new_states = batched(grads, states, losses)
   for b in range(3):
-    expected = single(jax.tree_util.tree_map(lambda x: x[b], grads), state, losses[b])
+    expected = single(jax.tree_util.tree_map(lambda x: x[b], grads), own[b], losses[b])
     got = jax.tree_util.tree_map(lambda x: x[b], (updates, new_states))
     for (path, a), e in zip(jax.tree_util.tree_flatten_with_path(got)[0],
                             jax.tree_util.tree_leaves(expected)):

@@ -294,6 +294,13 @@ def test_single_argument_loss_helpers_refuse_a_matrix():
 
 def test_famo_loss_takes_a_scalar_floor_and_the_balance_loss_names_its_vectors():
   assert np.isfinite(float(cg.famo_loss(_K3, jnp.zeros(3), 0.5)))
+  # Scalars broadcast where they mean "the same for every task".
+  for value in (cg.stch_loss(_K3, 1.0), cg.pbi_loss(_K3, _K3, 5.0, 0.0),
+                cg.uncertainty_weighting_loss(_K3, 0.0), cg.imtl_l_loss(_K3, 0.0),
+                cg.bilb4mtl_loss(_K3, jnp.zeros(3), 1.0), cg.gsmgrad_fa_loss(_K3, 0.5)):
+    assert np.isfinite(float(value))
+  with pytest.raises(ValueError, match=r"famo_loss: `logits` has shape \(\); expected \(3,\)"):
+    cg.famo_loss(_K3, jnp.asarray(0.0))
   from conicgrad_jax.methods import gradnorm
   with pytest.raises(ValueError, match=r"gradnorm_balance_loss: `ratio` has shape \(\)"):
     gradnorm.gradnorm_balance_loss(jnp.zeros(3), _K3, jnp.asarray(1.0))
@@ -312,6 +319,23 @@ def test_a_state_made_by_another_method_is_named(name):
   with pytest.raises(ValueError, match=rf"state is a {type(foreign).__name__}, but this "
                                        rf"method's state is a {own.__name__}"):
     tx.update(grads, foreign, params)
+
+
+@pytest.mark.parametrize("method, donor", [("upgrad", "mgda"), ("mgda", "upgrad")])
+def test_a_state_of_the_same_type_that_does_not_fit_is_named(method, donor):
+  """MGDA and UPGrad share a state type, but not its shapes: the leaf is named."""
+  params = {"w": jnp.zeros(4)}
+  tx = cg.registry.methods()[method].factory(num_tasks=3)
+  foreign = cg.registry.methods()[donor].factory(num_tasks=3).init(params)
+  with pytest.raises(ValueError, match=r"state\.previous\.x has shape .* but this method's "
+                                       r"state for these task gradients has"):
+    tx.update({"w": jnp.ones((3, 4))}, foreign, params)
+
+
+def test_a_state_made_for_other_parameters_is_named():
+  tx = cg.moco(num_tasks=3)
+  with pytest.raises(ValueError, match=r"state\.buffers\[0\] has shape \(3, 5\).*\(3, 4\)"):
+    tx.update({"w": jnp.ones((3, 4))}, tx.init({"w": jnp.zeros(5)}), {"w": jnp.zeros(4)})
 
 
 def test_with_diagnostics_names_a_state_of_the_bare_method():

@@ -46,7 +46,7 @@ def bilb4mtl_loss(losses: jax.Array, logits: jax.Array, initial_losses: jax.Arra
   softmax (zero gradient outside, as ``torch.clamp``).
   """
   validation.check_task_vectors("bilb4mtl_loss", "losses", losses, logits=logits,
-                                initial_losses=initial_losses)
+                                initial_losses=initial_losses, scalar_ok=("initial_losses",))
   if normalization == "rescaled":
     norm = losses / (initial_losses / jnp.min(initial_losses))
   elif normalization == "log":

@@ -41,7 +41,7 @@ def famo_loss(losses: jax.Array, logits: jax.Array, min_losses=0.0) -> jax.Array
   Its gradient in the losses is FAMO's weight vector z_i/(c·(l_i − min_i)).
   """
   validation.check_task_vectors("famo_loss", "losses", losses, logits=logits,
-                                min_losses_or_scalar=min_losses)
+                                min_losses=min_losses, scalar_ok=("min_losses",))
   z = jax.nn.softmax(logits)
   d = losses - min_losses + _EPS
   c = jax.lax.stop_gradient(jnp.sum(z / d))

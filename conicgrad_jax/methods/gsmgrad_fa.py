@@ -31,7 +31,8 @@ class GSMGradFAState(NamedTuple):
 
 def gsmgrad_fa_loss(losses: jax.Array, weights: jax.Array) -> jax.Array:
   r"""Σ_i w_i l_i with the GSMGrad-FA weights held fixed: back-propagate this once for the update."""
-  validation.check_task_vectors("gsmgrad_fa_loss", "losses", losses, weights=weights)
+  validation.check_task_vectors("gsmgrad_fa_loss", "losses", losses, weights=weights,
+                                scalar_ok=("weights",))
   return jnp.sum(jax.lax.stop_gradient(weights) * losses)
 
 

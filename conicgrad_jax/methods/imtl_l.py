@@ -35,7 +35,8 @@ def imtl_l_loss(losses: jax.Array, log_scales: jax.Array) -> jax.Array:
   Its gradient in the losses is the weight vector e^{s}; its gradient in s
   trains the scales.
   """
-  validation.check_task_vectors("imtl_l_loss", "losses", losses, log_scales=log_scales)
+  validation.check_task_vectors("imtl_l_loss", "losses", losses, log_scales=log_scales,
+                                scalar_ok=("log_scales",))
   return jnp.sum(jnp.exp(log_scales) * losses - log_scales)
 
 

@@ -43,6 +43,7 @@ def krum_weighting(gram: jax.Array, n_byzantine: int = 0, n_selected: int = 1, *
   Raises:
     ValueError: if ``n_selected`` > K.
   """
+  squared = validation.check_bool("squared", squared)
   k = gram.shape[0]
   if n_selected > k:
     raise ValueError(f"`n_selected` is {n_selected} but there are only K = {k} task gradients.")

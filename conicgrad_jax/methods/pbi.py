@@ -26,7 +26,7 @@ def pbi_loss(losses: jax.Array, preference: jax.Array, theta: float = 5.0,
              reference=None) -> jax.Array:
   r"""S(L) = d₁ + θ d₂ with d₁ = (L − z)ᵀŵ, d₂ = (‖L − z − d₁ŵ‖² + 1e-12)^½, ŵ = w/‖w‖."""
   validation.check_task_vectors("pbi_loss", "losses", losses, preference=preference,
-                                reference=reference)
+                                reference=reference, scalar_ok=("reference",))
   f = losses if reference is None else losses - reference
   direction = preference / jnp.linalg.norm(preference)
   d1 = jnp.dot(f, direction)

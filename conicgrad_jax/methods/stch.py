@@ -32,7 +32,8 @@ class STCHState(NamedTuple):
 
 def stch_loss(losses: jax.Array, nadir: jax.Array, mu: float = 1.0) -> jax.Array:
   r"""K·μ·log Σ_i exp(log(l_i/nadir_i)/μ), the smooth Tchebycheff loss after the warm-up."""
-  validation.check_task_vectors("stch_loss", "losses", losses, nadir=nadir)
+  validation.check_task_vectors("stch_loss", "losses", losses, nadir=nadir,
+                                scalar_ok=("nadir",))
   x = jnp.log(losses / nadir + 1e-20)
   return losses.shape[0] * mu * jax.nn.logsumexp(x / mu)
 

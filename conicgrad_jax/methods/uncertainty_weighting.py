@@ -37,7 +37,7 @@ def uncertainty_weighting_loss(losses: jax.Array, log_scales: jax.Array) -> jax.
   trains the log-variances.
   """
   validation.check_task_vectors("uncertainty_weighting_loss", "losses", losses,
-                                log_scales=log_scales)
+                                log_scales=log_scales, scalar_ok=("log_scales",))
   return jnp.sum(0.5 * (jnp.exp(-log_scales) * losses + log_scales))
 
 
