@@ -206,26 +206,22 @@ def stacked_gradient_transformation(
     # also its own buffer, so that a donated state never donates one twice.
     return jax.tree_util.tree_map(lambda x: jnp.array(x, dtype=x.dtype, copy=True), state)
 
-  def init_fn(params):
+  def initial_state(k, params):
     dtype = state_dtype(params)
     if init_needs_params:
-      return strong(init_state(num_tasks, dtype, params))
-    return strong(init_state(num_tasks, dtype))
+      return init_state(k, dtype, params)
+    return init_state(k, dtype)
 
-  def check_own_state(state, task_grads, stacked, params, k):
+  def init_fn(params):
+    return strong(initial_state(num_tasks, params))
+
+  def check_own_state(state, leaves, treedef, stacked, params, k):
     # The state this method would start from for these gradients, as shapes only.
     if params is None:
-      leaves, treedef = jax.tree_util.tree_flatten(task_grads)
       params = treedef.unflatten([
           jax.ShapeDtypeStruct(jnp.shape(x)[1:] if s else jnp.shape(x), jnp.result_type(x))
           for x, s in zip(leaves, stacked)])
-
-    def own(p):
-      if init_needs_params:
-        return init_state(k, state_dtype(p), p)
-      return init_state(k, state_dtype(p))
-
-    expected = jax.eval_shape(own, params)
+    expected = jax.eval_shape(lambda p: initial_state(k, p), params)
     check_state_type(state, type(expected))
     if state.weights.shape[0] != k:
       return      # K not learnt yet (placeholder), or another K: reported below
@@ -245,8 +241,8 @@ def stacked_gradient_transformation(
     flags = validation.resolve_shared(shared, task_grads)
     k, stacked = validation.check_task_grads(task_grads, flags, params, num_tasks,
                                              shared_given=shared is not None)
-    check_own_state(state, task_grads, stacked, params, k)
     leaves, treedef = jax.tree_util.tree_flatten(task_grads)
+    check_own_state(state, leaves, treedef, stacked, params, k)
     shared_leaves = [leaf for leaf, f in zip(leaves, flags) if f]
 
     if state.weights.shape[0] == 0:
