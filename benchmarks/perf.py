@@ -1,6 +1,6 @@
 """Performance against the hardware floor, against torchjd, and per training-step mode.
 
-Eight parts, each timed in interleaved rounds (medians; ratios within one run):
+Nine parts, each timed in interleaved rounds (medians; ratios within one run):
 
 * ``aggregation``: ConicGrad's update (Gram + solve + combine on a 4-leaf
   pytree) for K ∈ {2, 10, 40, 128} × m ∈ {1e5, 1e6, 5.2e6}, float32, against
@@ -37,6 +37,10 @@ Eight parts, each timed in interleaved rounds (medians; ratios within one run):
   :data:`FAST_COMPILE`; a ConicGrad training step of the CNN compiled
   both ways, timed side by side; and ConicGrad's update compiled in a fresh
   process and then in another that reads JAX's persistent compilation cache.
+* ``compile_stages``: where ConicGrad's compile time goes: its cold update at
+  K = 10 compiled whole, without the crossover, and without the crossover
+  and the interior-point phase (stand-ins return their start point), beside
+  IMTL-G and linear scalarisation.
 * ``solver``: the Newton steps per training step of ConicGrad, MGDA, UPGrad,
   DualProj, CAGrad, Nash-MTL and FairGrad over 100 steps of the CNN (batches
   of 32 from one fixed data set), with and without warm start.
@@ -47,13 +51,14 @@ Writes ``perf.json``, ``perf.png`` and the tables ``perf.md`` (``perf_quick.*``
 with ``--quick``).
 
 Usage:
-  python -m benchmarks perf [--quick] [--parts aggregation,torchjd,task_grads,modes,modes_large,compile,solver,diagnostics]
+  python -m benchmarks perf [--quick] [--parts aggregation,torchjd,task_grads,modes,modes_large,compile,compile_stages,solver,diagnostics]
                             [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -69,8 +74,10 @@ import conicgrad_jax as cg
 from benchmarks import models
 from benchmarks import timing
 from conicgrad_jax import linalg
+from conicgrad_jax.solvers import cone as cone_solver
 
-PARTS = ("aggregation", "torchjd", "task_grads", "modes", "modes_large", "compile", "solver",
+PARTS = ("aggregation", "torchjd", "task_grads", "modes", "modes_large", "compile",
+         "compile_stages", "solver",
          "diagnostics")
 
 
@@ -389,6 +396,62 @@ def compile_part(k, repeats):
   return rows
 
 
+def _skip_crossover(gram_n, q, p, n0, c, x0, task_active, null_projector, ball_active,
+                    cap_active):
+  """A stand-in for the crossover: every Newton iterate is its start point."""
+  del q, p, n0, c, task_active, null_projector, ball_active, cap_active
+  k = gram_n.shape[0]
+  return (jnp.broadcast_to(x0[:k], (cone_solver._POLISH_STEPS, k)),
+          jnp.broadcast_to(x0[k + 1:2 * k + 1], (cone_solver._POLISH_STEPS, k)))
+
+
+def _skip_barrier(factor, z0, c, tol, max_iter):
+  """A stand-in for the interior-point phase: it returns its start point."""
+  del c, tol, max_iter
+  ones = jnp.ones((factor.shape[0],), factor.dtype)
+  y = jnp.concatenate([z0, jnp.zeros((1,), factor.dtype)])
+  return y, (ones, ones[0], ones[0]), (ones, ones[0], ones[0]), ones[0], jnp.asarray(0)
+
+
+def compile_stages_part(k, repeats):
+  """Where ConicGrad's compile time goes: its cold update compiled whole, then with the
+  crossover, and the interior-point phase too, replaced by stand-ins that return their
+  start point (the answers are then wrong: this measures the program, not the solver).
+  IMTL-G and linear scalarisation give the floor of a Gram method and of any method."""
+  from unittest import mock
+
+  rng = np.random.default_rng(0)
+  tree = {"a": jnp.asarray(rng.standard_normal((k, 1000)), jnp.float32),
+          "b": jnp.asarray(rng.standard_normal((k, 20, 5)), jnp.float32)}
+  like = jax.tree_util.tree_map(lambda x: x[0], tree)
+  stages = {
+      "conicgrad (cold), whole": (),
+      "without the crossover": (("_crossover", _skip_crossover),),
+      "without the crossover and the interior point": (("_crossover", _skip_crossover),
+                                                       ("_primal_barrier", _skip_barrier)),
+  }
+  rows = []
+  for label, patches in stages.items():
+    tx = cg.conicgrad(0.5, num_tasks=k, warm_start=False)
+    with contextlib.ExitStack() as stack:
+      for name, stand_in in patches:
+        stack.enter_context(mock.patch.object(cone_solver, name, stand_in))
+      wall, cpu, lower, kernels = _compile_seconds(tx.update, tree, tx.init(like),
+                                                   repeats=repeats)
+    rows.append({"part": "compile_stages", "program": label, "K": k, "compile_wall_s": wall,
+                 "compile_cpu_s": cpu, "trace_and_lower_s": lower, "fused_kernels": kernels})
+  for label, tx in (("imtl_g (floor of a Gram method)", cg.imtl_g(num_tasks=k)),
+                    ("linear_scalarization", cg.linear_scalarization())):
+    wall, cpu, lower, kernels = _compile_seconds(tx.update, tree, tx.init(like),
+                                                 repeats=repeats)
+    rows.append({"part": "compile_stages", "program": label, "K": k, "compile_wall_s": wall,
+                 "compile_cpu_s": cpu, "trace_and_lower_s": lower, "fused_kernels": kernels})
+  whole = rows[0]["compile_wall_s"]
+  for r in rows:
+    r["ratio_to_whole"] = r["compile_wall_s"] / whole
+  return rows
+
+
 _CACHE_CHILD = """
 import sys, time
 import jax, jax.numpy as jnp, numpy as np
@@ -629,6 +692,16 @@ def markdown(rows, machine) -> str:
         ("compiler options", "ms / step", "× default", "compile s"),
         [(r["candidate"], f"{1e3 * r['median_s']:.1f}", f"{r['ratio_to_default']:.2f}",
           f"{r['compile_s']:.1f}") for r in fr])
+  st = [r for r in rows if r["part"] == "compile_stages"]
+  if st:
+    out += _section(
+        f"Where ConicGrad's compile time goes (K = {st[0]['K']}, cold update, two-leaf pytree)",
+        ["The crossover, then the interior-point phase too, replaced by stand-ins that return "
+         "their start point (wrong answers: this measures the program only). Medians of "
+         "fresh compilations, XLA's defaults.", ""],
+        ("program", "wall s", "× whole", "of which trace + lower s", "fused kernels"),
+        [(r["program"], f"{r['compile_wall_s']:.2f}", f"{r['ratio_to_whole']:.2f}",
+          f"{r['trace_and_lower_s']:.2f}", str(r["fused_kernels"])) for r in st])
   ws = [r for r in rows if r["part"] == "warm_start"]
   if ws:
     out += [f"## Newton steps per training step, cold and warm-started (K = {ws[0]['K']}, "
@@ -696,6 +769,8 @@ def main(argv=None):
     rows += persistent_cache_part(4, 1) if q else persistent_cache_part(10, 3)
     rows += (fast_compile_runtime(3, 0.25, 8, 3) if q
              else fast_compile_runtime(6, 0.25, 8, 15))
+  if "compile_stages" in parts:
+    rows += compile_stages_part(4, 1) if q else compile_stages_part(10, 5)
   if "solver" in parts:
     rows += solver_part(4, 5) if q else solver_part(10, 100)
   if "diagnostics" in parts:

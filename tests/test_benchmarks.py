@@ -442,3 +442,18 @@ def test_perf_quick_parts_write_their_tables(tmp_path):
     nash = [r for r in rows if r.get("aggregator") == "NashMTL"]
     assert all(r["fixed_point_spread_ours"] < 1e-3 for r in nash)
     assert "Nash-MTL's fixed point" in text and "torch's CPU BLAS" in text
+
+
+@pytest.mark.slow   # five compilations at K = 4
+def test_perf_compile_stages_remove_the_stages_they_name(tmp_path):
+  """The stand-ins of `perf --parts compile_stages` replace the crossover and the
+  interior-point phase: each removal leaves fewer fused kernels, and the solver
+  module is restored afterwards."""
+  from benchmarks import perf
+  from conicgrad_jax.solvers import cone
+  rows = perf.main(["--quick", "--parts", "compile_stages", "--out", str(tmp_path)])
+  kernels = [r["fused_kernels"] for r in rows]
+  assert kernels[0] > kernels[1] > kernels[2] > kernels[3] > kernels[4]
+  assert rows[0]["ratio_to_whole"] == 1.0
+  assert cone._crossover.__module__ == cone._primal_barrier.__module__ == cone.__name__
+  assert "Where ConicGrad's compile time goes" in (tmp_path / "perf_quick.md").read_text()
