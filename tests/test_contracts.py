@@ -582,8 +582,9 @@ def test_finite_gradients_that_overflow_skip_the_step(name):
       for a, b in zip(jax.tree_util.tree_leaves(new_state), jax.tree_util.tree_leaves(state)):
         if jnp.issubdtype(a.dtype, jnp.inexact):        # (counters: a wrapper's inner one)
           np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    else:
+    else:       # taken: every task gradient is the same vector, so the update is not zero
       assert int(new_state.nonfinite_steps) == 0, dtype
+      assert bool(jnp.any(update["w"] != 0)), dtype
     if dtype == jnp.float32 and cg.methods()[name].gram_weighting:
       # Gradients of 1e20 overflow G (entries ~4e40): a Gram method skips the step.
       assert int(new_state.nonfinite_steps) == 1, name

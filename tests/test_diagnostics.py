@@ -158,6 +158,7 @@ def test_wrapper_shares_the_gram_contraction_in_the_compiled_program():
       tx = dg.with_diagnostics(tx, num_tasks=4)
     hlo = jax.jit(tx.update).lower(g, tx.init(None)).compile().as_text()
     counts.append((_consumers(hlo, "task_grads__a__"), _consumers(hlo, "task_grads__b__")))
+  assert min(counts[0]) > 0, counts   # the parameters are found by these names
   assert counts[0] == counts[1], counts
 
 

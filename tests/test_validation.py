@@ -293,12 +293,24 @@ def test_single_argument_loss_helpers_refuse_a_matrix():
 
 
 def test_famo_loss_takes_a_scalar_floor_and_the_balance_loss_names_its_vectors():
-  assert np.isfinite(float(cg.famo_loss(_K3, jnp.zeros(3), 0.5)))
-  # Scalars broadcast where they mean "the same for every task".
-  for value in (cg.stch_loss(_K3, 1.0), cg.pbi_loss(_K3, _K3, 5.0, 0.0),
-                cg.uncertainty_weighting_loss(_K3, 0.0), cg.imtl_l_loss(_K3, 0.0),
-                cg.bilb4mtl_loss(_K3, jnp.zeros(3), 1.0), cg.gsmgrad_fa_loss(_K3, 0.5)):
-    assert np.isfinite(float(value))
+  # Scalars broadcast where they mean "the same for every task": each call with a scalar
+  # equals the call with that value repeated for every task.
+  losses, logits, pref = jnp.array([0.5, 1.2, 2.0]), jnp.array([0.1, -0.2, 0.3]), \
+      jnp.array([0.2, 0.3, 0.5])
+  full = lambda v: jnp.full(3, v)
+  pairs = [
+      (cg.famo_loss(losses, logits, 0.3), cg.famo_loss(losses, logits, full(0.3))),
+      (cg.stch_loss(losses, 0.4), cg.stch_loss(losses, full(0.4))),
+      (cg.pbi_loss(losses, pref, 5.0, 0.1), cg.pbi_loss(losses, pref, 5.0, full(0.1))),
+      (cg.uncertainty_weighting_loss(losses, 0.2),
+       cg.uncertainty_weighting_loss(losses, full(0.2))),
+      (cg.imtl_l_loss(losses, 0.2), cg.imtl_l_loss(losses, full(0.2))),
+      (cg.bilb4mtl_loss(losses, logits, 1.5), cg.bilb4mtl_loss(losses, logits, full(1.5))),
+      (cg.gsmgrad_fa_loss(losses, 0.5), cg.gsmgrad_fa_loss(losses, full(0.5))),
+  ]
+  for i, (scalar, vector) in enumerate(pairs):
+    assert np.isfinite(float(vector)), i
+    assert float(scalar) == pytest.approx(float(vector), rel=1e-6), i
   with pytest.raises(ValueError, match=r"famo_loss: `logits` has shape \(\); expected \(3,\)"):
     cg.famo_loss(_K3, jnp.asarray(0.0))
   from conicgrad_jax.methods import gradnorm

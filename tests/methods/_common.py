@@ -50,14 +50,15 @@ def x64(fn, *args, **kwargs):
 
 
 def check_published(factory, expected, **kwargs):
-  """The update on :data:`J_PUBLISHED` matches ``expected`` to 1e-3.
+  """The update on :data:`J_PUBLISHED` matches ``expected`` to 1e-4.
 
-  ``expected`` is torchjd's documented output for the methods torchjd has, or an
+  ``expected`` is torchjd's documented output for the methods torchjd has (printed to
+  four decimals, so rounded by up to 5e-5; torchjd's own tests use atol=1e-4), or an
   independent computation (stated at the call) for those it does not.
   """
   tx = factory(**kwargs)
   u, _ = jax.jit(tx.update)({"w": jnp.asarray(J_PUBLISHED, jnp.float32)}, tx.init(None))
-  np.testing.assert_allclose(np.asarray(u["w"]), expected, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(u["w"]), expected, atol=1e-4)
 
 
 DEGENERATE = {

@@ -38,8 +38,8 @@ def test_update_matches_reference_direction_on_a_mixed_pytree():
   updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
   u = _flat(updates)
   d_ref, value_ref = ref.cap_primal(J, 0.5)
-  if value_ref > 0:
-    np.testing.assert_allclose(u / np.linalg.norm(u), d_ref / np.linalg.norm(d_ref), atol=2e-4)
+  assert value_ref > 0   # so that the optimal direction is unique and compared below
+  np.testing.assert_allclose(u / np.linalg.norm(u), d_ref / np.linalg.norm(d_ref), atol=2e-4)
   assert np.linalg.norm(u) == pytest.approx(np.linalg.norm(J.mean(0)), rel=1e-4)
   assert jax.tree_util.tree_structure(updates) == jax.tree_util.tree_structure(params)
   for upd, p in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(params)):
@@ -109,6 +109,13 @@ def test_inject_hyperparams_schedule_for_c():
     assert cos >= c_now - 1e-4
   assert cosines[0][0] == pytest.approx(0.9) and cosines[-1][0] == pytest.approx(0.1)
   assert step._cache_size() == 1
+  # Each update is the one of the method built with that step's c (not only inside its cone).
+  state = tx.init(params)
+  for c_now, _ in cosines:
+    updates, state = step(grads, state, params)
+    fixed = conicgrad(c_now, num_tasks=3)
+    expected, _ = jax.jit(fixed.update)(grads, fixed.init(params), params)
+    np.testing.assert_allclose(_flat(updates), _flat(expected), rtol=1e-4, atol=1e-5)
 
 
 def test_vmap_over_independent_problems():
@@ -182,7 +189,8 @@ def test_float64_end_to_end():
     J = np.stack([_flat(jax.tree_util.tree_map(lambda g: g[k], g64)) for k in range(3)])
     _, value_ref = ref.cap_primal(J, 0.5)
     u = _flat(updates)
-    assert np.min(J @ (u / np.linalg.norm(u))) == pytest.approx(value_ref, abs=1e-7) or value_ref < 0
+    assert value_ref > 0   # the unit update's worst-task value is then the optimum
+    assert np.min(J @ (u / np.linalg.norm(u))) == pytest.approx(value_ref, abs=1e-7)
     assert float(state.diagnostics.residual) <= 1e-6
 
 
@@ -231,6 +239,29 @@ def test_preference_fixes_num_tasks_and_centres_the_cone():
   g0 = np.asarray(p) @ J
   u = _flat(updates)
   assert u @ g0 / np.linalg.norm(u) / np.linalg.norm(g0) >= 0.7 - 1e-4
+  # The update is the reference solution of the cone around Jᵀp, with length ‖Jᵀp‖, and
+  # not the one around the mean gradient.
+  d_ref, value_ref = ref.cap_primal(J, 0.7, np.asarray(p))
+  d_mean, _ = ref.cap_primal(J, 0.7)
+  assert value_ref > 0 and np.linalg.norm(d_ref - d_mean) > 0.05
+  np.testing.assert_allclose(u / np.linalg.norm(u), d_ref / np.linalg.norm(d_ref), atol=2e-4)
+  assert np.linalg.norm(u) == pytest.approx(np.linalg.norm(g0), rel=1e-4)
+
+
+@pytest.mark.parametrize("scale", ["g0", "unit", "raw"])
+def test_scale_sets_the_length_of_the_update(scale):
+  """The factory's ``scale``: ‖g0‖, 1, or the length ‖g_w* + λ*ĝ0‖ of the dual's vector."""
+  params, grads = _problem()
+  J = np.stack([_flat(jax.tree_util.tree_map(lambda g: g[k], grads)) for k in range(3)])
+  tx = conicgrad(0.5, scale=scale)
+  u = _flat(jax.jit(tx.update)(grads, tx.init(params), params)[0])
+  d_ref, _ = ref.cap_primal(J, 0.5)
+  np.testing.assert_allclose(u / np.linalg.norm(u), d_ref / np.linalg.norm(d_ref), atol=2e-4)
+  g0 = J.mean(0)
+  w, lam, _ = ref.joint_dual(J, 0.5)
+  length = {"g0": np.linalg.norm(g0), "unit": 1.0,
+            "raw": np.linalg.norm(J.T @ w + lam * g0 / np.linalg.norm(g0))}[scale]
+  assert np.linalg.norm(u) == pytest.approx(length, rel=1e-4)
 
 
 _cg_update = jax.jit(lambda g, s: conicgrad(0.5, num_tasks=3).update(g, s))

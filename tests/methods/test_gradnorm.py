@@ -19,6 +19,8 @@ def test_gradnorm_equalises_weighted_gradient_norms():
   np.testing.assert_allclose(np.asarray(at(states, 0).weights), 1.0)   # first step: plain sum
   w = np.asarray(at(states, -1).weights)                 # equal training rates: r = 1
   assert w.sum() == pytest.approx(2.0, rel=1e-5)         # K·softmax
+  # Observed 4.6% off after 400 steps: Adam's steps of about lr keep the weights moving
+  # about the equilibrium w_1·1 = w_2·4 instead of settling on it.
   assert w[0] * 1.0 == pytest.approx(w[1] * 4.0, rel=0.1)
 
 

@@ -13,7 +13,8 @@ from loss_runs import run_losses
 def test_imtl_l_reaches_its_equilibrium():
   l = np.array([0.5, 2.0])
   state = run_losses(cg.imtl_l(lr=0.05, num_tasks=2), [l] * 1500)
-  np.testing.assert_allclose(np.exp(np.asarray(state.log_scales)) * l, 1.0, atol=3e-2)
+  # Observed: exact to float32 rounding after 1,500 steps.
+  np.testing.assert_allclose(np.exp(np.asarray(state.log_scales)) * l, 1.0, atol=1e-4)
 
 
 def test_weights_are_the_loss_gradient_and_s_takes_one_optimiser_step():

@@ -29,9 +29,10 @@ def test_sdmgrad_inner_problem_and_cross_batch_gram():
   w = cp.Variable(3, nonneg=True)
   ref.solve_tight(cp.Problem(cp.Minimize(0.5 * cp.quad_form(w, cp.psd_wrap(M)) + lam * b @ w),
                              [cp.sum(w) == 1]))
-  np.testing.assert_allclose(np.asarray(state.simplex_weights), w.value, atol=2e-3)
+  # Observed: 5e-7 and 6e-7 after 3,000 projected-gradient steps in float32.
+  np.testing.assert_allclose(np.asarray(state.simplex_weights), w.value, atol=2e-5)
   np.testing.assert_allclose(np.asarray(u["w"]), J.T @ ((w.value + lam / 3) / (1 + lam)),
-                             atol=1e-2)
+                             atol=2e-5)
 
 
 def test_two_further_batches_give_the_fixed_point_of_their_cross_gram():

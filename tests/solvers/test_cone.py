@@ -34,7 +34,8 @@ def _instances(seed, n):
 
 @pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_matches_socp_primal_and_dual_on_random_instances(seed):
-  """120 instances per seed, half with strong conflicts: values, directions, weights."""
+  """120 instances per seed, half with strong conflicts: values, directions, and the dual
+  weights (ψ(w*) recomputed in float64 from J meets the reference optimum)."""
   checked_directions = 0
   for J, c in _instances(seed, 120):
     u, diag = _solve(J, c)
@@ -45,6 +46,10 @@ def test_matches_socp_primal_and_dual_on_random_instances(seed):
     assert abs(diag.value - value_ref) <= 1e-6 * scale
     assert abs(dual_ref - value_ref) <= 1e-6 * scale  # the references agree
     assert diag.residual <= 1e-6
+    w = np.asarray(diag.simplex_weights)
+    assert np.all(w >= -1e-12) and abs(np.sum(w) - 1.0) <= 1e-9
+    assert abs(ref.psi(J, c, w) - dual_ref) <= 1e-6 * scale
+    assert ref.certified_gap(J, c, w, d) <= 1e-6
     assert np.isclose(np.linalg.norm(d), 1.0, atol=1e-9)
     if value_ref > 1e-3 * scale:  # the optimal direction is unique
       checked_directions += 1
