@@ -18,12 +18,91 @@ def test_gradvac_two_tasks_matches_reference_formula_and_hits_the_target():
   for gi, gj in ((g1, g2), (g2, g1)):           # LibMTL's loop, K = 2, targets start at 0
     rho = gi @ gj / (np.linalg.norm(gi) * np.linalg.norm(gj) + 1e-8)
     w = np.linalg.norm(gi) * (0.0 - rho * 1.0) / (np.linalg.norm(gj) * 1.0 + 1e-8)
-    new = gi + w * gj if rho < 0 else gi
-    out.append(new)
-    assert abs(new @ gj) <= 1e-6 * np.linalg.norm(new) * np.linalg.norm(gj)  # cosine → target 0
+    out.append(gi + w * gj if rho < 0 else gi)
   np.testing.assert_allclose(np.asarray(u["w"]), out[0] + out[1], atol=1e-5)
   rho = g1 @ g2 / np.linalg.norm(g1) / np.linalg.norm(g2)
   np.testing.assert_allclose(np.asarray(state.targets), [[0, 0.5 * rho], [0.5 * rho, 0]], atol=1e-6)
+  # At K = 2 the weights (1 + b, 1 + a) give the library's g_1' = g_1 + a g_2 and
+  # g_2' = g_2 + b g_1: both were modified and now have cosine 0 (the target) with
+  # the other task (observed |cos| ≤ 5e-8).
+  w = np.asarray(state.weights, np.float64)
+  assert w[0] > 1 and w[1] > 1
+  for gi, gj, a in ((g1, g2, w[1] - 1), (g2, g1, w[0] - 1)):
+    new = gi + a * gj
+    assert abs(new @ gj) <= 1e-5 * np.linalg.norm(new) * np.linalg.norm(gj)
+
+
+def _drawn_orders(key, k):
+  """The visiting orders the library draws for one update: it splits the state's key,
+  splits the subkey into one key per task, and task i visits the tasks in the permutation
+  of 0..K−1 drawn from its key (skipping itself). Returns (next key, orders)."""
+  key, sub = jax.random.split(key)
+  orders = jax.vmap(lambda task_key: jax.random.permutation(task_key, k))(
+      jax.random.split(sub, k))
+  return key, np.asarray(orders).tolist()
+
+
+def _gradient_vaccine(J, targets, orders, beta, eps=1e-8):
+  """LibMTL's GradVac (group_type 0) on the gradients, in float64: for each task i, from
+  g_i' = g_i, for each other task j in ``orders[i]``: ρ = cos(g_i', g_j) (ε in the
+  denominator); if ρ < ρ̂_ij, g_i' += ‖g_i'‖(ρ̂√(1−ρ²) − ρ√(1−ρ̂²))/(‖g_j‖√(1−ρ̂²) + ε) g_j;
+  then ρ̂_ij ← (1 − β)ρ̂_ij + βρ. Returns the g_i' (K, m), the new targets and the number
+  of modifications of each g_i'."""
+  J = np.asarray(J, np.float64)
+  targets = np.array(targets, np.float64)
+  modified = J.copy()
+  count = [0] * len(J)
+  for i, order in enumerate(orders):
+    for j in order:
+      if j == i:
+        continue
+      gi, gj = modified[i], J[j]
+      rho = gi @ gj / (np.linalg.norm(gi) * np.linalg.norm(gj) + eps)
+      target = targets[i, j]
+      if rho < target:
+        w = (np.linalg.norm(gi) * (target * np.sqrt(1 - rho ** 2) - rho * np.sqrt(1 - target ** 2))
+             / (np.linalg.norm(gj) * np.sqrt(1 - target ** 2) + eps))
+        modified[i] = gi + w * gj
+        count[i] += 1
+      targets[i, j] = (1 - beta) * target + beta * rho
+  return modified, targets, count
+
+
+def _drifting_conflicting_jacobians(seed, k, steps, m=8):
+  """Per step, K gradients near the pairwise conflicting centred unit vectors e_i − 1/K
+  (fresh noise and scales each step, so the cosines differ from their EMA targets)."""
+  rng = np.random.default_rng(seed)
+  base = np.eye(k, m) - np.pad(np.full((k, k), 1.0 / k), ((0, 0), (0, m - k)))
+  return [(base + 0.3 * rng.standard_normal((k, m))) * rng.uniform(0.5, 2.0, (k, 1))
+          for _ in range(steps)]
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_gradvac_matches_libmtl_over_steps_with_ema_targets(k):
+  """Four updates at K ≥ 3 and β = 0.2 equal LibMTL's sequential GradVac against the
+  running g_i', in the orders drawn from the state's key, with the EMA targets carried over."""
+  beta = 0.2
+  tx = cg.gradvac(beta=beta, num_tasks=k)
+  step, state = jax.jit(tx.update), tx.init(None)
+  key = jax.random.PRNGKey(0)
+  targets = np.zeros((k, k))
+  order_matters = []
+  for t, J in enumerate(_drifting_conflicting_jacobians(1, k, steps=4)):
+    u, state = step({"w": jnp.asarray(J, jnp.float32)}, state)
+    key, orders = _drawn_orders(key, k)
+    modified, new_targets, count = _gradient_vaccine(J, targets, orders, beta)
+    assert max(count) >= 2                       # sequential modifications happen
+    if t > 0:
+      assert np.abs(targets).max() > 0.05        # the targets steer this step (≥ 0.13)
+    d = modified.sum(0)
+    scale = np.abs(d).max()
+    # Observed ≤ 3e-7·max|d| and targets within 6e-8 (float32).
+    np.testing.assert_allclose(np.asarray(u["w"]), d, atol=1e-5 * scale)
+    np.testing.assert_allclose(np.asarray(state.targets), new_targets, atol=1e-6)
+    reversed_d = _gradient_vaccine(J, targets, [o[::-1] for o in orders], beta)[0].sum(0)
+    order_matters.append(np.abs(reversed_d - d).max() > 1e-2 * scale)
+    targets = new_targets
+  assert any(order_matters)                      # reversed orders: ≥ 3e-2·max|d| observed
 
 
 def test_state_keeps_float64_under_x64():
