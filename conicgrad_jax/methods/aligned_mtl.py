@@ -20,7 +20,8 @@ def aligned_mtl_weighting(gram: jax.Array, preference: Optional[jax.Array] = Non
   r"""Aligned-MTL weights: α = B p with B = σ·V Λ^{−½} Vᵀ on the eigenpairs above tolerance.
 
   Tolerance max(λ)·K·ε_float32 (the reference uses float32's epsilon); σ² is
-  the smallest kept eigenvalue ("min", default), their median, or their mean
+  the smallest kept eigenvalue ("min", default), their median (the lower middle
+  value for an even count, as ``torch.median`` in the reference), or their mean
   ("rmse"). B has eigenvalues ≤ 1, so nothing blows up.
 
   Args:
@@ -44,7 +45,10 @@ def aligned_mtl_weighting(gram: jax.Array, preference: Optional[jax.Array] = Non
   if scale_mode == "min":
     sigma2 = jnp.nanmin(kept)
   elif scale_mode == "median":
-    sigma2 = jnp.nanmedian(kept)
+    # torch.median, as the reference: the lower middle value for an even count (the NaNs
+    # of the dropped eigenvalues sort last).
+    count = jnp.sum(keep)
+    sigma2 = jnp.sort(kept)[jnp.maximum(count - 1, 0) // 2]
   else:
     sigma2 = jnp.nanmean(kept)
   inv_root = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, vals, 1.0)), 0.0)
@@ -73,7 +77,9 @@ def aligned_mtl(*, preference=None, scale_mode: str = "min",
     preference: optional non-negative weights p (normalised to sum 1);
       uniform (1/K) by default.
     scale_mode: σ² is the smallest kept eigenvalue (``"min"``, default, as
-      the reference), their median (``"median"``) or their mean (``"rmse"``).
+      the reference), their median (``"median"``; the lower middle value for
+      an even count, as the reference's ``torch.median``) or their mean
+      (``"rmse"``).
     shared: which leaves are shared (the Gram matrix and the weighting use
       only these): ``None`` (all), a pytree of bools shaped like the
       parameters, or a predicate ``(key_path, leaf) -> bool``. Other leaves

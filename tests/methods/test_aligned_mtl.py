@@ -24,6 +24,49 @@ def test_aligned_mtl_whitens():
   np.testing.assert_allclose(w, B @ np.full(3, 1 / 3), atol=1e-8)
 
 
+def _aligned_mtl_reference(G, preference, scale_mode):
+  """α = σ·V Λ^{−½} Vᵀ p on the eigenpairs above max(λ)·K·ε_float32, in numpy.
+
+  σ² as SamsungLabs/MTL's ProcrustesSolver: the smallest kept eigenvalue ("min"),
+  ``torch.median`` of them ("median": the lower middle value for an even count) or their
+  mean ("rmse").
+  """
+  vals, vecs = np.linalg.eigh(G)
+  keep = vals > vals.max() * len(G) * np.finfo(np.float32).eps
+  kept = np.sort(vals[keep])
+  sigma2 = {"min": kept[0], "median": kept[(len(kept) - 1) // 2], "rmse": kept.mean()}[scale_mode]
+  p = np.asarray(preference, np.float64) / np.sum(preference)
+  basis = vecs[:, keep]
+  return np.sqrt(sigma2) * basis @ ((basis.T @ p) / np.sqrt(vals[keep]))
+
+
+@pytest.mark.parametrize("scale_mode", ["min", "median", "rmse"])
+def test_preference_and_scale_mode_match_the_reference(scale_mode):
+  """cg.aligned_mtl(preference=p, scale_mode=...) updates by Jᵀα of the numpy reference."""
+  k, m = 4, 7
+  preference = np.array([4.0, 1.0, 2.0, 3.0])
+  rank_two = _common.random_J(9, k=k, m=2) @ _common.random_J(10, k=2, m=m)
+  Js = np.stack([_common.random_J(seed, k=k, m=m) for seed in range(3)] + [rank_two])
+  tx = cg.aligned_mtl(preference=preference, scale_mode=scale_mode, num_tasks=k)
+  # The state follows the parameters' dtype: float64 ones keep the solve in float64.
+  update = jax.jit(jax.vmap(lambda J: tx.update({"w": J}, tx.init({"w": J[0]}))[0]["w"]))
+  ds = _common.x64(update, Js)
+  for J, d in zip(Js, ds):
+    G = J @ J.T
+    expected = J.T @ _aligned_mtl_reference(G, preference, scale_mode)
+    scale = np.linalg.norm(expected)
+    # Observed ≤ 3e-15 relative to ‖d‖ (float64).
+    np.testing.assert_allclose(d / scale, expected / scale, atol=1e-9, rtol=0)
+    if np.linalg.matrix_rank(J) < k:
+      continue
+    # Neither the preference nor σ² may be ignored: both move the reference by ≥ 10 %.
+    assert np.linalg.norm(expected - J.T @ _aligned_mtl_reference(G, np.ones(k), scale_mode)) > (
+        0.1 * scale)
+    if scale_mode != "min":
+      assert np.linalg.norm(expected - J.T @ _aligned_mtl_reference(G, preference, "min")) > (
+          0.1 * scale)
+
+
 def test_options_are_validated():
   with pytest.raises(ValueError, match="scale_mode"):
     cg.aligned_mtl(scale_mode="max")

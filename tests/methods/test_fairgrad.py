@@ -41,6 +41,36 @@ def test_fairgrad_fixed_points():
       np.testing.assert_allclose(G_reg @ w, w ** (-1.0 / a), rtol=1e-6)
 
 
+def _fairgrad_reference(J, alpha, max_norm):
+  """d = Jᵀw, G_reg w = w^(−1/α) solved by scipy's root, then scaled down to ‖d‖ ≤ max_norm."""
+  G = J @ J.T
+  G_reg = G + 1e-6 * np.linalg.norm(G) * np.eye(len(G))   # the documented regularisation
+  w = scipy.optimize.root(lambda w: G_reg @ w - w ** (-1.0 / alpha), np.ones(len(G)),
+                          tol=1e-14).x
+  np.testing.assert_allclose(G_reg @ w, w ** (-1.0 / alpha), rtol=1e-12)
+  d = J.T @ w
+  return d * min(1.0, max_norm / np.linalg.norm(d))
+
+
+def test_max_norm_clips_only_longer_updates():
+  """cg.fairgrad(max_norm=c) scales d down to ‖d‖ = c when longer and leaves shorter ones alone."""
+  max_norm = 3.0
+  # Unclipped ‖d‖: 2.09, 4.49, 2.49, 5.36 (the fair update grows as the gradients shrink).
+  Js = np.stack([scale * _common.random_J(seed, k=4, m=9) for seed in (0, 1) for scale in (1, 0.1)])
+  tx = cg.fairgrad(2.0, max_norm=max_norm, num_tasks=4)
+  # The state follows the parameters' dtype: float64 ones keep the solve in float64.
+  update = jax.jit(jax.vmap(lambda J: tx.update({"w": J}, tx.init({"w": J[0]}))[0]["w"]))
+  ds = _common.x64(update, Js)
+  clipped = 0
+  for J, d in zip(Js, ds):
+    expected = _fairgrad_reference(J, 2.0, max_norm)
+    unclipped = _fairgrad_reference(J, 2.0, np.inf)
+    clipped += np.linalg.norm(unclipped) > 1.2 * max_norm
+    # Observed ≤ 3e-15 relative (float64).
+    np.testing.assert_allclose(d, expected, rtol=1e-7, atol=0)
+  assert clipped == 2
+
+
 def test_options_are_validated():
   with pytest.raises(ValueError, match="warm_start"):
     cg.fairgrad(warm_start="yes")

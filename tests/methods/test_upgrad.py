@@ -1,5 +1,7 @@
 """upgrad: every task's directional derivative along the update is ≥ 0 (up to reg_eps), contract."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +10,40 @@ import pytest
 import _common
 import conicgrad_jax as cg
 from conicgrad_jax.methods import upgrad as upgrad_m
-from conicgrad_jax.solvers import dual_cone
 
 SEEDS = range(4)
+REG_EPS = 1e-4   # the documented default ridge of P̂ = G/trace(G) + reg_eps·I (torchjd's)
+
+
+def _regularized_gram(G):
+  """P̂ = G/trace(G) + reg_eps·I, in numpy (the documented formula, not the library's)."""
+  return G / np.trace(G) + REG_EPS * np.eye(len(G))
+
+
+def _dual_cone_qp_by_enumeration(p_hat, lower):
+  """argmin vᵀP̂v s.t. v ≥ lower, exactly: the face whose KKT conditions hold (2^K candidates).
+
+  With the free set F fixed, v_F solves P̂_FF v_F = −P̂_FA lower_A; P̂ is positive definite,
+  so exactly one face gives v_F ≥ lower_F and (P̂v)_A ≥ 0, and that v is the minimiser.
+  """
+  k = len(lower)
+  for size in range(k + 1):
+    for free in itertools.combinations(range(k), size):
+      free = list(free)
+      fixed = [i for i in range(k) if i not in free]
+      v = np.array(lower, np.float64)
+      if free:
+        v[free] = np.linalg.solve(p_hat[np.ix_(free, free)], -p_hat[np.ix_(free, fixed)] @ v[fixed])
+      if np.all(v[free] >= lower[free]) and np.all((p_hat @ v)[fixed] >= 0):
+        return v
+  raise AssertionError("no face satisfies the KKT conditions")
+
+
+def _upgrad_reference(G, preference):
+  """Σ_i v*(p_i e_i) with p normalised to sum 1, each QP solved by enumeration."""
+  p = np.asarray(preference, np.float64) / np.sum(preference)
+  p_hat = _regularized_gram(G)
+  return sum(_dual_cone_qp_by_enumeration(p_hat, p_i * e_i) for p_i, e_i in zip(p, np.eye(len(p))))
 
 
 def test_published_values():
@@ -25,31 +58,58 @@ def test_update_lies_in_the_dual_cone():
     d = J.T @ w
     # In the dual cone up to the regularisation: KKT of min vᵀ(Ĝ + εI)v gives
     # (G v)_i ≥ −ε·trace(G)·v_i (torchjd's reg_eps, ε = 1e-4).
-    assert np.all(J @ d >= -dual_cone.REG_EPS * np.trace(G) * np.abs(w) - 1e-9)
+    assert np.all(J @ d >= -REG_EPS * np.trace(G) * np.abs(w) - 1e-9)
 
 
-@pytest.mark.parametrize("k", [3, 5, 8])
-def test_each_projection_satisfies_the_kkt_conditions_of_its_qp(k):
-  """Every row v_i = v*(p_i e_i) solves min vᵀP̂v s.t. v ≥ p_i e_i, and w = Σ_i v_i.
+@pytest.mark.parametrize("k, preference", [
+    (3, None), (5, [4.0, 1.0, 0.5, 2.0, 3.0]), (8, [1.0, 6.0, 2.0, 0.5, 3.0, 1.0, 4.0, 2.0])])
+def test_each_projection_satisfies_the_kkt_conditions_of_its_qp(k, preference):
+  """Every row v_i = v*(p_i e_i) solves min vᵀP̂v s.t. v ≥ p_i e_i; w matches a numpy solve.
 
   P̂ = G/trace(G) + reg_eps·I is built here in numpy. Feasibility, P̂v ≥ 0 and
   complementarity are the KKT conditions of this convex QP, so they prove that
   each row is its minimiser (with any positive multiple of the right v, or a
-  zero update, complementarity or feasibility fails).
+  zero update, complementarity or feasibility fails). The weights are compared
+  with Σ_i v*(p_i e_i), each QP solved exactly by enumerating its faces in numpy.
   """
   Js = [_common.random_J(seed, k=k, m=k + 3) for seed in SEEDS]
   Gs = np.stack([J @ J.T for J in Js])
-  vs, _ = _common.x64(jax.jit(jax.vmap(upgrad_m.upgrad_projections)), Gs)
-  ws, _ = _common.x64(jax.jit(jax.vmap(upgrad_m.upgrad_weighting)), Gs)
+  p = np.full(k, 1.0 / k) if preference is None else np.divide(preference, np.sum(preference))
+  vs, _ = _common.x64(jax.jit(jax.vmap(lambda G: upgrad_m.upgrad_projections(G, preference))), Gs)
+  ws, _ = _common.x64(jax.jit(jax.vmap(lambda G: upgrad_m.upgrad_weighting(G, preference))), Gs)
   for G, v, w in zip(Gs, vs, ws):
-    p_hat = G / np.trace(G) + dual_cone.REG_EPS * np.eye(k)
-    lower = np.eye(k) / k
+    p_hat = _regularized_gram(G)
+    lower = np.diag(p)
     grad = v @ p_hat                       # row i: P̂ v_i
     assert np.all(v >= lower - 1e-12)
     assert np.all(grad >= -1e-10)
     assert np.all(np.abs(grad * (v - lower)) <= 1e-9)
     assert np.all(np.diag(grad) > 0)     # each gradient's own coefficient is active
-    np.testing.assert_allclose(w, v.sum(0), rtol=1e-12, atol=1e-14)
+    # Observed ≤ 6e-15 relative to max|w| (float64, the exact face solve); 1e-6 leaves
+    # room for an answer certified by the barrier's relative gap alone.
+    expected = _upgrad_reference(G, p)
+    scale = np.max(np.abs(expected))
+    np.testing.assert_allclose(w / scale, expected / scale, atol=1e-6, rtol=0)
+    if preference is not None:             # the preference moves w by ≥ 0.026·max|w|
+      assert np.max(np.abs(expected - _upgrad_reference(G, np.ones(k)))) > 1e-2 * scale
+
+
+def test_preference_weights_each_projection_through_the_optax_factory():
+  """cg.upgrad(preference=p) updates by Jᵀ Σ_i v*(p_i e_i) (numpy reference), not the mean's."""
+  k, m = 4, 7
+  preference = np.array([4.0, 1.0, 2.0, 3.0])
+  Js = np.stack([_common.random_J(seed, k=k, m=m) for seed in SEEDS])
+  tx = cg.upgrad(preference=preference, num_tasks=k)
+  # The state follows the parameters' dtype: float64 ones keep the solve in float64.
+  update = jax.jit(jax.vmap(lambda J: tx.update({"w": J}, tx.init({"w": J[0]}))[0]["w"]))
+  ds = _common.x64(update, Js)
+  for J, d in zip(Js, ds):
+    expected = J.T @ _upgrad_reference(J @ J.T, preference)
+    uniform = J.T @ _upgrad_reference(J @ J.T, np.ones(k))
+    scale = np.linalg.norm(expected)
+    # Observed ≤ 2e-15 relative to ‖d‖ (float64); the mean's update is ≥ 0.13·‖d‖ away.
+    np.testing.assert_allclose(d / scale, expected / scale, atol=1e-6, rtol=0)
+    assert np.linalg.norm(expected - uniform) > 0.05 * scale
 
 
 def test_options_are_validated():
