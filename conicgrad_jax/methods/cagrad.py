@@ -25,7 +25,10 @@ def cagrad_weighting(gram: jax.Array, c: float = 0.5, *, rescale: int = 1,
   w* = argmin_{w∈Δ} wᵀG b + φ (wᵀGw)^½ with b = 1/K, the dual of
   max_d min_i ⟨g_i, d⟩ s.t. ‖d − g0‖ ≤ c‖g0‖ (its ½‖d‖² form in the paper).
   The inner problem is solved by a barrier method (the reference uses scipy
-  SLSQP); 1e-8 regularises the square root as in the reference.
+  SLSQP); 1e-8 regularises the square root as in the reference. One
+  deviation: ‖g_w*‖ is floored at (K·ε)^½·max_i ‖g_i‖, the size of its
+  rounding error from G, before dividing by it, so that d stays in the ball
+  when g_w* vanishes (g0 ≈ 0 in float32); above the floor nothing changes.
 
   Args:
     gram: the K×K Gram matrix G = J Jᵀ.
@@ -69,7 +72,13 @@ def _solve(gram, c, *, rescale, tol, max_iter, previous):
                                       max_iter=max_iter, smooth_polish=True)
   w = res.x
   gw_norm = jnp.sqrt(jnp.maximum(_numeric.quad(gram_n, w), 0.0))
-  weights = b + (phi / (gw_norm + 1e-8)) * w
+  # ‖g_w*‖ from the Gram matrix is rounding noise below (K·eps)^½ (wᵀGw is off by up to
+  # K·eps, in units of max_i ‖g_i‖²): dividing by it would blow the noise up and leave
+  # the ball ‖d − g0‖ ≤ φ (by up to 0.4·max_i ‖g_i‖ in float32 when g0 ≈ 0). Below that
+  # floor the step along g_w* is shortened instead; above it this is the reference's
+  # φ/(‖g_w*‖ + 1e-8).
+  resolved = jnp.maximum(gw_norm, jnp.sqrt(k * jnp.finfo(dtype).eps))
+  weights = b + (phi / (resolved + 1e-8)) * w
   divisor = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]
   return weights / divisor, aggregator.SolverInfo(res.iterations), w
 
