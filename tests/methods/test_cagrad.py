@@ -47,6 +47,7 @@ def test_rescale_divides_the_ball_solution():
   np.testing.assert_allclose(update["w"], J.T @ weights[1], rtol=1e-6)
 
 
+@pytest.mark.slow   # four compilations of a vmapped solver: about 6 s
 def test_float32_warm_and_cold_solves_match_float64_also_from_an_unrelated_start():
   """Float32 weights, cold and started from the answer of an unrelated Gram matrix
   (400 problems, K = 3, random gradients: many optima on an edge or a vertex of the

@@ -62,7 +62,8 @@ def test_update_lies_in_the_dual_cone():
 
 
 @pytest.mark.parametrize("k, preference", [
-    (3, None), (5, [4.0, 1.0, 0.5, 2.0, 3.0]), (8, [1.0, 6.0, 2.0, 0.5, 3.0, 1.0, 4.0, 2.0])])
+    (3, None), (5, [4.0, 1.0, 0.5, 2.0, 3.0]),
+    pytest.param(8, [1.0, 6.0, 2.0, 0.5, 3.0, 1.0, 4.0, 2.0], marks=pytest.mark.slow)])
 def test_each_projection_satisfies_the_kkt_conditions_of_its_qp(k, preference):
   """Every row v_i = v*(p_i e_i) solves min vᵀP̂v s.t. v ≥ p_i e_i; w matches a numpy solve.
 

@@ -32,12 +32,12 @@ def _instances(seed, n):
     yield J, float(rng.uniform(0.0, 0.95))
 
 
-@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
-def test_matches_socp_primal_and_dual_on_random_instances(seed):
-  """120 instances per seed, half with strong conflicts: values, directions, and the dual
+@pytest.mark.parametrize("seed, count", [(0, 60), pytest.param(1, 120, marks=pytest.mark.slow)])
+def test_matches_socp_primal_and_dual_on_random_instances(seed, count):
+  """60 or 120 instances, half with strong conflicts: values, directions, and the dual
   weights (ψ(w*) recomputed in float64 from J meets the reference optimum)."""
   checked_directions = 0
-  for J, c in _instances(seed, 120):
+  for J, c in _instances(seed, count):
     u, diag = _solve(J, c)
     scale = np.sqrt(np.max(np.sum(J * J, 1)))
     d = J.T @ u
@@ -54,7 +54,7 @@ def test_matches_socp_primal_and_dual_on_random_instances(seed):
     if value_ref > 1e-3 * scale:  # the optimal direction is unique
       checked_directions += 1
       np.testing.assert_allclose(d, d_ref / np.linalg.norm(d_ref), atol=1e-5)
-  assert checked_directions >= 40
+  assert checked_directions >= count // 3
 
 
 def test_float32_solutions_are_within_sqrt_eps_of_optimal():
@@ -110,7 +110,8 @@ def test_float32_at_pareto_stationary_points_returns_zero_and_reports_a_loose_ga
   assert worst <= 1e-3, worst
 
 
-@pytest.mark.parametrize("K", [2, 10, 40, pytest.param(128, marks=pytest.mark.slow),
+@pytest.mark.parametrize("K", [2, 10, pytest.param(40, marks=pytest.mark.slow),
+                               pytest.param(128, marks=pytest.mark.slow),
                                pytest.param(256, marks=pytest.mark.slow)])
 def test_residual_and_iterations_scale_to_many_tasks(K):
   rng = np.random.default_rng(K)
