@@ -18,7 +18,8 @@ def imtl_g_weighting(gram: jax.Array) -> tuple[jax.Array, aggregator.SolverInfo]
   r"""IMTL-G weights: summing to 1, their combination has equal projections on every unit gradient.
 
   torchjd's rank-robust form: v = G⁺ diag(G)^½, w = v / Σv (zero weights if
-  |Σv| < 1e-12). Weights can be negative.
+  |Σv| < 1e-12, torchjd's bound, or if |Σv| is within its rounding error
+  K·ε·‖G⁺‖·Σ|v|, G normalised to max_i ‖g_i‖ = 1). Weights can be negative.
 
   Args:
     gram: the K×K Gram matrix G = J Jᵀ.
@@ -29,11 +30,17 @@ def imtl_g_weighting(gram: jax.Array) -> tuple[jax.Array, aggregator.SolverInfo]
   dtype = _numeric.solver_dtype(gram.dtype)
   gram_n, _ = _numeric.normalized_gram(gram.astype(dtype))
   eps = jnp.finfo(dtype).eps
-  v = _numeric.matvec(pinv.pinv_psd(gram_n, gram_n.shape[0] * eps),
-                      jnp.sqrt(jnp.maximum(jnp.diagonal(gram_n), 0.0)))
+  k = gram_n.shape[0]
+  inverse = pinv.pinv_psd(gram_n, k * eps)
+  v = _numeric.matvec(inverse, jnp.sqrt(jnp.maximum(jnp.diagonal(gram_n), 0.0)))
   total = jnp.sum(v)
-  weights = jnp.where(jnp.abs(total) < 1e-12, jnp.zeros_like(v),
-                      v / jnp.where(total == 0, 1.0, total))
+  # 1ᵀG⁺s = 0 (e.g. Σ_i g_i = 0 with K > m): no combination has both. G's rounding
+  # (K·ε, G normalised) moves v = G⁺s by up to about K·ε·‖G⁺‖·|v|, so a total within
+  # that of 0 is that zero; dividing by it gave updates 1e4–1e6 times the gradients
+  # in float32. (‖G⁺‖ is bounded by its Frobenius norm.)
+  rounding = k * eps * jnp.sqrt(jnp.sum(inverse * inverse)) * jnp.sum(jnp.abs(v))
+  vanishes = jnp.abs(total) <= jnp.maximum(1e-12, rounding)
+  weights = jnp.where(vanishes, jnp.zeros_like(v), v / jnp.where(vanishes, 1.0, total))
   return weights, aggregator.no_solver_info()
 
 

@@ -414,6 +414,16 @@ def _balanced_jacobians(n=8, k=5, m=3):
 
 
 @pytest.mark.parametrize("x64", [slow(True), False])
+def test_imtl_g_balanced_gradients_give_no_update(x64):
+  """Σ g_i = 0 (K = 5 > m = 3): 1 spans G's null space, so 1ᵀG⁺s = 0 and no weights
+  summing to 1 give equal projections; the update is zero, not a division by rounding
+  noise (it was 6e4–6e5·max‖g_i‖ in float32)."""
+  ds, _, Js = run("imtl_g", _balanced_jacobians(), x64=x64)
+  for J, d in zip(Js, ds):
+    assert_close(d, np.zeros_like(d), J, 1e-6, "imtl_g, Σ g_i = 0")
+
+
+@pytest.mark.parametrize("x64", [slow(True), False])
 def test_cagrad_balanced_gradients(x64):
   """Σ g_i = 0 (K = 5 > m = 3): the ball around g0 = 0 has radius c·sqrt(1e-8)·max‖g_i‖
   (CAGrad's regularisers), so ‖d‖ ≤ 4e-5·max‖g_i‖ and the certificate holds to 1e-4
