@@ -6,6 +6,7 @@ computed from the task-gradient matrix J itself, in float64.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import cvxpy as cp
@@ -132,3 +133,30 @@ def random_instance(rng, *, conflict: bool, k_choices=(2, 3, 5, 8, 11),
   if conflict:
     J[1:] -= 1.5 * J[0]
   return J
+
+
+DUAL_CONE_REG_EPS = 1e-4   # the documented default ridge of P̂ = G/trace(G) + reg_eps·I (torchjd's)
+
+
+def dual_cone_regularized_gram(G):
+  """P̂ = G/trace(G) + reg_eps·I, in numpy (UPGrad's and DualProj's documented formula, not the library's)."""
+  return G / np.trace(G) + DUAL_CONE_REG_EPS * np.eye(len(G))
+
+
+def dual_cone_qp_by_enumeration(p_hat, lower):
+  """argmin vᵀP̂v s.t. v ≥ lower, exactly: the face whose KKT conditions hold (2^K candidates).
+
+  With the free set F fixed, v_F solves P̂_FF v_F = −P̂_FA lower_A; P̂ is positive definite,
+  so exactly one face gives v_F ≥ lower_F and (P̂v)_A ≥ 0, and that v is the minimiser.
+  """
+  k = len(lower)
+  for size in range(k + 1):
+    for free in itertools.combinations(range(k), size):
+      free = list(free)
+      fixed = [i for i in range(k) if i not in free]
+      v = np.array(lower, np.float64)
+      if free:
+        v[free] = np.linalg.solve(p_hat[np.ix_(free, free)], -p_hat[np.ix_(free, fixed)] @ v[fixed])
+      if np.all(v[free] >= lower[free]) and np.all((p_hat @ v)[fixed] >= 0):
+        return v
+  raise AssertionError("no face satisfies the KKT conditions")

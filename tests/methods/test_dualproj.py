@@ -1,7 +1,5 @@
 """dualproj: the mean gradient projected onto the dual cone (cvxpy reference, complementarity), contract."""
 
-import itertools
-
 import cvxpy as cp
 import jax
 import numpy as np
@@ -13,31 +11,7 @@ import reference_solvers as ref
 from conicgrad_jax.methods import dualproj as dualproj_m
 
 SEEDS = range(4)
-REG_EPS = 1e-4   # the documented default ridge of P̂ = G/trace(G) + reg_eps·I (torchjd's)
-
-
-def _regularized_gram(G):
-  """P̂ = G/trace(G) + reg_eps·I, in numpy (the documented formula, not the library's)."""
-  return G / np.trace(G) + REG_EPS * np.eye(len(G))
-
-
-def _dual_cone_qp_by_enumeration(p_hat, lower):
-  """argmin vᵀP̂v s.t. v ≥ lower, exactly: the face whose KKT conditions hold (2^K candidates).
-
-  With the free set F fixed, v_F solves P̂_FF v_F = −P̂_FA lower_A; P̂ is positive definite,
-  so exactly one face gives v_F ≥ lower_F and (P̂v)_A ≥ 0, and that v is the minimiser.
-  """
-  k = len(lower)
-  for size in range(k + 1):
-    for free in itertools.combinations(range(k), size):
-      free = list(free)
-      fixed = [i for i in range(k) if i not in free]
-      v = np.array(lower, np.float64)
-      if free:
-        v[free] = np.linalg.solve(p_hat[np.ix_(free, free)], -p_hat[np.ix_(free, fixed)] @ v[fixed])
-      if np.all(v[free] >= lower[free]) and np.all((p_hat @ v)[fixed] >= 0):
-        return v
-  raise AssertionError("no face satisfies the KKT conditions")
+REG_EPS = ref.DUAL_CONE_REG_EPS
 
 
 def test_published_values():
@@ -50,7 +24,7 @@ def test_dual_cone_projection():
   Gs = np.stack([J @ J.T for J in Js])
   ws, _ = _common.x64(jax.jit(jax.vmap(dualproj_m.dualproj_weighting)), Gs)
   for J, G, w in zip(Js, Gs, ws):
-    p_hat = _regularized_gram(G)
+    p_hat = ref.dual_cone_regularized_gram(G)
     d = J.T @ w
     # In the dual cone up to the regularisation: KKT of min vᵀ(Ĝ + εI)v gives
     # (G v)_i ≥ −ε·trace(G)·v_i (torchjd's reg_eps, ε = 1e-4).
@@ -67,7 +41,7 @@ def test_dual_cone_projection():
     ref.solve_tight(cp.Problem(cp.Minimize(cp.quad_form(v, cp.psd_wrap(p_hat))), [v >= u]))
     assert w @ p_hat @ w <= v.value @ p_hat @ v.value * (1 + 1e-9) + 1e-12
     # v itself against the exact face solve in numpy (observed ≤ 6e-16 relative).
-    expected = _dual_cone_qp_by_enumeration(p_hat, u)
+    expected = ref.dual_cone_qp_by_enumeration(p_hat, u)
     scale = np.max(np.abs(expected))
     np.testing.assert_allclose(w / scale, expected / scale, atol=1e-6, rtol=0)
 
@@ -89,9 +63,9 @@ def test_preference_is_the_lower_bound_of_the_projection():
 
   ds, ws = _common.x64(run, Js)
   for J, d, w in zip(Js, ds, ws):
-    p_hat = _regularized_gram(J @ J.T)
-    expected = _dual_cone_qp_by_enumeration(p_hat, p)
-    uniform = _dual_cone_qp_by_enumeration(p_hat, np.full(k, 1.0 / k))
+    p_hat = ref.dual_cone_regularized_gram(J @ J.T)
+    expected = ref.dual_cone_qp_by_enumeration(p_hat, p)
+    uniform = ref.dual_cone_qp_by_enumeration(p_hat, np.full(k, 1.0 / k))
     scale = np.max(np.abs(expected))
     # Observed ≤ 2e-15 relative (float64); the mean's weights are ≥ 0.24·max|w| away.
     np.testing.assert_allclose(w / scale, expected / scale, atol=1e-6, rtol=0)

@@ -1,7 +1,5 @@
 """upgrad: every task's directional derivative along the update is ≥ 0 (up to reg_eps), contract."""
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,41 +7,18 @@ import pytest
 
 import _common
 import conicgrad_jax as cg
+import reference_solvers as ref
 from conicgrad_jax.methods import upgrad as upgrad_m
 
 SEEDS = range(4)
-REG_EPS = 1e-4   # the documented default ridge of P̂ = G/trace(G) + reg_eps·I (torchjd's)
-
-
-def _regularized_gram(G):
-  """P̂ = G/trace(G) + reg_eps·I, in numpy (the documented formula, not the library's)."""
-  return G / np.trace(G) + REG_EPS * np.eye(len(G))
-
-
-def _dual_cone_qp_by_enumeration(p_hat, lower):
-  """argmin vᵀP̂v s.t. v ≥ lower, exactly: the face whose KKT conditions hold (2^K candidates).
-
-  With the free set F fixed, v_F solves P̂_FF v_F = −P̂_FA lower_A; P̂ is positive definite,
-  so exactly one face gives v_F ≥ lower_F and (P̂v)_A ≥ 0, and that v is the minimiser.
-  """
-  k = len(lower)
-  for size in range(k + 1):
-    for free in itertools.combinations(range(k), size):
-      free = list(free)
-      fixed = [i for i in range(k) if i not in free]
-      v = np.array(lower, np.float64)
-      if free:
-        v[free] = np.linalg.solve(p_hat[np.ix_(free, free)], -p_hat[np.ix_(free, fixed)] @ v[fixed])
-      if np.all(v[free] >= lower[free]) and np.all((p_hat @ v)[fixed] >= 0):
-        return v
-  raise AssertionError("no face satisfies the KKT conditions")
+REG_EPS = ref.DUAL_CONE_REG_EPS
 
 
 def _upgrad_reference(G, preference):
   """Σ_i v*(p_i e_i) with p normalised to sum 1, each QP solved by enumeration."""
   p = np.asarray(preference, np.float64) / np.sum(preference)
-  p_hat = _regularized_gram(G)
-  return sum(_dual_cone_qp_by_enumeration(p_hat, p_i * e_i) for p_i, e_i in zip(p, np.eye(len(p))))
+  p_hat = ref.dual_cone_regularized_gram(G)
+  return sum(ref.dual_cone_qp_by_enumeration(p_hat, p_i * e_i) for p_i, e_i in zip(p, np.eye(len(p))))
 
 
 def test_published_values():
@@ -79,7 +54,7 @@ def test_each_projection_satisfies_the_kkt_conditions_of_its_qp(k, preference):
   vs, _ = _common.x64(jax.jit(jax.vmap(lambda G: upgrad_m.upgrad_projections(G, preference))), Gs)
   ws, _ = _common.x64(jax.jit(jax.vmap(lambda G: upgrad_m.upgrad_weighting(G, preference))), Gs)
   for G, v, w in zip(Gs, vs, ws):
-    p_hat = _regularized_gram(G)
+    p_hat = ref.dual_cone_regularized_gram(G)
     lower = np.diag(p)
     grad = v @ p_hat                       # row i: P̂ v_i
     assert np.all(v >= lower - 1e-12)
