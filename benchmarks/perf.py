@@ -63,6 +63,7 @@ import json
 import os
 import re
 import time
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -418,32 +419,27 @@ def compile_stages_part(k, repeats):
   crossover, and the interior-point phase too, replaced by stand-ins that return their
   start point (the answers are then wrong: this measures the program, not the solver).
   IMTL-G and linear scalarisation give the floor of a Gram method and of any method."""
-  from unittest import mock
-
   rng = np.random.default_rng(0)
   tree = {"a": jnp.asarray(rng.standard_normal((k, 1000)), jnp.float32),
           "b": jnp.asarray(rng.standard_normal((k, 20, 5)), jnp.float32)}
   like = jax.tree_util.tree_map(lambda x: x[0], tree)
-  stages = {
-      "conicgrad (cold), whole": (),
-      "without the crossover": (("_crossover", _skip_crossover),),
-      "without the crossover and the interior point": (("_crossover", _skip_crossover),
-                                                       ("_primal_barrier", _skip_barrier)),
-  }
+  cold = lambda: cg.conicgrad(0.5, num_tasks=k, warm_start=False)
+  programs = [
+      ("conicgrad (cold), whole", cold, ()),
+      ("without the crossover", cold, (("_crossover", _skip_crossover),)),
+      ("without the crossover and the interior point", cold,
+       (("_crossover", _skip_crossover), ("_primal_barrier", _skip_barrier))),
+      ("imtl_g (floor of a Gram method)", lambda: cg.imtl_g(num_tasks=k), ()),
+      ("linear_scalarization", cg.linear_scalarization, ()),
+  ]
   rows = []
-  for label, patches in stages.items():
-    tx = cg.conicgrad(0.5, num_tasks=k, warm_start=False)
+  for label, factory, patches in programs:
+    tx = factory()
     with contextlib.ExitStack() as stack:
       for name, stand_in in patches:
         stack.enter_context(mock.patch.object(cone_solver, name, stand_in))
       wall, cpu, lower, kernels = _compile_seconds(tx.update, tree, tx.init(like),
                                                    repeats=repeats)
-    rows.append({"part": "compile_stages", "program": label, "K": k, "compile_wall_s": wall,
-                 "compile_cpu_s": cpu, "trace_and_lower_s": lower, "fused_kernels": kernels})
-  for label, tx in (("imtl_g (floor of a Gram method)", cg.imtl_g(num_tasks=k)),
-                    ("linear_scalarization", cg.linear_scalarization())):
-    wall, cpu, lower, kernels = _compile_seconds(tx.update, tree, tx.init(like),
-                                                 repeats=repeats)
     rows.append({"part": "compile_stages", "program": label, "K": k, "compile_wall_s": wall,
                  "compile_cpu_s": cpu, "trace_and_lower_s": lower, "fused_kernels": kernels})
   whole = rows[0]["compile_wall_s"]

@@ -26,7 +26,7 @@ def cagrad_weighting(gram: jax.Array, c: float = 0.5, *, rescale: int = 1,
   max_d min_i ⟨g_i, d⟩ s.t. ‖d − g0‖ ≤ c‖g0‖ (its ½‖d‖² form in the paper).
   The inner problem is solved by a barrier method (the reference uses scipy
   SLSQP); 1e-8 regularises the square root as in the reference. One
-  deviation: ‖g_w*‖ is floored at (K·ε)^½·max_i ‖g_i‖, the size of its
+  deviation: ‖g_w*‖ is floored at (K·ε)^½·Σ_i w*_i ‖g_i‖, the size of its
   rounding error from G, before dividing by it, so that d stays in the ball
   when g_w* vanishes (g0 ≈ 0 in float32); above the floor nothing changes.
 
@@ -72,12 +72,13 @@ def _solve(gram, c, *, rescale, tol, max_iter, previous):
                                       max_iter=max_iter, smooth_polish=True)
   w = res.x
   gw_norm = jnp.sqrt(jnp.maximum(_numeric.quad(gram_n, w), 0.0))
-  # ‖g_w*‖ from the Gram matrix is rounding noise below (K·eps)^½ (wᵀGw is off by up to
-  # K·eps, in units of max_i ‖g_i‖²): dividing by it would blow the noise up and leave
-  # the ball ‖d − g0‖ ≤ φ (by up to 0.4·max_i ‖g_i‖ in float32 when g0 ≈ 0). Below that
-  # floor the step along g_w* is shortened instead; above it this is the reference's
+  # wᵀGw from G is off by up to K·eps·(Σ_i w_i ‖g_i‖)², so ‖g_w*‖ below
+  # (K·eps)^½·Σ_i w_i ‖g_i‖ is rounding noise: dividing by it would blow the noise up and
+  # leave the ball ‖d − g0‖ ≤ φ (by tenths of max_i ‖g_i‖ in float32 when g0 ≈ 0). Below
+  # that floor the step along g_w* is shortened instead; above it this is the reference's
   # φ/(‖g_w*‖ + 1e-8).
-  resolved = jnp.maximum(gw_norm, jnp.sqrt(k * jnp.finfo(dtype).eps))
+  combined_norm = jnp.dot(w, jnp.sqrt(jnp.maximum(jnp.diagonal(gram_n), 0.0)))
+  resolved = jnp.maximum(gw_norm, jnp.sqrt(k * jnp.finfo(dtype).eps) * combined_norm)
   weights = b + (phi / (resolved + 1e-8)) * w
   divisor = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]
   return weights / divisor, aggregator.SolverInfo(res.iterations), w

@@ -18,8 +18,8 @@ def imtl_g_weighting(gram: jax.Array) -> tuple[jax.Array, aggregator.SolverInfo]
   r"""IMTL-G weights: summing to 1, their combination has equal projections on every unit gradient.
 
   torchjd's rank-robust form: v = G⁺ diag(G)^½, w = v / Σv (zero weights if
-  |Σv| < 1e-12, torchjd's bound, or if |Σv| is within its rounding error
-  K·ε·‖G⁺‖·Σ|v|, G normalised to max_i ‖g_i‖ = 1). Weights can be negative.
+  |Σv| < 1e-12, torchjd's bound, or if |Σv| ≤ (K·ε)^½·Σ|v|, where it is
+  rounding noise). Weights can be negative.
 
   Args:
     gram: the K×K Gram matrix G = J Jᵀ.
@@ -31,15 +31,14 @@ def imtl_g_weighting(gram: jax.Array) -> tuple[jax.Array, aggregator.SolverInfo]
   gram_n, _ = _numeric.normalized_gram(gram.astype(dtype))
   eps = jnp.finfo(dtype).eps
   k = gram_n.shape[0]
-  inverse = pinv.pinv_psd(gram_n, k * eps)
-  v = _numeric.matvec(inverse, jnp.sqrt(jnp.maximum(jnp.diagonal(gram_n), 0.0)))
+  v = _numeric.matvec(pinv.pinv_psd(gram_n, k * eps),
+                      jnp.sqrt(jnp.maximum(jnp.diagonal(gram_n), 0.0)))
   total = jnp.sum(v)
-  # 1ᵀG⁺s = 0 (e.g. Σ_i g_i = 0 with K > m): no combination has both. G's rounding
-  # (K·ε, G normalised) moves v = G⁺s by up to about K·ε·‖G⁺‖·|v|, so a total within
-  # that of 0 is that zero; dividing by it gave updates 1e4–1e6 times the gradients
-  # in float32. (‖G⁺‖ is bounded by its Frobenius norm.)
-  rounding = k * eps * jnp.sqrt(jnp.sum(inverse * inverse)) * jnp.sum(jnp.abs(v))
-  vanishes = jnp.abs(total) <= jnp.maximum(1e-12, rounding)
+  # 1ᵀG⁺s = 0 (e.g. Σ_i g_i = 0 with K > m): no combination has both. Computed, such a
+  # total is rounding noise, below (K·ε)^½·Σ|v| (10⁻⁵–10⁻⁴ of Σ|v| in float32, where
+  # dividing by it gave updates 10³–10⁶ times the gradients); genuine totals are of the
+  # order of Σ|v|, also for ill-conditioned G.
+  vanishes = jnp.abs(total) <= jnp.maximum(1e-12, jnp.sqrt(k * eps) * jnp.sum(jnp.abs(v)))
   weights = jnp.where(vanishes, jnp.zeros_like(v), v / jnp.where(vanishes, 1.0, total))
   return weights, aggregator.no_solver_info()
 

@@ -49,6 +49,29 @@ def x64(fn, *args, **kwargs):
     return jax.tree_util.tree_map(np.asarray, out)
 
 
+def updates_in_float64(tx, Js):
+  """The updates of ``tx`` on each Jacobian of ``Js`` (n, K, m), one compilation, in float64.
+
+  The state follows the parameters' dtype, so float64 parameters keep the solve in float64.
+  """
+  update = jax.jit(jax.vmap(lambda J: tx.update({"w": J}, tx.init({"w": J[0]}))[0]["w"]))
+  return x64(update, Js)
+
+
+def drawn_orders(key, k, split_first=True):
+  """The visiting orders PCGrad and GradVac draw from ``key``: an update splits off a
+  subkey (``split_first``), splits it into one key per task, and task i visits the tasks
+  in the permutation of 0..K−1 drawn from its key (skipping itself).
+  Returns (next key, orders)."""
+  if split_first:
+    key, sub = jax.random.split(key)
+  else:
+    sub = key
+  orders = jax.vmap(lambda task_key: jax.random.permutation(task_key, k))(
+      jax.random.split(sub, k))
+  return key, np.asarray(orders).tolist()
+
+
 def check_published(factory, expected, **kwargs):
   """The update on :data:`J_PUBLISHED` matches ``expected`` to 1e-4.
 

@@ -48,9 +48,7 @@ def test_preference_and_scale_mode_match_the_reference(scale_mode):
   rank_two = _common.random_J(9, k=k, m=2) @ _common.random_J(10, k=2, m=m)
   Js = np.stack([_common.random_J(seed, k=k, m=m) for seed in range(3)] + [rank_two])
   tx = cg.aligned_mtl(preference=preference, scale_mode=scale_mode, num_tasks=k)
-  # The state follows the parameters' dtype: float64 ones keep the solve in float64.
-  update = jax.jit(jax.vmap(lambda J: tx.update({"w": J}, tx.init({"w": J[0]}))[0]["w"]))
-  ds = _common.x64(update, Js)
+  ds = _common.updates_in_float64(tx, Js)
   for J, d in zip(Js, ds):
     G = J @ J.T
     expected = J.T @ _aligned_mtl_reference(G, preference, scale_mode)

@@ -37,9 +37,7 @@ def test_preference_sets_the_relative_cosines():
   preference = np.array([1.0, 2.0, 4.0])
   Js = np.stack([_common.random_J(seed, k=k, m=m) for seed in range(3)])
   tx = cg.config(preference=preference, num_tasks=k)
-  # The state follows the parameters' dtype: float64 ones keep the solve in float64.
-  update = jax.jit(jax.vmap(lambda J: tx.update({"w": J}, tx.init({"w": J[0]}))[0]["w"]))
-  ds = _common.x64(update, Js)
+  ds = _common.updates_in_float64(tx, Js)
   for J, d in zip(Js, ds):
     expected = _config_reference(J, preference)
     scale = np.linalg.norm(expected)

@@ -32,16 +32,6 @@ def test_gradvac_two_tasks_matches_reference_formula_and_hits_the_target():
     assert abs(new @ gj) <= 1e-5 * np.linalg.norm(new) * np.linalg.norm(gj)
 
 
-def _drawn_orders(key, k):
-  """The visiting orders the library draws for one update: it splits the state's key,
-  splits the subkey into one key per task, and task i visits the tasks in the permutation
-  of 0..K−1 drawn from its key (skipping itself). Returns (next key, orders)."""
-  key, sub = jax.random.split(key)
-  orders = jax.vmap(lambda task_key: jax.random.permutation(task_key, k))(
-      jax.random.split(sub, k))
-  return key, np.asarray(orders).tolist()
-
-
 def _gradient_vaccine(J, targets, orders, beta, eps=1e-8):
   """LibMTL's GradVac (group_type 0) on the gradients, in float64: for each task i, from
   g_i' = g_i, for each other task j in ``orders[i]``: ρ = cos(g_i', g_j) (ε in the
@@ -89,7 +79,7 @@ def test_gradvac_matches_libmtl_over_steps_with_ema_targets(k):
   order_matters = []
   for t, J in enumerate(_drifting_conflicting_jacobians(1, k, steps=4)):
     u, state = step({"w": jnp.asarray(J, jnp.float32)}, state)
-    key, orders = _drawn_orders(key, k)
+    key, orders = _common.drawn_orders(key, k)
     modified, new_targets, count = _gradient_vaccine(J, targets, orders, beta)
     assert max(count) >= 2                       # sequential modifications happen
     if t > 0:

@@ -33,19 +33,6 @@ def test_pcgrad_two_tasks_matches_the_projection_rule():
   assert d @ g1 > 0.1 and d @ g2 > 0.1
 
 
-def _drawn_orders(key, k, split_first=True):
-  """The visiting orders the library draws from ``key``: the update splits off a subkey
-  (``split_first``), splits it into one key per task, and task i visits the tasks in the
-  permutation of 0..K−1 drawn from its key (skipping itself). Returns (next key, orders)."""
-  if split_first:
-    key, sub = jax.random.split(key)
-  else:
-    sub = key
-  orders = jax.vmap(lambda task_key: jax.random.permutation(task_key, k))(
-      jax.random.split(sub, k))
-  return key, np.asarray(orders).tolist()
-
-
 def _surgery(J, orders):
   """Yu et al.'s surgery on the gradients themselves, in float64: for each task i, from
   g_i' = g_i, for each other task j in ``orders[i]``, if ⟨g_i', g_j⟩ < 0 then
@@ -87,7 +74,7 @@ def test_pcgrad_matches_sequential_surgery_in_the_orders_drawn_from_its_key(k):
   for t in range(3):
     J = _pairwise_conflicting_J(10 * k + t, k)
     u, state = step({"w": jnp.asarray(J, jnp.float32)}, state)
-    key, orders = _drawn_orders(key, k)
+    key, orders = _common.drawn_orders(key, k)
     projected, _, count = _surgery(J, orders)
     assert max(count) >= 2                     # sequential projections happen
     d = projected.sum(0)
@@ -107,7 +94,7 @@ def test_pcgrad_weighting_combines_the_surgery_coefficients_in_the_keys_orders()
   J = _pairwise_conflicting_J(7, k)
   key = jax.random.PRNGKey(11)
   w, _ = pcgrad_weighting(jnp.asarray(J @ J.T, jnp.float32), key)
-  _, orders = _drawn_orders(key, k, split_first=False)
+  _, orders = _common.drawn_orders(key, k, split_first=False)
   d = _surgery(J, orders)[0].sum(0)
   # Observed ≤ 3e-7·max|d|.
   np.testing.assert_allclose(np.asarray(w, np.float64) @ J, d, atol=1e-5 * np.abs(d).max())

@@ -76,9 +76,7 @@ def test_preference_weights_each_projection_through_the_optax_factory():
   preference = np.array([4.0, 1.0, 2.0, 3.0])
   Js = np.stack([_common.random_J(seed, k=k, m=m) for seed in SEEDS])
   tx = cg.upgrad(preference=preference, num_tasks=k)
-  # The state follows the parameters' dtype: float64 ones keep the solve in float64.
-  update = jax.jit(jax.vmap(lambda J: tx.update({"w": J}, tx.init({"w": J[0]}))[0]["w"]))
-  ds = _common.x64(update, Js)
+  ds = _common.updates_in_float64(tx, Js)
   for J, d in zip(Js, ds):
     expected = J.T @ _upgrad_reference(J @ J.T, preference)
     uniform = J.T @ _upgrad_reference(J @ J.T, np.ones(k))
