@@ -72,6 +72,7 @@ def test_options_are_validated():
     cg.aligned_mtl(preference=[-1.0, 1.0])
 
 
+@pytest.mark.slow   # by value, and its default subset: test_degenerate_values.py
 def test_degenerate_inputs_give_finite_updates():
   _common.check_degenerate_inputs(cg.aligned_mtl)
 

@@ -26,7 +26,14 @@ def test_published_values(name):
   _common.check_published(cg.methods()[name].factory, expected, **kwargs)
 
 
-@pytest.mark.parametrize("name", sorted(set(cg.methods()) - set(OWN_TEST_MODULE)))
+# By default the methods of each kind (a solver, a loss weighting, a Jacobian method, a
+# random one); every other one under -m slow.
+_DEGENERATE_BY_DEFAULT = ("conicgrad", "famo", "graddrop", "moco", "rlw", "db_mtl")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=() if n in _DEGENERATE_BY_DEFAULT else pytest.mark.slow)
+    for n in sorted(set(cg.methods()) - set(OWN_TEST_MODULE))])
 def test_degenerate_inputs_give_finite_updates(name):
   info = cg.methods()[name]
   _common.check_degenerate_inputs(info.factory, needs_losses=info.needs_losses)

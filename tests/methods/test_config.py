@@ -49,6 +49,7 @@ def test_preference_sets_the_relative_cosines():
     assert np.linalg.norm(expected - uniform) > 0.1 * scale
 
 
+@pytest.mark.slow   # by value, and its default subset: test_degenerate_values.py
 def test_degenerate_inputs_give_finite_updates():
   _common.check_degenerate_inputs(cg.config)
 

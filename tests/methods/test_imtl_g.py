@@ -27,6 +27,7 @@ def test_imtl_g_equal_projections():
     assert w.sum() == pytest.approx(1.0)
 
 
+@pytest.mark.slow   # by value, and its default subset: test_degenerate_values.py
 def test_degenerate_inputs_give_finite_updates():
   _common.check_degenerate_inputs(cg.imtl_g)
 

@@ -91,6 +91,7 @@ def test_state_keeps_float64_under_x64():
   _common.check_state_dtypes_follow_params(cg.nash_mtl)
 
 
+@pytest.mark.slow   # by value, and its default subset: test_degenerate_values.py
 def test_degenerate_inputs_give_finite_updates():
   _common.check_degenerate_inputs(cg.nash_mtl)
 
