@@ -23,6 +23,11 @@ def quad(matrix: jax.Array, vector: jax.Array) -> jax.Array:
   return jnp.dot(vector, matvec(matrix, vector), precision=HIGHEST)
 
 
+def gradient_norms(gram: jax.Array) -> jax.Array:
+  """The task-gradient norms ‖g_i‖ = (G_ii)^½ (rounding below zero read as 0)."""
+  return jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+
+
 def frobenius_norm(matrix: jax.Array) -> jax.Array:
   """‖M‖_F as s‖M/s‖_F with s = max|M_ij|, and 1 for M = 0.
 

@@ -77,7 +77,7 @@ def _solve(gram, c, *, rescale, tol, max_iter, previous):
   # leave the ball ‖d − g0‖ ≤ φ (by tenths of max_i ‖g_i‖ in float32 when g0 ≈ 0). Below
   # that floor the step along g_w* is shortened instead; above it this is the reference's
   # φ/(‖g_w*‖ + 1e-8).
-  combined_norm = jnp.dot(w, jnp.sqrt(jnp.maximum(jnp.diagonal(gram_n), 0.0)))
+  combined_norm = jnp.dot(w, _numeric.gradient_norms(gram_n))
   resolved = jnp.maximum(gw_norm, jnp.sqrt(k * jnp.finfo(dtype).eps) * combined_norm)
   weights = b + (phi / (resolved + 1e-8)) * w
   divisor = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]

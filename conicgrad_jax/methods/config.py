@@ -34,7 +34,7 @@ def config_weighting(gram: jax.Array,
   k = gram.shape[0]
   w = (jnp.ones((k,), dtype) if preference is None
        else jnp.asarray(preference, dtype))
-  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+  norms = _numeric.gradient_norms(gram)
   tiny = jnp.finfo(dtype).tiny
   inv_norm = jnp.where(norms > tiny ** 0.5, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
   cos = inv_norm[:, None] * gram * inv_norm[None, :]

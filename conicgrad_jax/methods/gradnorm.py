@@ -59,7 +59,7 @@ def gradnorm_weighting(gram: jax.Array, losses: jax.Array, state: GradNormState,
   losses = losses.astype(dtype)
   first = state.step == 0
   initial = jnp.where(first, losses, state.initial_losses)
-  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0)).astype(dtype)
+  norms = _numeric.gradient_norms(gram).astype(dtype)
   relative = losses / initial
   ratio = relative / jnp.mean(relative)
   grad_s = jax.grad(gradnorm_balance_loss)(state.logits, norms, ratio, alpha)

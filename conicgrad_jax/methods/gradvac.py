@@ -45,7 +45,7 @@ def gradvac_weighting(gram: jax.Array, targets: jax.Array, key: jax.Array, *,
   gram = gram.astype(dtype)
   targets = targets.astype(dtype)
   k = gram.shape[0]
-  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+  norms = _numeric.gradient_norms(gram)
   keys = jax.random.split(key, k)
   # A target within √eps of ±1 (where √(1 − ρ̂²) is rounding noise) would make the
   # step's denominator ε alone: the step aims at ±(1 − √eps) instead (and a cosine

@@ -32,7 +32,7 @@ def imtl_g_weighting(gram: jax.Array) -> tuple[jax.Array, aggregator.SolverInfo]
   eps = jnp.finfo(dtype).eps
   k = gram_n.shape[0]
   v = _numeric.matvec(pinv.pinv_psd(gram_n, k * eps),
-                      jnp.sqrt(jnp.maximum(jnp.diagonal(gram_n), 0.0)))
+                      _numeric.gradient_norms(gram_n))
   total = jnp.sum(v)
   # 1ᵀG⁺s = 0 (e.g. Σ_i g_i = 0 with K > m): no combination has both. Computed, such a
   # total is rounding noise, below (K·ε)^½·Σ|v| (10⁻⁵–10⁻⁴ of Σ|v| in float32, where

@@ -20,7 +20,7 @@ _EPS = 1e-8
 def gradient_normalizers(gram, losses, normalization):
   """Per-task normalisers n_i: 1, ‖g_i‖, l_i or l_i·‖g_i‖ (intel-isl ``gradient_normalizers``)."""
   dtype = gram.dtype
-  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+  norms = _numeric.gradient_norms(gram)
   if normalization == "none":
     return jnp.ones_like(norms)
   if normalization == "l2":

@@ -71,7 +71,7 @@ def rotograd_weighting(gram: jax.Array, state: RotoGradState, *, burn_in_period:
   if not magnitude:
     weights = jnp.ones((k,), dtype)
     return weights, state._replace(weights=weights, step=state.step + 1)
-  norms = jnp.maximum(jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0)), _EPS).astype(dtype)
+  norms = jnp.maximum(_numeric.gradient_norms(gram), _EPS).astype(dtype)
   reset = (state.step == 0) | (state.step == burn_in_period)
   initial = jnp.where(reset, norms, state.initial_norms)
   ratios = norms / initial

@@ -419,7 +419,7 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
   c = jnp.asarray(c, dtype)
   p = _numeric.as_preference(preference, num_tasks, dtype)
   eps = jnp.finfo(dtype).eps
-  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram_n), 0.0))
+  norms = _numeric.gradient_norms(gram_n)
   gp = _mv(gram_n, p)
   n0_2, p_norms = jnp.sum(jnp.stack([p * gp, p * norms]), axis=1)
   g0_vanishes = n0_2 <= num_tasks * eps * p_norms ** 2
