@@ -122,6 +122,13 @@ def check_method(method, name: str, *, jacobian_allowed: bool = True):
         "loss weighting.")
 
 
+def with_nonfinite_steps(state, count):
+  """``state`` with ``nonfinite_steps`` set to ``count``, also through a wrapper's ``inner`` state."""
+  if "nonfinite_steps" in getattr(state, "_fields", ()):
+    return state._replace(nonfinite_steps=count)
+  return state._replace(inner=with_nonfinite_steps(state.inner, count))
+
+
 def check_state_type(state, expected: type):
   """Raises ValueError unless ``state`` is an ``expected`` (the method's own state type)."""
   if type(state) is not expected:

@@ -273,4 +273,6 @@ def with_diagnostics(method: optax.GradientTransformation, *,
     return updates, DiagnosticsState(inner, new)
 
   aggregator.record_shared(update_fn, shared)
+  if isinstance(method, aggregator.JacobianTransformation):
+    return aggregator.JacobianTransformation(init_fn, update_fn)
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

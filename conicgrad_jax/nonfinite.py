@@ -38,7 +38,10 @@ class SkipNonfiniteState(NamedTuple):
 
 
 def _all_finite(tree) -> jax.Array:
-  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+  # Python floats count too (e.g. ``losses=[l1, l2]``, whose leaves are floats).
+  leaves = [jnp.asarray(x) if isinstance(x, (float, complex)) else x
+            for x in jax.tree_util.tree_leaves(tree)]
+  checks = [jnp.all(jnp.isfinite(x)) for x in leaves
             if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
 
@@ -99,6 +102,7 @@ def skip_nonfinite(inner: optax.GradientTransformation,
     if max_consecutive_errors is not None:
       apply = apply | (notfinite_count > max_consecutive_errors)
     updates = jax.tree_util.tree_map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), updates)
+    _check_fixed_shapes(new_inner, state.inner_state)
     new_inner = jax.tree_util.tree_map(
         lambda new, old: jnp.where(apply, new, old), new_inner, state.inner_state)
     return updates, SkipNonfiniteState(
@@ -109,3 +113,14 @@ def skip_nonfinite(inner: optax.GradientTransformation,
         inner_state=new_inner)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_fixed_shapes(new, old):
+  """A skipped step keeps the old state, so the chain's state must keep its shapes."""
+  shapes = lambda tree: [jnp.shape(x) for x in jax.tree_util.tree_leaves(tree)]
+  if (jax.tree_util.tree_structure(new) != jax.tree_util.tree_structure(old)
+      or shapes(new) != shapes(old)):
+    raise ValueError(
+        "skip_nonfinite keeps the chain's state on a skipped step, so the state's shapes "
+        "must be fixed at init; a method built without `num_tasks` learns K at its first "
+        "update: construct it with num_tasks=K.")

@@ -503,6 +503,9 @@ def test_jacobian_methods_are_marked_and_refuse_gram_level_task_updates(name):
                   {"every": 2}):
     if needs_jacobian:
       _value_error(lambda: cg.make_task_update(losses, tx, **options), "stacked", "chunked")
+      # Wrapped for its diagnostics, it is still refused.
+      _value_error(lambda: cg.make_task_update(losses, cg.with_diagnostics(tx), **options),
+                   "stacked", "chunked")
   cg.make_task_update(losses, tx, mode="chunked", chunk_size=1)   # accepted for every method
 
 

@@ -107,3 +107,22 @@ def test_optax_apply_if_finite_cannot_wrap_a_multi_task_chain():
   else:  # if it ever works, it must have frozen the parameters
     assert jax.tree_util.tree_structure(updates) == jax.tree_util.tree_structure(PARAMS)
     assert all(np.all(u == 0) for u in _leaves(updates))
+
+
+def test_nan_in_a_list_of_python_float_losses_is_skipped_too():
+  """``losses=[l1, l2]`` has Python floats as leaves (outside ``jit``, where they are not
+  traced into arrays); a NaN among them skips the step."""
+  tx = cg.skip_nonfinite(optax.chain(cg.famo(num_tasks=2, shared=SHARED), optax.adam(0.1)))
+  updates, state_1 = tx.update(GOOD[0], tx.init(PARAMS), PARAMS, losses=[1.0, 2.0])
+  params = optax.apply_updates(PARAMS, updates)
+  updates, state_2 = tx.update(GOOD[1], state_1, params, losses=[float("nan"), 2.0])
+  assert int(state_2.total_notfinite) == 1
+  assert all(np.all(u == 0) for u in _leaves(updates))
+  for a, b in zip(_leaves(state_1.inner_state), _leaves(state_2.inner_state)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_chain_whose_state_learns_k_at_its_first_update_is_named():
+  tx = cg.skip_nonfinite(optax.chain(cg.conicgrad(0.5, shared=SHARED), optax.adam(0.1)))
+  with pytest.raises(ValueError, match="num_tasks=K"):
+    tx.update(GOOD[0], tx.init(PARAMS), PARAMS)

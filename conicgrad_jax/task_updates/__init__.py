@@ -19,7 +19,8 @@ mode                   task gradients                                  peak memo
                        G_z, not G; see ``representation``)             encoder
 =====================  ==============================================  ===========================
 
-"stacked", "chunked" and "gramian" give the same update (tested);
+"stacked", "chunked" and "gramian" give the same update
+(``test_modes_equal_the_stacked_path``);
 "representation" is an approximation of it for Gram methods (it weighs the
 representation gradients instead of the parameter gradients).
 
@@ -42,7 +43,15 @@ what the host schedule does (``python -m benchmarks perf`` measures both).
 every loss weighting (``methods()[name].needs_jacobian`` is False). The
 Jacobian methods (GradDrop, trimmed mean, MoCo, DB-MTL, ExcessMTL: their
 transformations are :class:`~conicgrad_jax.aggregator.JacobianTransformation`)
-need ``"stacked"`` or ``"chunked"`` with ``every=1``; other choices raise.
+need ``"stacked"`` or ``"chunked"`` with ``every=1``; other choices raise,
+also for a Jacobian method wrapped by :func:`~conicgrad_jax.with_diagnostics`.
+
+A step is skipped as the method on its own skips one, in every mode and on
+reuse steps: when the method rejects it (its ``nonfinite_steps`` rises:
+non-finite shared gradients or losses, or losses outside its domain), or a
+loss or any leaf of the update, task-specific leaves included, is not
+finite, the whole update is zero and the method's state is the old one with
+``nonfinite_steps`` + 1 (``tests/task_updates/test_skip_policy.py``).
 """
 
 from __future__ import annotations
@@ -188,6 +197,7 @@ def make_task_update(
   validation.check_positive_int("every", every)
   validation.check_positive_int("chunk_size", chunk_size, allow_none=True)
   validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
+  log_losses = validation.check_bool("log_losses", log_losses)
   if mode == "gramian" and strategy is not None:
     raise ValueError('`strategy` is not used with mode="gramian", which computes G '
                      "column by column (`unroll` picks how those columns run).")
@@ -249,13 +259,23 @@ def make_task_update(
           f"num_tasks={num_tasks if num_tasks is not None else 'K'}.")
     return TaskUpdateState(method_state, method_state.weights, jnp.zeros((), jnp.int32))
 
+  def check_k(losses):
+    if num_tasks is not None and losses.shape[0] != num_tasks:
+      raise ValueError(f"`num_tasks` is {num_tasks} but `fun` returned "
+                       f"{losses.shape[0]} task losses.")
+
   def recompute(params, state, *args):
     losses, update, method_state = exact(params, state.method_state, *args)
+    check_k(losses)
+    update, method_state = _common.settle(state.method_state, method_state, losses, update)
     return losses, update, TaskUpdateState(method_state, method_state.weights, state.step + 1)
 
   def reuse(params, state, *args):
     losses, update = cheap(params, state.weights, *args)
-    return losses, update, state._replace(step=state.step + 1)
+    check_k(losses)
+    update, method_state = _common.settle(state.method_state, state.method_state, losses,
+                                          update)
+    return losses, update, state._replace(method_state=method_state, step=state.step + 1)
 
   def step(params, state, *args):
     if every == 1:
@@ -284,9 +304,12 @@ def make_task_update(
     combined, method_state, weights = jax.lax.cond(
         state.step % every == 0, in_branch(fresh), in_branch(last), state.method_state,
         state.weights)
+    check_k(losses)
     update = representation.combine(encoder_vjp, heads_vjp, z, combined, diff, params)
-    finite = _common.all_finite(losses, update)
-    return (losses, _common.zero_unless(finite, update),
-            TaskUpdateState(method_state, weights.astype(state.weights.dtype), state.step + 1))
+    update, method_state = _common.settle(state.method_state, method_state, losses, update)
+    # A skipped step keeps the weights a later reuse step applies.
+    weights = jnp.where(method_state.nonfinite_steps == state.method_state.nonfinite_steps,
+                        weights.astype(state.weights.dtype), state.weights)
+    return losses, update, TaskUpdateState(method_state, weights, state.step + 1)
 
   return TaskUpdate(init, step, recompute, reuse)

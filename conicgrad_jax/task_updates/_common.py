@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from conicgrad_jax._types import PyTree
+from conicgrad_jax import aggregator
 from conicgrad_jax import validation
 
 STRATEGIES = ("loop", "vmap")
@@ -53,7 +54,7 @@ def after(x, previous):
   scheduler ran the passes concurrently). A non-finite ``previous`` makes
   ``x`` non-finite, which the callers' finiteness checks turn into a zero update.
   """
-  return x + 0.0 * jnp.ravel(previous)[0]
+  return x + 0.0 * jnp.sum(jnp.ravel(previous)[:1])   # [:1]: a zero-size leaf adds 0
 
 
 def check_strategy(strategy: Optional[str]) -> str:
@@ -150,6 +151,33 @@ def all_finite(*trees) -> jax.Array:
 
 def zero_unless(finite, tree) -> PyTree:
   return jax.tree_util.tree_map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), tree)
+
+
+def settle(old_state, new_state, losses, update):
+  """The library's skip policy for a whole step: ``(update, method state)``.
+
+  The step is skipped when the method skipped it (its ``nonfinite_steps``
+  rose: non-finite shared gradients or losses, or weights it rejects) or
+  when a loss or any leaf of the update, heads included, is not finite. A
+  skipped step's update is all zeros and the method's state is the old one
+  with ``nonfinite_steps`` + 1, as for a method called on its own. On the
+  step where a method built without ``num_tasks`` learns K, the old state
+  has other shapes and cannot be restored: the new one is kept (the method
+  kept its own on a skip) and the step is counted.
+  """
+  old_count = old_state.nonfinite_steps
+  finite = (new_state.nonfinite_steps == old_count) & all_finite(losses, update)
+  same_shapes = (jax.tree_util.tree_structure(old_state) == jax.tree_util.tree_structure(new_state)
+                 and all(jnp.shape(a) == jnp.shape(b) for a, b in
+                         zip(jax.tree_util.tree_leaves(old_state),
+                             jax.tree_util.tree_leaves(new_state))))
+  if same_shapes:
+    kept = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o).astype(jnp.result_type(o)),
+                                  new_state, old_state)
+  else:
+    kept = new_state
+  kept = aggregator.with_nonfinite_steps(kept, old_count + (~finite).astype(old_count.dtype))
+  return zero_unless(finite, update), kept
 
 
 def call_method(method, grads, method_state, params, losses):

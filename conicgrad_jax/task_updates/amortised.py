@@ -31,8 +31,6 @@ def build_reuse(fun, *, shared, log_losses):
     else:
       summed = vjp_fn(jnp.ones_like(diff))[0]
       update = sp.merge(sp.shared_leaves(weighted), sp.head_leaves(summed))
-    update = _common.cast_like(update, params)
-    finite = _common.all_finite(losses, update)
-    return losses, _common.zero_unless(finite, update)
+    return losses, _common.cast_like(update, params)
 
   return cheap

@@ -32,7 +32,7 @@ def chunked_cotangents(vjp_fn, k: int, dtype, chunk_size: int, strategy: str,
   for start in range(0, k, chunk_size):
     rows = basis[start:start + chunk_size]
     if previous is not None:
-      rows = _common.after(rows, previous[0])
+      rows = _common.after(rows, next((l for l in previous if l.size), previous[0]))
     n = rows.shape[0]
     if strategy == "vmap":
       leaves = jax.tree_util.tree_leaves(jax.vmap(vjp_fn)(rows)[0])

@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from conicgrad_jax import _numeric
 from conicgrad_jax import validation
 from conicgrad_jax.task_updates import _common
 from conicgrad_jax.task_updates import conv_layout
@@ -42,14 +43,17 @@ def gram_by_columns(of_shared, vjp_shared, shared_leaves, k: int, dtype,
   else:
     body = conv_layout.canonical_convolutions_if(canonical_convolutions, column)
     cols = jax.lax.scan(lambda _, row: (None, body(row)), None, basis)[1]
+  # In at least float32, as the stacked path builds G (bfloat16 and float16 have no eigh).
+  cols = cols.astype(_numeric.solver_dtype(cols.dtype))
   return 0.5 * (cols + cols.T)
 
 
-def gramian_core(fun, weighting, *, shared, unroll, log_losses, canonical_convolutions=False):
+def gramian_core(fun, weighting, *, shared, unroll, log_losses, canonical_convolutions=False,
+                 zero_nonfinite=True):
   """``(params, *args) -> (losses, update, gram, info)``; ``weighting(gram, losses) -> (w, info)``.
 
-  Non-finite weights or updates (from a non-finite G or losses) give a zero
-  update.
+  With ``zero_nonfinite``, non-finite weights, losses or updates give a zero
+  update; without it the caller applies its own policy (``_common.settle``).
   """
 
   def wrapped(params, *args):
@@ -72,8 +76,9 @@ def gramian_core(fun, weighting, *, shared, unroll, log_losses, canonical_convol
     # A second VJP from the same forward pass; XLA prunes its encoder half.
     head_update = vjp_both(jnp.ones_like(diff))[1] if head_leaves else []
     update = _common.cast_like(sp.merge(shared_update, head_update), params)
-    finite &= _common.all_finite(losses, update)
-    return losses, _common.zero_unless(finite, update), gram, info
+    if zero_nonfinite:
+      update = _common.zero_unless(finite & _common.all_finite(losses, update), update)
+    return losses, update, gram, info
 
   return wrapped
 
@@ -115,6 +120,7 @@ def gramian_value_and_update(
     ordinary optax optimiser.
   """
   validation.check_shared_spec(shared)
+  log_losses = validation.check_bool("log_losses", log_losses)
   return gramian_core(fun, lambda gram, losses: weighting(gram), shared=shared,
                       unroll=_common.check_unroll(unroll), log_losses=log_losses,
                       canonical_convolutions=_common.check_canonical_convolutions(
@@ -138,7 +144,7 @@ def build(fun, method, *, shared, unroll, log_losses, canonical_convolutions=Fal
 
     losses, update, _, method_state = gramian_core(
         fun, weighting, shared=shared, unroll=unroll, log_losses=log_losses,
-        canonical_convolutions=canonical_convolutions)(params, *args)
+        canonical_convolutions=canonical_convolutions, zero_nonfinite=False)(params, *args)
     return losses, update, method_state
 
   return exact

@@ -26,6 +26,9 @@ from conicgrad_jax.task_updates import stacked
 def forward(fun, encode, params, args, log_losses):
   """``(losses, diff losses, encoder_vjp, heads_vjp)`` from one forward pass."""
   z, encoder_vjp = jax.vjp(lambda p: encode(p, *args), params)
+  if not isinstance(z, jax.Array):
+    raise ValueError(f"`encode` must return one array, the shared representation z; got a "
+                     f"{type(z).__name__} with structure {jax.tree_util.tree_structure(z)}.")
 
   def of_heads(p, zz):
     diff, (losses, _) = _common.loss_function(
@@ -53,9 +56,7 @@ def build(fun, encode, method, *, strategy, log_losses):
     rep_grads = stacked.stacked_cotangents(lambda row: (heads_vjp(row)[1],), k, diff.dtype,
                                            strategy)[0]
     combined, method_state = _common.call_method(method, rep_grads, method_state, None, losses)
-    update = combine(encoder_vjp, heads_vjp, z, combined, diff, params)
-    finite = _common.all_finite(losses, update)
-    return losses, _common.zero_unless(finite, update), method_state
+    return losses, combine(encoder_vjp, heads_vjp, z, combined, diff, params), method_state
 
   return exact
 
@@ -66,8 +67,6 @@ def build_reuse(fun, encode, *, log_losses):
   def cheap(params, weights, *args):
     losses, diff, z, encoder_vjp, heads_vjp = forward(fun, encode, params, args, log_losses)
     rep = heads_vjp(weights.astype(diff.dtype))[1]
-    update = combine(encoder_vjp, heads_vjp, z, rep, diff, params)
-    finite = _common.all_finite(losses, update)
-    return losses, _common.zero_unless(finite, update)
+    return losses, combine(encoder_vjp, heads_vjp, z, rep, diff, params)
 
   return cheap

@@ -130,7 +130,10 @@ def value_and_task_grads(
 
 
 def build(fun, method, *, shared, strategy, log_losses, per_task=None):
-  """``exact(params, method_state, *args) -> (losses, update, method_state)``: the method on J."""
+  """``exact(params, method_state, *args) -> (losses, update, method_state)``: the method on J.
+
+  The update is not yet checked for finiteness (:func:`_common.settle` does that).
+  """
   if per_task is None:
     per_task = lambda vjp_fn, k, dtype: stacked_cotangents(vjp_fn, k, dtype, strategy)
 
@@ -142,9 +145,7 @@ def build(fun, method, *, shared, strategy, log_losses, per_task=None):
     shared_update, method_state = _common.call_method(
         method, shared_grads, method_state, sp.shared_tree(params), losses)
     update = sp.merge(jax.tree_util.tree_leaves(shared_update), head_leaves)
-    update = _common.cast_like(update, params)
-    finite = _common.all_finite(losses, head_leaves, shared_leaves)
-    return losses, _common.zero_unless(finite, update), method_state
+    return losses, _common.cast_like(update, params), method_state
 
   return exact
 

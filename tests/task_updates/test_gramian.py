@@ -71,3 +71,22 @@ def test_unrolled_gramian_memory_does_not_grow_with_k():
   gradient_bytes = 4 * (64 * 256 + 256 * 256)
   small, large = _gramian_temp_bytes(2), _gramian_temp_bytes(16)
   assert large <= small + 2 * gradient_bytes, (small, large)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, pytest.param(jnp.float16, marks=pytest.mark.slow)])
+def test_gramian_mode_takes_half_precision_parameters(dtype):
+  """G is formed in float32 as on the stacked path (half precision has no eigh); the two
+  paths then differ by the half-precision rounding of their gradients only."""
+  import conicgrad_jax as cg
+  params, x, losses = _model(np.random.default_rng(5))
+  params = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
+  x = x.astype(dtype)
+  shared = lambda path, leaf: "enc" in jax.tree_util.keystr(path)
+  steps = {mode: cg.make_task_update(losses, cg.upgrad(num_tasks=3), mode=mode, shared=shared)
+           for mode in ("stacked", "gramian")}
+  out = {mode: jax.jit(t.step)(params, t.init(params), x) for mode, t in steps.items()}
+  for mode, (_, update, state) in out.items():
+    assert state.weights.dtype == jnp.float32, mode
+    assert all(u.dtype == dtype for u in jax.tree_util.tree_leaves(update)), mode
+  np.testing.assert_allclose(np.asarray(out["gramian"][2].weights),
+                             np.asarray(out["stacked"][2].weights), rtol=0.02, atol=0.01)

@@ -246,6 +246,32 @@ def test_errors_name_the_option():
     cg.make_task_update(fun, cg.conicgrad(), every=2).init(params)
   with pytest.raises(ValueError, match="num_tasks"):
     cg.make_task_update(fun, cg.conicgrad(num_tasks=K), num_tasks=K + 1).init(params)
+  with pytest.raises(ValueError, match="log_losses"):
+    cg.make_task_update(fun, cg.conicgrad(), log_losses="False")
+  with pytest.raises(ValueError, match="log_losses"):
+    cg.gramian_value_and_update(fun, lambda g: (jnp.ones(K), None), log_losses=1)
+  # `num_tasks` against the losses `fun` returns, when the method does not know K.
+  task = cg.make_task_update(fun, cg.mgda(), shared=shared, num_tasks=K + 2)
+  with pytest.raises(ValueError, match="num_tasks.*3 task losses"):
+    jax.eval_shape(task.step, params, task.init(params), _problem()[1])
+  # An encoder that returns a pytree is named.
+  pair = lambda p, x: (encode(p, x), encode(p, x))
+  task = cg.make_task_update(lambda p, z, x: heads(p, z[0], x), cg.mgda(num_tasks=K),
+                             mode="representation", encode=pair)
+  with pytest.raises(ValueError, match="`encode` must return one array"):
+    jax.eval_shape(task.step, params, task.init(params), _problem()[1])
+
+
+def test_chunked_mode_with_a_zero_size_leaf_equals_stacked():
+  params, x = _problem(3)
+  params = {"a_empty": jnp.zeros((0,), jnp.float32), **params}
+  reference = cg.make_task_update(fun, cg.mgda(num_tasks=K), shared=shared)
+  task = cg.make_task_update(fun, cg.mgda(num_tasks=K), mode="chunked", chunk_size=2,
+                             shared=shared, unroll=True)
+  _, expected, _ = jax.jit(reference.step)(params, reference.init(params), x)
+  _, update, _ = jax.jit(task.step)(params, task.init(params), x)
+  assert update["a_empty"].shape == (0,)
+  _close(update, expected, rtol=2e-4, atol=2e-5)
 
 
 @pytest.mark.slow
@@ -257,3 +283,33 @@ def test_rotograd_example_trains():
   assert metrics["test_accuracy_digit"] > 0.9 and metrics["test_accuracy_parity"] > 0.9
   assert metrics["rotation_orthogonality_error"] < 1e-4
   assert metrics["rotation_distance_from_identity"] > 1e-3      # the rotations were trained
+
+
+@pytest.mark.parametrize("name, mode", [
+    ("famo", "gramian"),
+    *[pytest.param(n, m, marks=pytest.mark.slow) for n in ("famo", "conicgrad", "gradvac")
+      for m in ("chunked", "gramian") if (n, m) != ("famo", "gramian")]])
+def test_modes_keep_equal_to_the_stacked_path_over_steps(name, mode):
+  """Three steps from init: a state that evolves (FAMO's logits and last losses, ConicGrad's
+  warm start, GradVac's EMA targets and random task order) evolves as on the stacked path."""
+  params, x = _problem(11)
+  factory = cg.methods()[name].factory
+  tasks = {m: cg.make_task_update(fun, factory(num_tasks=K), mode=m, shared=shared,
+                                  chunk_size=2 if m == "chunked" else None)
+           for m in ("stacked", mode)}
+  runs = {}
+  for m, task in tasks.items():
+    step, p, state, updates = jax.jit(task.step), params, task.init(params), []
+    for i in range(3):
+      _, update, state = step(p, state, x + 0.1 * i)
+      p = jax.tree_util.tree_map(lambda a, u: a - 0.1 * u, p, update)
+      updates.append(update)
+    runs[m] = (updates, state)
+  for a, b in zip(runs[mode][0], runs["stacked"][0]):
+    _close(a, b, rtol=2e-4, atol=2e-5)
+  # Floating state (counters such as ConicGrad's Newton steps may differ by rounding of G).
+  floating = lambda s: [l for l in jax.tree_util.tree_leaves(s)
+                        if jnp.issubdtype(l.dtype, jnp.floating)]
+  _close(floating(runs[mode][1].method_state), floating(runs["stacked"][1].method_state),
+         rtol=2e-4, atol=2e-5)
+  np.testing.assert_array_equal(np.asarray(runs[mode][1].method_state.nonfinite_steps), 0)
