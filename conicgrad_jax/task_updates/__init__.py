@@ -51,7 +51,9 @@ reuse steps: when the method rejects it (its ``nonfinite_steps`` rises:
 non-finite shared gradients or losses, or losses outside its domain), or a
 loss or any leaf of the update, task-specific leaves included, is not
 finite, the whole update is zero and the method's state is the old one with
-``nonfinite_steps`` + 1 (``tests/task_updates/test_skip_policy.py``).
+``nonfinite_steps`` + 1 (``test_a_step_the_method_rejects_moves_nothing``,
+``test_a_nonfinite_head_gradient_skips_the_step_and_keeps_the_method_state``,
+``test_a_reuse_step_with_a_nonfinite_head_gradient_is_counted``).
 """
 
 from __future__ import annotations
