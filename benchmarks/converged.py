@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import inspect
 import math
 import os
 import pickle
@@ -395,7 +396,12 @@ def build_method(job: Job, k: int):
     i = int(job.method.split("_")[1])
     return cg.linear_scalarization(weights=jnp.eye(k)[i], num_tasks=k), True
   info = cg.methods()[job.method]
-  return info.factory(num_tasks=k, **dict(job.kwargs)), info.loss_only
+  options = dict(job.kwargs)
+  # A method that draws random numbers (PCGrad's task order, RLW's weights, GradDrop,
+  # GradVac) draws them from the run's seed, like the initial weights and the data order.
+  if "seed" in inspect.signature(info.factory).parameters:
+    options.setdefault("seed", job.seed)
+  return info.factory(num_tasks=k, **options), info.loss_only
 
 
 def make_step(bench: Bench, job: Job, strategy: Optional[str] = None, mode: Optional[str] = None):
@@ -541,14 +547,14 @@ def train_run(bench: Bench, job: Job, data, checkpoint: Optional[str] = None,
     if bench.resample_train is not None:
       x_tr, y_tr = bench.resample_train(np.random.default_rng([job.seed, e, 1]))
     order = np.random.default_rng([job.seed, e]).permutation(len(x_tr))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     train = jnp.zeros(bench.k)
     for b in range(n_batches):
       idx = np.sort(order[b * bs:(b + 1) * bs])
       params, state, losses = step(params, state, x_tr[idx], y_tr[idx], scale)
       train = train + losses
     train = np.asarray(train, np.float64) / n_batches
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     if not first:                                     # the first epoch of a process compiles
       step_times.append(seconds / n_batches)
     first = False
@@ -559,7 +565,8 @@ def train_run(bench: Bench, job: Job, data, checkpoint: Optional[str] = None,
       best_params = jax.device_get(params)
     history.append({"epoch": e, "lr": protocol.lr * lr_scale, "score": _r(score),
                     "val_metrics": _r(val_metrics), "val_losses": _r(val_losses),
-                    "train_losses": _r(train), "seconds": round(seconds, 2)})
+                    "train_losses": _r(train), "seconds": round(seconds, 2),
+                    "cpu_seconds": round(cpu_seconds, 2)})
     stop = rule.stop() if finite else "non-finite parameters"
     log(f"{job.key}: epoch {e} score {score:.5g} lr {protocol.lr * lr_scale:.3g} "
         f"({seconds:.0f} s){' ' + stop if stop else ''}")

@@ -21,6 +21,19 @@ from benchmarks import converged
 from benchmarks import supervised
 
 
+def training_cpu_seconds(run) -> float:
+  """The CPU seconds a run spent training, epoch by epoch.
+
+  Epochs record their process time (``cpu_seconds``: one worker, single-threaded XLA,
+  pinned to a core). Epochs trained before that was recorded count the run's median
+  epoch wall time: a pinned single-threaded worker's wall time is its CPU time except
+  while the machine pauses it, and the median leaves such pauses out.
+  """
+  history = run.get("history") or []
+  median = float(np.median([h["seconds"] for h in history if "seconds" in h] or [0.0]))
+  return float(sum(h.get("cpu_seconds", median) for h in history))
+
+
 def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = False) -> dict:
   """The summary dict of one benchmark from ``runs`` (key -> result) and the planned jobs."""
   protocol = bench.protocol
@@ -117,7 +130,8 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
       "data": bench.data_note,
       "sizes": dict(zip(("train", "val", "test"), bench.sizes)),
       "tuned_methods": sorted(tuned), "tuning": tuned,
-      "run_counts": counts, "cpu_hours": wall / 3600.0,
+      "run_counts": counts, "cpu_hours": sum(training_cpu_seconds(r) for r in all_runs) / 3600.0,
+      "worker_wall_hours": wall / 3600.0,
       "partial": done_planned < n_planned,
       "coverage": coverage, "target_seeds": {"core and tuned": 3, "other methods": 1},
       "task_names": list(bench.task_names), "metric": bench.metric_name,
@@ -183,14 +197,16 @@ def markdown(bench: converged.Bench, s: dict) -> str:
   k = bench.k
   c = s["run_counts"]
   lines = []
+  cost = (f"{s['cpu_hours']:.1f} CPU-hours of training; {s['worker_wall_hours']:.1f} worker "
+          "wall-hours with evaluation, compilation and the machine's pauses")
   if s["partial"]:
     lines.append(f"**Partial results**: {c['done_of_planned']} of {c['planned']} planned runs "
-                 f"finished ({s['cpu_hours']:.1f} CPU-hours so far); the seeds column gives "
+                 f"finished ({cost}, so far); the seeds column gives "
                  "each method's coverage (target: 3 seeds for the core and tuned methods, 1 "
                  "for the others). Rows with fewer seeds than their target, and tuned values "
                  "chosen before their grid finished (*provisional*), will change.")
   else:
-    lines.append(f"All {c['planned']} planned runs finished ({s['cpu_hours']:.1f} CPU-hours).")
+    lines.append(f"All {c['planned']} planned runs finished ({cost}).")
   lines.append("")
   head = ("| method | seeds | " + " | ".join(f"{t} ({bench.metric_name})"
                                           for t in bench.task_names)

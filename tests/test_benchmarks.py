@@ -385,7 +385,9 @@ def test_converged_summary_with_partial_coverage(tmp_path):
     return {"method": method, "config": config or {}, "seed": seed, "test_metrics": metrics,
             "converged": converged_, "stop_reason": "plateau" if converged_ else "cap",
             "epochs_run": 12, "best_epoch": 7, "best_val_score": score, "wall_s": wall,
-            "history": [{"epoch": 0, "lr": 1e-3, "score": score, "val_metrics": metrics}]}
+            "history": [{"epoch": e, "lr": 1e-3, "score": score, "val_metrics": metrics,
+                         "seconds": seconds, **({"cpu_seconds": 100.0} if e == 3 else {})}
+                        for e, seconds in enumerate([300.0, 400.0, 9000.0, 500.0])]}
 
   runs = {"stl_0_seed0": run("stl_0", 0, [0.8, 0.0]), "stl_0_seed1": run("stl_0", 1, [0.9, 0.0]),
           "stl_1_seed0": run("stl_1", 0, [0.0, 0.5]),
@@ -398,7 +400,10 @@ def test_converged_summary_with_partial_coverage(tmp_path):
       "tiny", 2, ["linear_scalarization", "conicgrad", "krum"], runs.get, True)})
   s = converged_report.summarise(bench, runs, planned)
   assert s["partial"] and s["run_counts"]["done"] == 7 and s["run_counts"]["hit_cap"] == 1
-  assert s["cpu_hours"] == pytest.approx(7.0)
+  # Worker wall time as measured; CPU time per epoch where recorded (100 s), else the run's
+  # median epoch time, 450 s (the 9,000 s epoch is a pause): 3·450 + 100 s per run, 7 runs.
+  assert s["worker_wall_hours"] == pytest.approx(7.0)
+  assert s["cpu_hours"] == pytest.approx(7 * 1450.0 / 3600.0)
   assert s["stl"] == pytest.approx([0.85, 0.5]) and s["stl_seeds"] == [[0, 1], [0]]
   ls = s["methods"]["linear_scalarization"]
   # per seed: mean(−(0.85−0.85)/0.85, −(0.45−0.5)/0.5) = 5, and mean(0, −10) = −5
@@ -457,3 +462,13 @@ def test_perf_compile_stages_remove_the_stages_they_name(tmp_path):
   assert rows[0]["ratio_to_whole"] == 1.0
   assert cone._crossover.__module__ == cone._primal_barrier.__module__ == cone.__name__
   assert "Where ConicGrad's compile time goes" in (tmp_path / "perf_quick.md").read_text()
+
+
+def test_converged_methods_draw_their_random_numbers_from_the_run_seed():
+  """PCGrad's task order (and RLW's, GradDrop's, GradVac's draws) follows the run's seed;
+  a method without randomness is built as before."""
+  from benchmarks import converged
+  job = lambda method, seed: converged.Job("tiny", f"{method}_seed{seed}", method, (), seed, "core")
+  keys = [converged.build_method(job("pcgrad", s), 3)[0].init(None).key for s in (0, 1, 2)]
+  assert len({tuple(np.asarray(k).ravel()) for k in keys}) == 3   # raw uint32 keys
+  assert converged.build_method(job("mgda", 2), 3)[1] is False
