@@ -90,7 +90,7 @@ def accumulate_task_grads(inner: optax.GradientTransformation, every: int, *,
   """
   validation.check_transformation("inner", inner)
   validation.check_positive_int("every", every)
-  validation.check_positive_int("num_tasks", num_tasks)
+  validation.check_static_positive_int("num_tasks", num_tasks)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):

@@ -205,7 +205,7 @@ def stacked_gradient_transformation(
       G; the result is then a :class:`JacobianTransformation`.
   """
   validation.check_shared_spec(shared)
-  validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
+  validation.check_static_positive_int("num_tasks", num_tasks, allow_none=True)
 
   def strong(state):
     # Weakly-typed leaves (e.g. jnp.full with a Python fill) would change type

@@ -104,6 +104,8 @@ def plot_dashboard(history, path: Optional[str] = None, *,
   if len(names) != k:
     raise ValueError(f"`task_names` has {len(names)} names for K = {k} tasks.")
   x = np.arange(t) if steps is None else np.asarray(steps)
+  if x.shape != (t,):
+    raise ValueError(f"`steps` has shape {x.shape}; expected ({t},), one per recorded step.")
   loss = h.losses if losses is None else np.asarray(losses)
   if loss.shape != (t, k):
     raise ValueError(f"`losses` has shape {loss.shape}; expected ({t}, {k}).")

@@ -245,7 +245,7 @@ def with_diagnostics(method: optax.GradientTransformation, *,
   """
   validation.check_precision(precision)
   validation.check_shared_spec(shared)
-  validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
+  validation.check_static_positive_int("num_tasks", num_tasks, allow_none=True)
   aggregator.check_method(method, "method")
   shared = aggregator.shared_option(method, shared)
 

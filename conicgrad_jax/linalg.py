@@ -106,14 +106,18 @@ def cross_gram_matrix(task_grads_a: PyTree, task_grads_b: PyTree, precision=_num
   a_leaves = _shared_leaves(task_grads_a, shared)
   flags = None if shared is None else validation.resolve_shared(shared, task_grads_a)
   b_all = jax.tree_util.tree_leaves(task_grads_b)
-  if len(b_all) == len(jax.tree_util.tree_leaves(task_grads_a)):
+  n_all = len(jax.tree_util.tree_leaves(task_grads_a))
+  # b is either shaped like a (its shared leaves are then taken by a's flags) or
+  # holds a's shared leaves alone, in order.
+  if len(b_all) == n_all:
     validation.check_same_structure(task_grads_b, task_grads_a, "`task_grads_b`",
                                     "`task_grads_a`")
-  b_leaves = b_all if flags is None or len(b_all) == len(a_leaves) else [
-      leaf for leaf, f in zip(b_all, flags) if f]
-  if len(b_leaves) != len(a_leaves):
-    raise ValueError(f"`task_grads_b` has {len(b_leaves)} leaves where `task_grads_a` has "
-                     f"{len(a_leaves)} (shared) leaves.")
+    b_leaves = b_all if flags is None else [leaf for leaf, f in zip(b_all, flags) if f]
+  elif len(b_all) == len(a_leaves):
+    b_leaves = b_all
+  else:
+    raise ValueError(f"`task_grads_b` has {len(b_all)} leaves; it needs the structure of "
+                     f"`task_grads_a` ({n_all} leaves) or its {len(a_leaves)} shared leaves.")
   grams = []
   for i, (a, b) in enumerate(zip(a_leaves, b_leaves)):
     validation.check_floating_leaf((jax.tree_util.SequenceKey(i),), b,
@@ -155,8 +159,10 @@ def combine(weights: jax.Array, task_grads: PyTree, out_dtypes: PyTree = None,
   """
   if jnp.ndim(weights) != 1:
     raise ValueError(f"`weights` must be a (K,) vector, got shape {jnp.shape(weights)}.")
-  validation.check_leading_axis(jax.tree_util.tree_flatten_with_path(task_grads)[0],
-                                jnp.shape(weights)[0], "`weights`")
+  paths_leaves = jax.tree_util.tree_flatten_with_path(task_grads)[0]
+  validation.check_leading_axis(paths_leaves, jnp.shape(weights)[0], "`weights`")
+  for path, leaf in paths_leaves:
+    validation.check_floating_leaf(path, leaf)
   if out_dtypes is None:
     return jax.tree_util.tree_map(
         lambda leaf: combine_leaf(weights, leaf, None, precision), task_grads)

@@ -6,6 +6,7 @@ mistake surfaces when the function is traced instead of as a NaN later.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, Callable, Optional
@@ -212,6 +213,15 @@ def check_positive_int(name: str, value, *, allow_none: bool = False):
     raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
+def check_static_positive_int(name: str, value, *, allow_none: bool = False):
+  """:func:`check_positive_int` for an option that fixes array shapes (``num_tasks``):
+  a traced value is refused, naming ``name``."""
+  if isinstance(value, jax.core.Tracer):
+    raise ValueError(f"`{name}` fixes array shapes, so it must be a concrete integer, not a "
+                     "traced value (with optax.inject_hyperparams, list it in static_args).")
+  check_positive_int(name, value, allow_none=allow_none)
+
+
 def check_non_negative_int(name: str, value) -> int:
   """Returns ``value`` as a Python int ≥ 0 (NumPy integers too), or raises ValueError naming ``name``."""
   if isinstance(value, jax.core.Tracer):
@@ -231,19 +241,32 @@ def check_transformation(name: str, value,
 
 
 def check_precision(precision):
-  """Raises ValueError naming ``precision`` unless JAX's matmuls accept it.
+  """Raises ValueError naming ``precision`` unless JAX's matmuls accept it on the default backend.
 
-  Checked on abstract values (``jax.eval_shape``): nothing is computed.
+  A 1×1 matmul is lowered for the default backend (nothing is computed), which
+  also refuses an algorithm the backend does not run (e.g. TF32 on a CPU);
+  each precision is checked once per process.
   """
-  def probe():
-    one = jnp.ones((1, 1), jnp.float32)
+  try:
+    error = _precision_error(precision)
+  except TypeError:                      # unhashable: check it without the cache
+    error = _precision_error.__wrapped__(precision)
+  if error is not None:
+    raise ValueError(
+        f"`precision` must be a matmul precision JAX accepts on this backend (None, a "
+        f"jax.lax.Precision, 'highest', 'high', 'default', ...), got {precision!r}: "
+        f"{error}")
+
+
+@functools.lru_cache(maxsize=None)
+def _precision_error(precision):
+  def probe(one):
     return jnp.matmul(one, one, precision=precision)
   try:
-    jax.eval_shape(probe)
-  except (ValueError, TypeError) as error:
-    raise ValueError(
-        f"`precision` must be a matmul precision JAX accepts (None, a jax.lax.Precision, "
-        f"'highest', 'high', 'default', ...), got {precision!r}.") from error
+    jax.jit(probe).lower(jax.ShapeDtypeStruct((1, 1), jnp.float32))
+  except (ValueError, TypeError, NotImplementedError) as error:
+    return str(error).split("\n")[0][:200]
+  return None
 
 
 def check_task_vectors(function: str, first: str, value, *, scalar_ok=(), **others):
@@ -317,7 +340,11 @@ def resolve_shared(shared: SharedSpec, task_grads: PyTree) -> list[bool]:
   else:
     struct = jax.tree_util.tree_structure(task_grads)
     try:
-      flags = [bool(x) for x in struct.flatten_up_to(shared)]
+      entries = struct.flatten_up_to(shared)
+      # A mask deeper than the gradients (a subtree where they have one array) flattens
+      # too; only an entry that is a bool itself belongs to a gradient leaf.
+      flags = ([bool(x) for x in entries]
+               if all(isinstance(x, (bool, np.bool_)) for x in entries) else None)
     except (ValueError, TypeError):
       flags = None
     if flags is None:

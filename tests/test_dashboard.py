@@ -43,6 +43,8 @@ def test_stack_history_and_png(tmp_path):
     dashboard.stack_history([])
   with pytest.raises(ValueError, match="losses"):
     dashboard.plot_dashboard(history, losses=np.ones((2, 3)))
+  with pytest.raises(ValueError, match=r"`steps` has shape \(3,\); expected \(6,\)"):
+    dashboard.plot_dashboard(history, steps=[0, 10, 20])
 
 
 @pytest.mark.slow

@@ -104,6 +104,15 @@ def test_gram_matrix_on_shared_leaves_and_cross_gram():
   fewer_tasks = jax.tree_util.tree_map(lambda x: x[:2], other)
   with pytest.raises(ValueError, match="same K"):
     cross_gram_matrix(tree, fewer_tasks)
+  # Neither a's structure nor its shared leaves alone: refused, not matched by position.
+  three = {"enc": tree["enc"], "head_a": tree["head"], "head_b": tree["head"]}
+  other_tree = {"dec": 5.0 * tree["enc"], "enc": tree["enc"]}
+  with pytest.raises(ValueError, match="task_grads_b.*2 leaves"):
+    cross_gram_matrix(three, other_tree, shared={"enc": True, "head_a": False, "head_b": False})
+  np.testing.assert_allclose(   # its shared leaves alone are accepted
+      np.asarray(cross_gram_matrix(three, [other["enc"]],
+                                   shared={"enc": True, "head_a": False, "head_b": False})),
+      J @ J2.T, rtol=1e-5, atol=1e-4)
 
 
 def test_a_summed_head_in_the_gram_names_the_leaf_and_the_shared_option():
@@ -125,3 +134,9 @@ def test_combine_names_weights_that_do_not_match_the_task_axis():
   with pytest.raises(ValueError, match=r"leaf \['a'\] has shape \(2, 3\); `weights` has K = 3"):
     combine(jnp.ones(3), tree)
   np.testing.assert_allclose(np.asarray(combine(jnp.array([1.0, 2.0]), tree)["a"]), [3.0] * 3)
+
+
+def test_combine_refuses_integer_leaves_by_name():
+  """Σ_k w_k g_k of integer gradients would be truncated to the leaf's integer dtype."""
+  with pytest.raises(ValueError, match=r"\['w'\]"):
+    combine(jnp.array([0.5, 0.5]), {"w": jnp.array([[1, 0], [0, 1]], jnp.int32)})

@@ -97,6 +97,29 @@ def test_mask_of_wrong_structure():
     _update({"a": jnp.ones((2, 3)), "b": jnp.ones((2, 1))}, shared={"a": True})
 
 
+@pytest.mark.parametrize("mask", [{"a": True, "b": [False]},
+                                  {"a": {"kernel": True}, "b": {"kernel": False}}])
+def test_a_mask_deeper_than_the_gradients_is_named(mask):
+  """A subtree where the gradients have one array must not count as one (truthy) flag."""
+  with pytest.raises(ValueError, match=r"does not match the structure"):
+    _update({"a": jnp.ones((2, 3)), "b": jnp.ones((2, 1))}, shared=mask)
+  with pytest.raises(ValueError, match=r"does not match the structure"):
+    cg.gram_matrix({"a": jnp.ones((2, 3)), "b": jnp.ones((2, 1))}, shared=mask)
+
+
+@pytest.mark.parametrize("name, option", [("imtl_g", "num_tasks"), ("mgda", "num_tasks")])
+def test_a_traced_shape_option_is_named(name, option):
+  """Injected without static_args, an option that fixes shapes is refused."""
+  import optax
+  factory = cg.registry.methods()[name].factory
+  static = tuple(p for p in inspect.signature(factory).parameters if p != option)
+  tx = optax.inject_hyperparams(factory, static_args=static)(**{option: 2})
+  grads = {"w": jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])}
+  params = {"w": jnp.zeros(3)}
+  with pytest.raises(ValueError, match=f"`{option}` fixes array shapes.*static_args"):
+    jax.jit(tx.update)(grads, tx.init(params), params)
+
+
 def test_state_for_a_different_k():
   tx = conicgrad(0.5, num_tasks=2)
   state = tx.init(None)
@@ -248,6 +271,13 @@ def test_an_unknown_precision_is_refused_at_construction(name):
   factory(precision=jax.lax.Precision.HIGH)
 
 
+def test_a_precision_the_backend_does_not_run_is_refused_at_construction():
+  if jax.default_backend() != "cpu":
+    pytest.skip("TF32 is an algorithm of accelerators; XLA:CPU refuses it")
+  with pytest.raises(ValueError, match="`precision` must be .*TF32"):
+    cg.imtl_g(precision=jax.lax.DotAlgorithmPreset.TF32_TF32_F32)
+
+
 def test_with_diagnostics_refuses_an_unknown_precision():
   with pytest.raises(ValueError, match="`precision` must be a matmul precision"):
     cg.with_diagnostics(cg.mgda(), precision="bogus")
@@ -356,3 +386,22 @@ def test_with_diagnostics_names_a_state_of_the_bare_method():
   with pytest.raises(ValueError, match="state is a WarmGramMethodState, but this method's "
                                        "state is a DiagnosticsState"):
     tx.update({"w": jnp.ones((3, 4))}, cg.mgda().init(params), params)
+
+
+@pytest.mark.parametrize("name", ["mgda", "conicgrad", *[
+    pytest.param(n, marks=pytest.mark.slow)
+    for n in ("upgrad", "dualproj", "cagrad", "nash_mtl", "fairgrad")]])
+def test_a_traced_max_iter_works(name):
+  """optax traces every number it is given, a default max_iter included; it is a loop bound."""
+  import optax
+  factory = cg.registry.methods()[name].factory
+  static = tuple(p for p in inspect.signature(factory).parameters if p != "max_iter")
+  tx = optax.inject_hyperparams(factory, static_args=static)(max_iter=50, num_tasks=2)
+  grads = {"w": jnp.array([[1.0, 0.0, 0.0], [-0.5, 1.0, 0.0]])}
+  params = {"w": jnp.zeros(3)}
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for _ in range(2):                     # the second step starts warm
+    updates, state = step(grads, state, params)
+  assert np.all(np.isfinite(np.asarray(updates["w"])))
+  assert np.any(np.asarray(updates["w"]) != 0)

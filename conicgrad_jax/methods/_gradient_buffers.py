@@ -52,7 +52,7 @@ def require_num_tasks(num_tasks, method: str):
   if num_tasks is None:
     raise ValueError(f"{method} keeps a buffer of K stacked gradients in its state: pass "
                      "`num_tasks`.")
-  validation.check_positive_int("num_tasks", num_tasks)
+  validation.check_static_positive_int("num_tasks", num_tasks)
 
 
 def zero_buffers(shared: validation.SharedSpec, params, k: int, method: str) -> list:

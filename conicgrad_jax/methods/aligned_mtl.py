@@ -109,7 +109,7 @@ def aligned_mtl(*, preference=None, scale_mode: str = "min",
   Deviations from the reference code: p = 1/K by default (torchjd); the
   SamsungLabs code sums the aligned gradients, i.e. K times this update.
   """
-  validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
+  validation.check_static_positive_int("num_tasks", num_tasks, allow_none=True)
   validation.check_preference(preference, num_tasks)
   if scale_mode not in SCALE_MODES:
     raise ValueError(f"`scale_mode` must be one of {SCALE_MODES}, got {scale_mode!r}.")

@@ -93,7 +93,7 @@ def config(*, preference=None, shared: validation.SharedSpec = None,
   pseudo-inverse of the K×K matrix UUᵀ (the reference solves a least-squares
   problem on the K×m matrix U); zero task gradients get zero rows.
   """
-  validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
+  validation.check_static_positive_int("num_tasks", num_tasks, allow_none=True)
   validation.check_preference(preference, num_tasks)
 
   def weighting(gram, **_):

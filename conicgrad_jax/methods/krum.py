@@ -118,7 +118,7 @@ def krum(n_byzantine: int = 0, *, n_selected: int = 1, squared: bool = False,
   """
   _check_counts(n_byzantine, n_selected)
   squared = validation.check_bool("squared", squared)
-  validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
+  validation.check_static_positive_int("num_tasks", num_tasks, allow_none=True)
   if num_tasks is not None and n_selected > num_tasks:
     raise ValueError(f"`n_selected` ({n_selected}) exceeds `num_tasks` ({num_tasks}).")
 

@@ -125,7 +125,7 @@ def upgrad(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
   method and an exact active-face solve (torchjd calls quadprog on the CPU),
   so the method runs under ``jit`` on any device.
   """
-  validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
+  validation.check_static_positive_int("num_tasks", num_tasks, allow_none=True)
   validation.check_preference(preference, num_tasks)
   validation.check_positive_int("max_iter", max_iter)
   validation.check_positive("norm_eps", norm_eps, allow_zero=True)

@@ -352,7 +352,7 @@ def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array
     crossover, cold = index == 0, index == 2
     res = barrier_minimize(f, jnp.where(cold, x_cold, jnp.where(crossover, x_prev, start)),
                            simplex=simplex, tol=tol,
-                           max_iter=jnp.where(cold, max_iter, min(max_iter, _WARM_MAX_ITER)),
+                           max_iter=jnp.where(cold, max_iter, jnp.minimum(max_iter, _WARM_MAX_ITER)),
                            mu0=jnp.where(cold, 1.0, mu_warm), centre_only=centre_only,
                            skip=crossover)
     if quadratic:

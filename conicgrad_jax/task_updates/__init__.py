@@ -198,7 +198,7 @@ def make_task_update(
   validation.check_shared_spec(shared)
   validation.check_positive_int("every", every)
   validation.check_positive_int("chunk_size", chunk_size, allow_none=True)
-  validation.check_positive_int("num_tasks", num_tasks, allow_none=True)
+  validation.check_static_positive_int("num_tasks", num_tasks, allow_none=True)
   log_losses = validation.check_bool("log_losses", log_losses)
   if mode == "gramian" and strategy is not None:
     raise ValueError('`strategy` is not used with mode="gramian", which computes G '
