@@ -395,3 +395,38 @@ def test_a_reuse_step_with_a_nonfinite_head_gradient_is_counted(mode):
   _, update, reused = step(bad, state, x)                 # reuses the weights
   assert int(reused.step) == 2
   _assert_skipped(update, reused, state)
+
+
+def test_the_vmap_strategy_gives_the_loop_strategy_update():
+  params, x = _problem(13)
+  runs = []
+  for strategy in ("loop", "vmap"):
+    task = cg.make_task_update(fun, cg.mgda(num_tasks=K), shared=shared, strategy=strategy)
+    runs.append(jax.jit(task.step)(params, task.init(params), x))
+  _close(runs[1][1], runs[0][1], rtol=1e-5, atol=1e-6)
+  _close(runs[1][2].weights, runs[0][2].weights, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["stacked", pytest.param("gramian", marks=pytest.mark.slow)])
+def test_the_amortised_step_inside_lax_scan_equals_the_host_schedule(mode):
+  """``step`` (lax.cond on the step count) carried through lax.scan, against recompute and
+  reuse called by the host on the same schedule (every=2, three steps)."""
+  params, x = _problem(14)
+  task = cg.make_task_update(fun, cg.mgda(num_tasks=K), mode=mode, shared=shared, every=2)
+  xs = jnp.stack([x, 1.1 * x, 0.9 * x])
+
+  def body(carry, xi):
+    p, state = carry
+    _, update, state = task.step(p, state, xi)
+    p = jax.tree_util.tree_map(lambda a, u: a - 0.1 * u, p, update)
+    return (p, state), update
+
+  (_, scanned_state), scanned = jax.jit(lambda p, s: jax.lax.scan(body, (p, s), xs))(
+      params, task.init(params))
+  p, state = params, task.init(params)
+  recompute, reuse = jax.jit(task.recompute), jax.jit(task.reuse)
+  for i in range(3):
+    _, update, state = (recompute if i % 2 == 0 else reuse)(p, state, xs[i])
+    _close(jax.tree_util.tree_map(lambda u: u[i], scanned), update, rtol=1e-5, atol=1e-6)
+    p = jax.tree_util.tree_map(lambda a, u: a - 0.1 * u, p, update)
+  _close(scanned_state, state, rtol=1e-5, atol=1e-6)
