@@ -113,6 +113,10 @@ def test_non_finite_gram_gives_nan_diagnostics_and_a_skipped_first_step_stores_t
   G = jnp.eye(3).at[0, 1].set(jnp.nan)
   d = DIAGNOSE(G)
   assert all(np.all(np.isnan(np.asarray(x))) for x in d[:-1])
+  # Non-finite weights with a finite G: every field derived from them is NaN too.
+  for bad_weight in (jnp.nan, jnp.inf):
+    d = DIAGNOSE(jnp.eye(3), jnp.array([0.5, bad_weight, 0.5]))
+    assert all(np.all(np.isnan(np.asarray(x))) for x in d[:-1])
   # Without num_tasks there is nothing to keep on a skipped first step: NaN, not zeros.
   _, g = _grads(2)
   params = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape[1:]), g)
