@@ -85,3 +85,8 @@ def project_simplex(v: jax.Array) -> jax.Array:
   rho = jnp.max(jnp.where(cond, jnp.arange(k), 0))
   theta = css[rho] / (rho + 1.0)
   return jnp.maximum(v - theta, 0.0)
+
+
+def abs_zero_subgradient(x):
+  """|x| whose derivative at 0 is 0 (``torch.abs``'s subgradient; ``jnp.abs`` takes 1 there)."""
+  return x * jax.lax.stop_gradient(jnp.sign(x))

@@ -38,12 +38,16 @@ class BiLB4MTLState(NamedTuple):
 def bilb4mtl_loss(losses: jax.Array, logits: jax.Array, initial_losses: jax.Array,
                   lamb: float = 0.05, normalization: str = "identity",
                   weight_bounds: Optional[tuple[float, float]] = None) -> jax.Array:
-  r"""σ·l̃/Σσ + λ Σ_{i<K} |σ_i l̃_i − σ_{i+1} l̃_{i+1}|, σ = softmax(logits), Σσ stop-gradient.
+  r"""σ·l̃/Σσ + λ Σ_{i<K} |σ_i l̃_i − σ_{i+1} l̃_{i+1}|, σ = softmax(logits).
 
   l̃ is the normalised loss: l (``"identity"``), l/(l⁰/min l⁰)
   (``"rescaled"``) or log(l/l⁰) (``"log"``), l⁰ = ``initial_losses``.
   With ``weight_bounds = (lo, hi)`` σ is clipped to [lo, hi] after the
-  softmax (zero gradient outside, as ``torch.clamp``).
+  softmax (zero gradient outside, as ``torch.clamp``), and Σσ is
+  differentiated as in the reference's NYUv2 script (after the softmax alone
+  Σσ = 1). |·| has derivative 0 at 0, as ``torch.abs``: at the first step of
+  ``"log"`` (l̃ = 0) or ``"rescaled"`` with equal σ_i l̃_i, every penalty term
+  sits at that kink.
   """
   validation.check_task_vectors("bilb4mtl_loss", "losses", losses, logits=logits,
                                 initial_losses=initial_losses, scalar_ok=("initial_losses",))
@@ -57,8 +61,8 @@ def bilb4mtl_loss(losses: jax.Array, logits: jax.Array, initial_losses: jax.Arra
   if weight_bounds is not None:
     sigma = jnp.clip(sigma, *weight_bounds)
   weighted = sigma * norm
-  return (jnp.sum(weighted) / jax.lax.stop_gradient(jnp.sum(sigma))
-          + lamb * jnp.sum(jnp.abs(weighted[:-1] - weighted[1:])))
+  return (jnp.sum(weighted) / jnp.sum(sigma)
+          + lamb * jnp.sum(_numeric.abs_zero_subgradient(weighted[:-1] - weighted[1:])))
 
 
 def bilb4mtl_weighting(losses: jax.Array, state: BiLB4MTLState,
@@ -109,7 +113,9 @@ def bilb4mtl(*, lamb: float = 0.05, lr: float = 1e-3, normalization: str = "iden
       scripts).
     lr: learning rate of the router's Adam optimiser.
     normalization: l̃ from the first update's losses l⁰: ``"identity"``
-      (l, Cityscapes), ``"rescaled"`` (l/(l⁰/min l⁰), NYUv2) or ``"log"``
+      (l itself; the reference's Cityscapes script instead penalises the
+      unweighted losses, λ|l₁ − l₂|, and does not divide by Σσ),
+      ``"rescaled"`` (l/(l⁰/min l⁰), NYUv2) or ``"log"``
       (log(l/l⁰), QM9). The last two need positive initial losses l⁰ (a first
       step with a loss ≤ 0 is skipped, counted in ``nonfinite_steps``, and l⁰
       is taken at the next one), and ``"log"`` needs positive losses at every

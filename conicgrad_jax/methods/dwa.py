@@ -100,7 +100,8 @@ def dwa(*, temperature: float = 2.0, window: int = 25, shared: validation.Shared
 
   Deviations: iteration-level, as the Nash-MTL code base; the reference's
   weights are K·softmax(r/T) applied to the mean of the losses, the same
-  update as softmax(r/T) applied to their sum.
+  update as softmax(r/T) applied to their sum; the ratio's denominator
+  gets 1e-8 (the reference has none), so a zero loss gives no infinity.
   """
   validation.check_positive("temperature", temperature)
   validation.check_positive_int("window", window)

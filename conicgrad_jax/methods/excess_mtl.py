@@ -82,7 +82,7 @@ def excess_mtl(robust_step_size: float = 1.0, *, n_warmup_steps: int = 0,
   Ê is averaged into the baseline Ê₀; with no warm-up Ê₀ is the first
   update's Ê, so that update leaves α uniform when every Ê is positive. A
   task whose Ê₀ is 0 (its gradient vanished until then) counts as
-  Ê/Ê₀ = 0, as 0/(0 + 1e-7) in the references, and takes its first
+  Ê/Ê₀ = 0 (torchjd computes 0/(0 + 1e-7); LibMTL 0/0), and takes its first
   positive Ê as Ê₀. Memory
   O(Km) (S has the stacked gradients' shape).
 

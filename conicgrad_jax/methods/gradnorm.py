@@ -34,13 +34,16 @@ class GradNormState(NamedTuple):
 
 def gradnorm_balance_loss(logits: jax.Array, norms: jax.Array, ratio: jax.Array,
                           alpha: float = 1.5) -> jax.Array:
-  r"""Σ_i |G_i − sg(Ḡ r_i^α)|, G_i = K·softmax(s)_i ‖g_i‖, Ḡ = mean_i G_i: the loss of s."""
+  r"""Σ_i |G_i − sg(Ḡ r_i^α)|, G_i = K·softmax(s)_i ‖g_i‖, Ḡ = mean_i G_i: the loss of s.
+
+  |·| has derivative 0 at 0 (an exact tie G_i = Ḡ r_i^α), as LibMTL's ``torch.abs``.
+  """
   validation.check_task_vectors("gradnorm_balance_loss", "logits", logits, norms=norms,
                                 ratio=ratio)
   k = logits.shape[0]
   g = k * jax.nn.softmax(logits) * norms
   target = jax.lax.stop_gradient(jnp.mean(g) * ratio ** alpha)
-  return jnp.sum(jnp.abs(g - target))
+  return jnp.sum(_numeric.abs_zero_subgradient(g - target))
 
 
 def gradnorm_weighting(gram: jax.Array, losses: jax.Array, state: GradNormState,
@@ -130,7 +133,10 @@ def gradnorm(alpha: float = 1.5, *, lr: float = 0.025, shared: validation.Shared
 
   Deviations: w = K·softmax(s) with s₀ = 0 (LibMTL's parameterisation; the
   paper renormalises free weights to sum K); s has its own Adam optimiser;
-  the norms are over all shared leaves unless ``shared`` says otherwise.
+  the norms are over all shared leaves unless ``shared`` says otherwise;
+  iteration-level: l⁰ is the first update's losses and only that update
+  uses w = 1 (LibMTL uses w = 1 for the whole first epoch and takes l⁰ as
+  its mean loss).
   """
   validation.check_positive("alpha", alpha, allow_zero=True)
   validation.check_positive("lr", lr)

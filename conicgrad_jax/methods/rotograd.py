@@ -12,8 +12,9 @@ coordinates) and o_k = ∂L_k/∂z = R_kᵀ ∂L_k/∂z_k. Two parts:
   diag(G), so the transformation is a Gram weighting like the others.
 * **Rotations** (:func:`rotation_loss`): R_k is trained so that it maps the
   reference v = mean_k (‖ō‖/n_k) o_k (ō = mean_k o_k) onto task k's rotated
-  gradient: min_{R_k} mean_b ‖R_k v_b − sg(R_k o_{k,b})‖², with R_k = exp(A_k − A_kᵀ)
-  (the reference's exponential-map parametrisation). The task losses see
+  gradient: min_{R_k} mean_b ‖R_k v_b − sg(R_k o_{k,b})‖², with R_k = exp(L_k − L_kᵀ),
+  L_k the strictly lower triangle of A_k (the reference's exponential-map
+  parametrisation, geotorch's ``orthogonal(triv="expm")``). The task losses see
   R_k through ``stop_gradient``, so only this loss trains the rotations.
 
 Feed :func:`rotograd` the representation gradients (``rep_grads``, shape
@@ -147,8 +148,13 @@ def rotograd(*, burn_in_period: int = 20, magnitude: bool = True,
 
 
 def rotation_matrices(generators: jax.Array) -> jax.Array:
-  """R_k = exp(A_k − A_kᵀ) for generators of shape (K, r, r): K orthogonal r×r matrices."""
-  skew = generators - jnp.swapaxes(generators, -1, -2)
+  """R_k = exp(L_k − L_kᵀ), L_k = tril(A_k, −1), for generators A of shape (K, r, r).
+
+  K orthogonal r×r matrices. Only the strictly lower triangle parametrises R_k, as in
+  geotorch's ``triv="expm"``: a full A_k − A_kᵀ would move twice as fast under SGD or Adam.
+  """
+  lower = jnp.tril(generators, -1)
+  skew = lower - jnp.swapaxes(lower, -1, -2)
   return jax.vmap(jax.scipy.linalg.expm)(skew)
 
 

@@ -88,3 +88,32 @@ def test_huge_losses_keep_the_routers_adam_finite():
                       history=True)
   assert int(states.nonfinite_steps[-1]) == 0
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(states))
+
+
+@pytest.mark.parametrize("normalization", ["rescaled", "log"])
+def test_a_penalty_at_its_kink_adds_nothing_as_torch_abs(normalization):
+  """At the first step every σ_i l̃_i is equal ("rescaled": l̃_i = min l⁰, σ uniform;
+  "log": l̃ = 0), so each |σ_i l̃_i − σ_{i+1} l̃_{i+1}| sits at 0, where the reference's
+  torch.abs has derivative 0: the weights are σ_i ∂l̃_i/∂l_i alone and the router does
+  not move."""
+  losses = np.array([1.0, 2.0, 4.0])
+  tx = cg.bilb4mtl(lamb=0.05, normalization=normalization, lr=1e-3)
+  _, state = tx.update({"w": jnp.eye(3)}, tx.init(None), losses=jnp.asarray(losses, jnp.float32))
+  dnorm = 1.0 / (losses / losses.min()) if normalization == "rescaled" else 1.0 / losses
+  np.testing.assert_allclose(np.asarray(state.weights), dnorm / 3.0, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(state.logits), np.zeros(3))
+
+
+def test_with_bounds_the_sum_of_the_clipped_router_is_differentiated():
+  """σ clipped to [0.2, 0.8] no longer sums to 1: L = σ·l/Σσ is differentiated through Σσ, as
+  the reference's NYUv2 script (λ = 0; softmax (0.1, 0.3, 0.6), so σ_0 is clipped to 0.2)."""
+  from conicgrad_jax.methods import bilb4mtl as bilb
+  soft = np.array([0.1, 0.3, 0.6])
+  losses = jnp.array([1.0, 2.0, 3.0])
+  grad = jax.grad(bilb.bilb4mtl_loss, argnums=1)(losses, jnp.log(jnp.asarray(soft)), losses,
+                                                 0.0, "identity", (0.2, 0.8))
+  sigma, l = np.clip(soft, 0.2, 0.8), np.asarray(losses)
+  dL_dsigma = l / sigma.sum() - (sigma @ l) / sigma.sum() ** 2
+  inside = (soft > 0.2) & (soft < 0.8)                # the clip passes no gradient outside
+  expected = (np.diag(soft) - np.outer(soft, soft)) @ (inside * dL_dsigma)
+  np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-5, atol=1e-7)

@@ -67,3 +67,15 @@ def test_steps_without_positive_losses_are_skipped_and_l0_is_recorded_later():
   assert int(at(states, 3).step) == 2
   w = np.asarray(at(states, 3).weights)
   assert np.all(np.isfinite(w)) and w.sum() == pytest.approx(2.0, rel=1e-5)
+
+
+def test_an_exact_tie_contributes_no_gradient_as_torch_abs():
+  """Norms (1, 2, 3), equal loss ratios, s = 0: G = (1, 2, 3) and the target is Ḡ = 2, so task 1
+  sits exactly on it; LibMTL's torch.abs gives that term derivative 0 (jnp.abs would give 1)."""
+  norms, k = np.array([1.0, 2.0, 3.0]), 3
+  grad = jax.grad(gradnorm_m.gradnorm_balance_loss)(jnp.zeros(k), jnp.asarray(norms, jnp.float32),
+                                                    jnp.ones(k), 1.5)
+  sigma = np.full(k, 1.0 / k)
+  dL_dG = np.sign(norms - norms.mean())                 # (−1, 0, 1)
+  dG_ds = k * norms[:, None] * (np.diag(sigma) - np.outer(sigma, sigma))
+  np.testing.assert_allclose(np.asarray(grad), dG_ds.T @ dL_dG, rtol=1e-6, atol=1e-7)
