@@ -79,7 +79,7 @@ def measure(size_name, width, method_names, batch, rounds):
     rows.append({"size": size_name, "m_shared": models.count(params), "method": name,
                  "mode": modes[name],
                  "batch": batch, "temp_bytes": int(temp)})
-  times = timing.interleaved_times(calls, rounds, warmup=1)
+  times = timing.interleaved_times(calls, rounds)
   base = "linear_scalarization (one backward)"
   base_t, base_m = np.median(times[base]), rows[0]["temp_bytes"]
   for r in rows:

@@ -110,10 +110,10 @@ def aggregation(ks, ms, rounds):
       gram = jax.jit(lambda J: jnp.matmul(J, J.T, precision=hi))
       block = max(1, k // 4)
       upper = jax.jit(lambda J: linalg.upper_triangle_gram(J, block))
-      update = jax.jit(lambda g, s: tx.update(g, s)[0])
+      update = jax.jit(lambda g, s: tx.update(g, s))   # the update and the new state
       calls = {"floor": lambda: floor(J, w), "gram": lambda: gram(J),
                "upper_triangle_gram": lambda: upper(J), "conicgrad": lambda: update(tree, state)}
-      times = timing.interleaved_times(calls, rounds, warmup=1)
+      times = timing.interleaved_times(calls, rounds)
       base = np.median(times["floor"])
       for name, t in times.items():
         rows.append({"part": "aggregation", "candidate": name, "K": k, "m": m,
@@ -135,7 +135,9 @@ def diagnostics_part(k, m, rounds):
   for name, tx in (("conicgrad", cg.conicgrad(0.5, num_tasks=k)),
                    ("with_diagnostics(conicgrad)",
                     cg.with_diagnostics(cg.conicgrad(0.5, num_tasks=k), num_tasks=k))):
-    update = jax.jit(lambda g, s, tx=tx: tx.update(g, s)[0])
+    # The update and the new state: the diagnostics live in the state, so a program that
+    # dropped it would let XLA remove them.
+    update = jax.jit(lambda g, s, tx=tx: tx.update(g, s))
     calls[name] = lambda update=update, state=tx.init(None): update(J, state)
   times = timing.interleaved_times(calls, rounds)
   base = np.median(times["conicgrad"])
@@ -175,20 +177,20 @@ def torchjd_part(ks, m, rounds):
       agg = {"NashMTL": lambda: tjd.NashMTL(n_tasks=k),
              "CAGrad": lambda: tjd.CAGrad(c=0.5)}.get(agg_name, getattr(tjd, agg_name))()
       tx = cg.methods()[ours].factory(num_tasks=k, **kwargs)
-      update = jax.jit(lambda g, s, tx=tx: tx.update(g, s)[0])
+      update = jax.jit(lambda g, s, tx=tx: tx.update(g, s))   # the update and the new state
       state = tx.init(None)
       calls[f"torchjd:{agg_name}"] = lambda agg=agg: agg(Jt)
       calls[f"ours:{ours}"] = lambda update=update, state=state: update(J, state)
-      answers[agg_name] = (np.asarray(agg(Jt)), np.asarray(update(J, state)))
+      answers[agg_name] = (np.asarray(agg(Jt)), np.asarray(update(J, state)[0]))
     tx = cg.conicgrad(0.5, num_tasks=k)
     cstate = tx.init(None)
-    cupdate = jax.jit(lambda g, s: tx.update(g, s)[0])
+    cupdate = jax.jit(lambda g, s: tx.update(g, s))
     calls["ours:conicgrad"] = lambda: cupdate(J, cstate)
     # The Gram matrix alone: torch's CPU BLAS against XLA:CPU's dot, same float32 J.
     xla_gram = jax.jit(lambda J: J @ J.T)
     calls["gram:torch"] = lambda: Jt @ Jt.T
     calls["gram:xla"] = lambda: xla_gram(J)
-    times = timing.interleaved_times(calls, rounds, warmup=1)
+    times = timing.interleaved_times(calls, rounds)
     rows.append({"part": "gram_torch", "K": k, "m": m,
                  "torch_median_s": float(np.median(times["gram:torch"])),
                  "xla_median_s": float(np.median(times["gram:xla"])),
@@ -216,10 +218,11 @@ def torchjd_part(ks, m, rounds):
 
 def _mode_candidates(k, every, full_grid):
   """name -> make_task_update options (``host``: recompute/reuse on a host schedule)."""
+  chunk = min(8, k - 1)   # at least two chunks
   c = {
       "stacked (loop)": dict(mode="stacked", strategy="loop"),
       "stacked (vmap)": dict(mode="stacked", strategy="vmap"),
-      "chunked(8) unrolled": dict(mode="chunked", chunk_size=min(8, k - 1), unroll=True),
+      f"chunked({chunk}) unrolled": dict(mode="chunked", chunk_size=chunk, unroll=True),
       "gramian unrolled": dict(mode="gramian", unroll=True),
       "representation": dict(mode="representation"),
       "reuse step alone": dict(mode="stacked", every=every, reuse_only=True),
@@ -230,13 +233,13 @@ def _mode_candidates(k, every, full_grid):
       f"amortised(N={every}), representation, host schedule": dict(
           mode="representation", every=every, host=True),
       f"amortised(N={every}), stacked, lax.cond": dict(mode="stacked", every=every),
-      "chunked(8) lax.map": dict(mode="chunked", chunk_size=min(8, k - 1), unroll=False),
+      f"chunked({chunk}) lax.map": dict(mode="chunked", chunk_size=chunk, unroll=False),
       "gramian lax.scan": dict(mode="gramian", unroll=False),
   }
   if full_grid:  # the bodies' convolutions as autodiff wrote them, which XLA:CPU runs slowly
     as_traced = dict(canonical_convolutions=False)
     c.update({
-        "chunked(8) lax.map, as traced": dict(mode="chunked", chunk_size=min(8, k - 1),
+        f"chunked({chunk}) lax.map, as traced": dict(mode="chunked", chunk_size=chunk,
                                               unroll=False, **as_traced),
         "gramian lax.scan, as traced": dict(mode="gramian", unroll=False, **as_traced),
         f"amortised(N={every}), stacked, lax.cond, as traced": dict(
@@ -290,7 +293,7 @@ def modes_part(k, width, batch, rounds, every, full_grid, label):
                  "width": width, "m_shared": models.count(params),
                  "steps_per_call": len(cycle), "temp_bytes": int(temp),
                  "compile_s": compile_s})
-  times = timing.interleaved_times(calls, rounds, warmup=1)
+  times = timing.interleaved_times(calls, rounds)
   base_t = np.median(times["linear_scalarization"])
   stacked_t = np.median(times["stacked (loop)"]) / 1
   base_m = next(r["temp_bytes"] for r in rows if r["candidate"] == "linear_scalarization")
@@ -328,7 +331,7 @@ def task_grads_part(ks, width, batch, rounds):
       rows.append({"part": "task_grads", "strategy": strategy, "K": k, "width": width,
                    "batch": batch, "compile_s": time.perf_counter() - t0})
       calls[strategy] = call
-    times = timing.interleaved_times(calls, rounds, warmup=1)
+    times = timing.interleaved_times(calls, rounds)
     for r in rows[-2:]:
       r.update(timing.summary(times[r["strategy"]]),
                ratio_to_loop=float(np.median(times[r["strategy"]]) / np.median(times["loop"])))
@@ -369,7 +372,7 @@ def fast_compile_runtime(k, width, batch, rounds):
     _, calls[label] = timing.compiled_call(jitted, params, state, images, labels)
     rows.append({"part": "fast_compile_runtime", "candidate": label, "K": k, "batch": batch,
                  "compile_s": time.perf_counter() - t0})
-  times = timing.interleaved_times(calls, rounds, warmup=1)
+  times = timing.interleaved_times(calls, rounds)
   for r in rows:
     r.update(timing.summary(times[r["candidate"]]),
              ratio_to_default=float(np.median(times[r["candidate"]]) / np.median(times["default"])))
@@ -614,7 +617,7 @@ def markdown(rows, machine) -> str:
     r0 = md[0]
     out += [f"## Training step per mode: {config} (K = {r0['K']}, {r0['m_shared'] / 1e6:.2f}M "
             f"shared parameters, batch {r0['batch']})", "",
-            "| candidate | ms / step | × LS | × stacked | × host schedule | temp MB | "
+            "| candidate | ms / step | × LS | × stacked | × host schedule | temp MiB | "
             "memory × stacked | compile s | noise |", "|---|---|---|---|---|---|---|---|---|"]
     for r in md:
       host = r.get("ratio_time_to_host_schedule")
