@@ -90,11 +90,13 @@ def gram_matrix(task_grads: PyTree, precision=_numeric.HIGHEST, *, shared=None) 
 
 def cross_gram_matrix(task_grads_a: PyTree, task_grads_b: PyTree, precision=_numeric.HIGHEST,
                       *, shared=None) -> jax.Array:
-  """M = J_a J_bᵀ of two stacked task-gradient pytrees of one structure, M_ij = ⟨a_i, b_j⟩.
+  """M = J_a J_bᵀ of two stacked task-gradient pytrees, M_ij = ⟨a_i, b_j⟩.
 
   The cross-Gramian of two independent batches that double-sampling methods
   (MoDo, SDMGrad) feed their weight update. ``shared`` as in
-  :func:`gram_matrix`, resolved on ``task_grads_a``.
+  :func:`gram_matrix`, resolved on ``task_grads_a``; ``task_grads_b`` has
+  either the structure of ``task_grads_a`` (its shared leaves are used) or
+  holds ``task_grads_a``'s shared leaves alone, in order (e.g. a list).
 
   Example:
     >>> import jax.numpy as jnp

@@ -6,7 +6,6 @@ mistake surfaces when the function is traced instead of as a NaN later.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from typing import Any, Callable, Optional
@@ -241,32 +240,22 @@ def check_transformation(name: str, value,
 
 
 def check_precision(precision):
-  """Raises ValueError naming ``precision`` unless JAX's matmuls accept it on the default backend.
+  """Raises ValueError naming ``precision`` unless JAX's matmuls accept it.
 
-  A 1×1 matmul is lowered for the default backend (nothing is computed), which
-  also refuses an algorithm the backend does not run (e.g. TF32 on a CPU);
-  each precision is checked once per process.
+  Checked on abstract values (``jax.eval_shape``): nothing is computed and no
+  backend is started (a method may be built before ``jax.distributed.initialize``).
+  An algorithm that JAX knows but the backend does not run (TF32 on a CPU) is
+  refused when the update is first compiled, by JAX, naming the precision.
   """
-  try:
-    error = _precision_error(precision)
-  except TypeError:                      # unhashable: check it without the cache
-    error = _precision_error.__wrapped__(precision)
-  if error is not None:
-    raise ValueError(
-        f"`precision` must be a matmul precision JAX accepts on this backend (None, a "
-        f"jax.lax.Precision, 'highest', 'high', 'default', ...), got {precision!r}: "
-        f"{error}")
-
-
-@functools.lru_cache(maxsize=None)
-def _precision_error(precision):
-  def probe(one):
+  def probe():
+    one = jnp.ones((1, 1), jnp.float32)
     return jnp.matmul(one, one, precision=precision)
   try:
-    jax.jit(probe).lower(jax.ShapeDtypeStruct((1, 1), jnp.float32))
-  except (ValueError, TypeError, NotImplementedError) as error:
-    return str(error).split("\n")[0][:200]
-  return None
+    jax.eval_shape(probe)
+  except (ValueError, TypeError) as error:
+    raise ValueError(
+        f"`precision` must be a matmul precision JAX accepts (None, a jax.lax.Precision, "
+        f"'highest', 'high', 'default', ...), got {precision!r}.") from error
 
 
 def check_task_vectors(function: str, first: str, value, *, scalar_ok=(), **others):

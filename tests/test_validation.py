@@ -271,11 +271,25 @@ def test_an_unknown_precision_is_refused_at_construction(name):
   factory(precision=jax.lax.Precision.HIGH)
 
 
-def test_a_precision_the_backend_does_not_run_is_refused_at_construction():
+def test_building_a_method_starts_no_backend():
+  """A method may be built before jax.distributed.initialize(), which must come before any
+  backend starts: construction checks its options on abstract values only."""
+  import subprocess
+  import sys
+  code = ("import conicgrad_jax as cg\n"
+          "from jax._src import xla_bridge\n"
+          "cg.conicgrad(0.5, num_tasks=2, precision='highest'); cg.with_diagnostics(cg.mgda())\n"
+          "print(xla_bridge.backends_are_initialized())")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.split()[-1] == "False", out.stdout + out.stderr
+
+
+def test_a_precision_the_backend_does_not_run_is_named_at_the_first_compilation():
   if jax.default_backend() != "cpu":
     pytest.skip("TF32 is an algorithm of accelerators; XLA:CPU refuses it")
-  with pytest.raises(ValueError, match="`precision` must be .*TF32"):
-    cg.imtl_g(precision=jax.lax.DotAlgorithmPreset.TF32_TF32_F32)
+  tx = cg.imtl_g(precision=jax.lax.DotAlgorithmPreset.TF32_TF32_F32)
+  with pytest.raises(ValueError, match="TF32_TF32_F32"):
+    jax.jit(tx.update)({"w": jnp.eye(2, 3)}, tx.init(None))
 
 
 def test_with_diagnostics_refuses_an_unknown_precision():

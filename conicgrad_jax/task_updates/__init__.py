@@ -53,7 +53,11 @@ loss or any leaf of the update, task-specific leaves included, is not
 finite, the whole update is zero and the method's state is the old one with
 ``nonfinite_steps`` + 1 (``test_a_step_the_method_rejects_moves_nothing``,
 ``test_a_nonfinite_head_gradient_skips_the_step_and_keeps_the_method_state``,
-``test_a_reuse_step_with_a_nonfinite_head_gradient_is_counted``).
+``test_a_reuse_step_with_a_nonfinite_head_gradient_is_counted``). On the
+first step of a method built without ``num_tasks``, which learns K there, the
+old state has other shapes: that step is counted and its update is zero, but
+the state is the new one; build the method with ``num_tasks`` for the rule to
+hold from the first step.
 """
 
 from __future__ import annotations
