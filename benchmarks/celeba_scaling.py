@@ -20,7 +20,7 @@ path for them; tested in ``tests/test_benchmarks.py``).
 Full run: every method at 5.2M, and linear scalarisation, ConicGrad, MGDA and
 FAMO at all four sizes (the Gram methods share the stacked-gradient cost that
 dominates; the aggregation benchmark separates their solvers), batch 8, three
-timed rounds after one warm-up. ``--quick``: two tiny widths, ConicGrad and
+timed rounds after two warm-up rounds. ``--quick``: two tiny widths, ConicGrad and
 FAMO, batch 2.
 
 Usage:
