@@ -117,9 +117,7 @@ def skip_nonfinite(inner: optax.GradientTransformation,
 
 def _check_fixed_shapes(new, old):
   """A skipped step keeps the old state, so the chain's state must keep its shapes."""
-  shapes = lambda tree: [jnp.shape(x) for x in jax.tree_util.tree_leaves(tree)]
-  if (jax.tree_util.tree_structure(new) != jax.tree_util.tree_structure(old)
-      or shapes(new) != shapes(old)):
+  if not validation.same_structure_and_shapes(new, old):
     raise ValueError(
         "skip_nonfinite keeps the chain's state on a skipped step, so the state's shapes "
         "must be fixed at init; a method built without `num_tasks` learns K at its first "

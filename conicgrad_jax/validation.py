@@ -45,6 +45,13 @@ def _listed(paths, limit=3) -> str:
   return shown + (f" (and {len(paths) - limit} more)" if len(paths) > limit else "")
 
 
+def same_structure_and_shapes(a, b) -> bool:
+  """Whether two pytrees have the same structure and leaf shapes (dtypes aside)."""
+  return (jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+          and all(jnp.shape(x) == jnp.shape(y)
+                  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))))
+
+
 def structure_mismatch(tree, reference, name: str, reference_name: str) -> Optional[str]:
   """A short message naming the key paths in which ``tree`` and ``reference`` differ.
 
@@ -212,20 +219,22 @@ def check_positive_int(name: str, value, *, allow_none: bool = False):
     raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
-def check_static_positive_int(name: str, value, *, allow_none: bool = False):
-  """:func:`check_positive_int` for an option that fixes array shapes (``num_tasks``):
-  a traced value is refused, naming ``name``."""
+def _refuse_traced_shape_option(name: str, value):
   if isinstance(value, jax.core.Tracer):
     raise ValueError(f"`{name}` fixes array shapes, so it must be a concrete integer, not a "
                      "traced value (with optax.inject_hyperparams, list it in static_args).")
+
+
+def check_static_positive_int(name: str, value, *, allow_none: bool = False):
+  """:func:`check_positive_int` for an option that fixes array shapes (``num_tasks``):
+  a traced value is refused, naming ``name``."""
+  _refuse_traced_shape_option(name, value)
   check_positive_int(name, value, allow_none=allow_none)
 
 
 def check_non_negative_int(name: str, value) -> int:
   """Returns ``value`` as a Python int ≥ 0 (NumPy integers too), or raises ValueError naming ``name``."""
-  if isinstance(value, jax.core.Tracer):
-    raise ValueError(f"`{name}` fixes array shapes, so it must be a concrete integer, not a "
-                     "traced value (with optax.inject_hyperparams, list it in static_args).")
+  _refuse_traced_shape_option(name, value)
   value = _integer_scalar(value)
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
     raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")

@@ -167,11 +167,7 @@ def settle(old_state, new_state, losses, update):
   """
   old_count = old_state.nonfinite_steps
   finite = (new_state.nonfinite_steps == old_count) & all_finite(losses, update)
-  same_shapes = (jax.tree_util.tree_structure(old_state) == jax.tree_util.tree_structure(new_state)
-                 and all(jnp.shape(a) == jnp.shape(b) for a, b in
-                         zip(jax.tree_util.tree_leaves(old_state),
-                             jax.tree_util.tree_leaves(new_state))))
-  if same_shapes:
+  if validation.same_structure_and_shapes(old_state, new_state):
     kept = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o).astype(jnp.result_type(o)),
                                   new_state, old_state)
   else:
