@@ -276,14 +276,16 @@ def check_task_vectors(function: str, first: str, value, *, scalar_ok=(), **othe
   (broadcast to every task). The message names the function, the argument
   and both shapes.
   """
-  shape = jnp.shape(value)
+  # np.shape reads a tracer's .shape, and takes lists and tuples (jnp.shape is
+  # deprecated for them).
+  shape = np.shape(value)
   if len(shape) != 1:
     raise ValueError(f"{function}: `{first}` must be a vector of K entries, one per task; "
                      f"got shape {shape}.")
   for name, other in others.items():
     if other is None:
       continue
-    other_shape = jnp.shape(other)
+    other_shape = np.shape(other)
     scalar = name in scalar_ok
     if other_shape != shape and not (scalar and other_shape == ()):
       expected = f"({shape[0]},) like `{first}`" + (" or a scalar" if scalar else "")

@@ -91,7 +91,12 @@ def config(*, preference=None, shared: validation.SharedSpec = None,
 
   Deviations from the reference code: U⁺w is computed through the
   pseudo-inverse of the K×K matrix UUᵀ (the reference solves a least-squares
-  problem on the K×m matrix U); zero task gradients get zero rows.
+  problem on the K×m matrix U); zero task gradients get zero rows. UUᵀ holds
+  1 − cos θ of two gradients at an angle θ only to rounding, so in float32
+  gradients closer than about 1e-3 rad count as one duplicated task (the
+  exact update can differ by tens of percent there); float64 resolves far
+  smaller angles
+  (``test_nearly_parallel_gradients_are_resolved_down_to_the_gram_matrix_rounding``).
   """
   validation.check_static_positive_int("num_tasks", num_tasks, allow_none=True)
   validation.check_preference(preference, num_tasks)

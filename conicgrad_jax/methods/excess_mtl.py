@@ -80,7 +80,7 @@ def excess_mtl(robust_step_size: float = 1.0, *, n_warmup_steps: int = 0,
 
   α₀ uniform. During the first ``n_warmup_steps`` updates α stays uniform and
   Ê is averaged into the baseline Ê₀; with no warm-up Ê₀ is the first
-  update's Ê, so that update leaves α uniform when every Ê is positive. A
+  update's Ê, and that update leaves α uniform (as LibMTL). A
   task whose Ê₀ is 0 (its gradient vanished until then) counts as
   Ê/Ê₀ = 0 (torchjd computes 0/(0 + 1e-7); LibMTL 0/0), and takes its first
   positive Ê as Ê₀. Memory
@@ -116,7 +116,7 @@ def excess_mtl(robust_step_size: float = 1.0, *, n_warmup_steps: int = 0,
 
   Deviations: weights on the simplex (torchjd and the paper; LibMTL and the
   official code keep them summing to K — multiply by K for their scale). With
-  ``n_warmup_steps=0`` the first update divides Ê by itself, so α stays
+  ``n_warmup_steps=0`` the first update only sets Ê₀ = Ê, so α stays
   uniform, as LibMTL (torchjd instead applies the undivided Ê once); with a
   warm-up it matches torchjd step for step, except for a task whose Ê₀ is 0
   and whose gradient later appears: the references divide its risks by 1e-7
@@ -148,7 +148,10 @@ def excess_mtl(robust_step_size: float = 1.0, *, n_warmup_steps: int = 0,
     baseline = jnp.where(~warming & (state.baseline <= 0), candidate, state.baseline)
     stepped, _ = excess_mtl_weighting(state.weights, risks, baseline,
                                       robust_step_size=robust_step_size)
-    weights = jnp.where(warming, state.weights, stepped.astype(state.weights.dtype))
+    # Without a warm-up the first update sets Ê₀ = Ê and takes no step (Ê/(Ê + 1e-7)
+    # is uniform only while every Ê ≫ 1e-7).
+    keep = warming | first if not n_warmup_steps else warming
+    weights = jnp.where(keep, state.weights, stepped.astype(state.weights.dtype))
     warmup_sum = jnp.where(warming, state.warmup_sum + risks, state.warmup_sum)
     updates = [linalg.combine_leaf(weights, g, g.dtype) for g in acc]
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))

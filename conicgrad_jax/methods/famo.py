@@ -43,7 +43,7 @@ def famo_loss(losses: jax.Array, logits: jax.Array, min_losses=0.0) -> jax.Array
   validation.check_task_vectors("famo_loss", "losses", losses, logits=logits,
                                 min_losses=min_losses, scalar_ok=("min_losses",))
   z = jax.nn.softmax(logits)
-  d = losses - min_losses + _EPS
+  d = losses - jnp.asarray(min_losses, jnp.result_type(losses)) + _EPS
   c = jax.lax.stop_gradient(jnp.sum(z / d))
   return jnp.sum(z * jnp.log(d)) / c
 
@@ -58,6 +58,7 @@ def famo_weighting(losses: jax.Array, state: FAMOState, optimizer: optax.Gradien
   (the transformation then skips the step and keeps the state).
   """
   losses = losses.astype(state.logits.dtype)
+  min_losses = jnp.asarray(min_losses, losses.dtype)
   xi = state.logits
   delta = (jnp.log(state.prev_losses - min_losses + _EPS)
            - jnp.log(losses - min_losses + _EPS))

@@ -13,17 +13,19 @@ from conicgrad_jax import aggregator
 from conicgrad_jax import validation
 
 
-def pcgrad_weighting(gram: jax.Array, key: jax.Array) -> tuple[jax.Array, aggregator.SolverInfo]:
+def pcgrad_weighting(gram: jax.Array, key: jax.Array, *,
+                     include_self: bool = False) -> tuple[jax.Array, aggregator.SolverInfo]:
   r"""PCGrad weights: w = Σ_i c⁽ⁱ⁾, where c⁽ⁱ⁾ tracks g_i projected against each conflicting g_j.
 
-  For each task i (its order of the other tasks drawn from ``key``):
-  c = e_i; for j ≠ i: if (Gc)_j < 0, c_j −= (Gc)_j / G_jj. Projections use
-  the original g_j (as the reference). Sum reduction; zero-norm g_j are
-  skipped (the reference divides by zero there).
+  For each task i (its order of the tasks drawn from ``key``):
+  c = e_i; for j ≠ i (every j with ``include_self``): if (Gc)_j < 0,
+  c_j −= (Gc)_j / G_jj. Projections use the original g_j (as the reference).
+  Sum reduction; zero-norm g_j are skipped (the reference divides by zero there).
 
   Args:
     gram: the K×K Gram matrix G = J Jᵀ.
     key: the PRNG key of the visiting orders.
+    include_self: whether task i is also projected off its own g_i (see :func:`pcgrad`).
 
   Returns:
     ``(weights (K,), no_solver_info())``.
@@ -39,7 +41,7 @@ def pcgrad_weighting(gram: jax.Array, key: jax.Array) -> tuple[jax.Array, aggreg
 
     def project(c, j):
       dot = jnp.dot(gram[j], c, precision=_numeric.HIGHEST)
-      conflict = (dot < 0) & (j != i) & (diag[j] > 0)
+      conflict = (dot < 0) & ((j != i) | include_self) & (diag[j] > 0)
       c = c.at[j].add(jnp.where(conflict, -dot / jnp.where(diag[j] > 0, diag[j], 1.0), 0.0))
       return c, None
 
@@ -50,7 +52,8 @@ def pcgrad_weighting(gram: jax.Array, key: jax.Array) -> tuple[jax.Array, aggreg
   return weights, aggregator.no_solver_info()
 
 
-def pcgrad(*, seed: int = 0, shared: validation.SharedSpec = None,
+def pcgrad(*, seed: int = 0, include_self: bool = False,
+           shared: validation.SharedSpec = None,
            num_tasks: Optional[int] = None,
            precision=_numeric.HIGHEST) -> optax.GradientTransformationExtraArgs:
   r"""Projecting conflicting gradients: project each task gradient off the others it conflicts with, then sum.
@@ -68,6 +71,8 @@ def pcgrad(*, seed: int = 0, shared: validation.SharedSpec = None,
   Args:
     seed: seed of the PRNG key kept in the state; each update splits it and
       draws fresh visiting orders.
+    include_self: also project g_i' off its own g_i in its turn, as the
+      reference code does (the default leaves task i out, as torchjd).
     shared: which leaves are shared (the Gram matrix and the weighting use
       only these): ``None`` (all), a pytree of bools shaped like the
       parameters, or a predicate ``(key_path, leaf) -> bool``. Other leaves
@@ -99,16 +104,18 @@ def pcgrad(*, seed: int = 0, shared: validation.SharedSpec = None,
   the reference; zero-norm g_j are skipped (the reference divides by zero);
   the update is the sum of the projected gradients, as the reference. As
   torchjd, task i is not projected on its own g_i: the reference code (and
-  the Nash-MTL and LibMTL ports) include j = i, which changes the update only
-  when the partly projected g_i' has turned against g_i, i.e. when the
-  gradients span few dimensions (K > m).
+  the Nash-MTL and LibMTL ports) include j = i (``include_self=True``). That
+  changes the update whenever a partly projected g_i' has turned against
+  g_i, which takes several conflicting projections in a row but happens for
+  K < m too (``test_including_the_task_itself_follows_the_reference_code``).
   """
   validation.check_integer("seed", seed)
+  include_self = validation.check_bool("include_self", include_self)
   init_state = aggregator.keyed_state(seed)
 
   def weigh(gram, state, **_):
     key, sub = jax.random.split(state.key)
-    weights, _ = pcgrad_weighting(gram, sub)
+    weights, _ = pcgrad_weighting(gram, sub, include_self=include_self)
     return state._replace(weights=weights, key=key)
 
   return aggregator.gram_weighting_transformation(

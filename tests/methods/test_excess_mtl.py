@@ -23,6 +23,9 @@ def _reference(Js, eta, warmup):
     else:
       if base is None:
         base = acc / warmup if warmup else e
+        if not warmup:       # LibMTL: the first call only sets the baseline
+          out.append((alpha.copy(), alpha @ J))
+          continue
       logits = np.log(alpha) + eta * e / (base + 1e-7)
       alpha = np.exp(logits - logits.max())
       alpha /= alpha.sum()
@@ -45,6 +48,17 @@ def test_recursion_matches_numpy(warmup):
     np.testing.assert_allclose(np.asarray(u["w"]), d, rtol=1e-4, atol=1e-6)
     if t < warmup or t == warmup == 0:
       np.testing.assert_allclose(np.asarray(state.weights), 1 / 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-4])
+def test_without_warmup_the_first_update_keeps_the_weights_uniform(scale):
+  """Ê/(Ê + 1e-7) is not uniform for gradients this small; the first update takes no step."""
+  tx = cg.excess_mtl(1.0, num_tasks=2)
+  params = {"w": jnp.zeros(4)}
+  J = scale * np.array([[1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.01, 0.01]])
+  u, state = tx.update({"w": jnp.asarray(J, jnp.float32)}, tx.init(params), params)
+  np.testing.assert_allclose(np.asarray(state.weights), 0.5, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(u["w"]), J.mean(0), rtol=1e-5)
 
 
 def test_task_far_from_its_optimum_gains_weight():
@@ -92,8 +106,8 @@ def test_a_task_with_zero_gradient_at_the_baseline_step_waits_for_its_own_baseli
   step = jax.jit(tx.update)
   state = tx.init(params)
   _, state = step({"w": jnp.array([[0.0, 0.0], [0.0, 1.0]])}, state, params)
-  # Task 0 has no risk (ratio 0), task 1 its own baseline (ratio 1): α ∝ (½e⁰, ½e¹).
-  first = np.array([1.0, np.e]) / (1.0 + np.e)
+  # The first update only sets the baselines (task 0 has no risk yet): α stays uniform.
+  first = np.array([0.5, 0.5])
   np.testing.assert_allclose(np.asarray(state.weights), first, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(state.baseline), [0.0, 1.0], rtol=1e-5, atol=1e-6)
   _, state = step({"w": jnp.array([[1.0, 0.0], [0.0, 1.0]])}, state, params)

@@ -83,3 +83,16 @@ def test_a_loss_equal_to_its_bound_is_inside_the_domain(min_losses):
   u, state = tx.update({"w": jnp.eye(2)}, tx.init(None), losses=losses)
   assert int(state.nonfinite_steps) == 0 and np.all(np.isfinite(np.asarray(u["w"])))
   assert float(state.weights[0]) > 0.99          # the task at its bound weighs the most
+
+
+@pytest.mark.parametrize("as_given", [list, tuple, np.asarray])
+def test_min_losses_as_a_list_or_tuple_weigh_as_the_array(as_given):
+  losses = jnp.array([1.0, 2.0])
+  reference = cg.famo(min_losses=jnp.array([0.5, 0.0]))
+  tx = cg.famo(min_losses=as_given([0.5, 0.0]))
+  expected = reference.update({"w": jnp.eye(2)}, reference.init(None), losses=losses)[1].weights
+  got = tx.update({"w": jnp.eye(2)}, tx.init(None), losses=losses)[1].weights
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(got), [0.8, 0.2], rtol=1e-5)   # ∝ 1/(l − min)
+  loss = cg.famo_loss(losses, jnp.zeros(2), as_given([0.5, 0.0]))
+  assert np.isfinite(float(loss))
