@@ -13,7 +13,7 @@ dataset-fashion-mnist``). Without it the example says so and overlays
 scikit-learn's bundled 8×8 digits (upscaled to 24×24) instead, so it runs offline.
 
 Usage (from the repository root):
-  python examples/conflict_dashboard.py [--steps 300] [--out docs/conflict_dashboard.png]
+  python examples/conflict_dashboard.py [--steps 300] [--out conflict_dashboard.png]
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--n-train", type=int, default=4000)
   parser.add_argument("--c", type=float, default=0.5)
-  parser.add_argument("--out", default="docs/conflict_dashboard.png")
+  parser.add_argument("--out", default="conflict_dashboard.png")
   parser.add_argument("--quiet", action="store_true")
   args = parser.parse_args(argv)
   history, name = train(args.steps, args.batch, args.n_train, c=args.c, verbose=not args.quiet)
