@@ -526,6 +526,15 @@ def raw_table(names, summary) -> str:
   return "\n".join(lines)
 
 
+
+def _mean_and_standard_error(curves):
+  """Mean and standard error (ddof = 1, over the seeds with a value) of each column."""
+  count = np.sum(~np.isnan(curves), axis=0)
+  spread = np.full(curves.shape[1], np.nan)
+  several = count > 1
+  spread[several] = np.nanstd(curves[:, several], axis=0, ddof=1) / np.sqrt(count[several])
+  return np.nanmean(curves, axis=0), spread
+
 def plot(names, results, method_names, seeds, cfg: Config, summary, path):
   import warnings
 
@@ -546,13 +555,13 @@ def plot(names, results, method_names, seeds, cfg: Config, summary, path):
     ax = axes[i]
     for n, (m, curves, _) in enumerate(series):
       c = np.array([smooth(np.asarray(cv, float)[:, i]) for cv in curves])
-      mu, se = np.nanmean(c, 0), np.nanstd(c, 0) / np.sqrt(len(seeds))
+      mu, se = _mean_and_standard_error(c)
       style = (dict(color="tab:red", lw=2) if m == "conicgrad"
                else dict(color=colours[n % len(colours)], lw=1))
       ax.plot(x, mu, label=m, **style)
       ax.fill_between(x, mu - se, mu + se, alpha=0.15, color=style["color"])
     c = np.array([smooth(np.asarray(results[f"stl_{i}", s]["curve"], float)[:, 0]) for s in seeds])
-    mu, se = np.nanmean(c, 0), np.nanstd(c, 0) / np.sqrt(len(seeds))
+    mu, se = _mean_and_standard_error(c)
     ax.plot(x, mu, color="k", ls="--", lw=1.5, label="STL PPO")
     ax.fill_between(x, mu - se, mu + se, alpha=0.15, color="k")
     ax.axhline(summary["random_return"][i], color="grey", ls=":", lw=1, label="random")
@@ -597,7 +606,10 @@ def run_all(tasks, method_names, seeds, cfg: Config, runs, baselines=True) -> di
   jobs += [(m, list(tasks), list(range(k))) for m in method_names]
   results = {}
   for m, ts, ids in jobs:
-    todo = [s for s in seeds if runs.get(f"{m}_seed{s}") is None]
+    # The seeds train as one vmapped batch, and rounding depends on the batch: when
+    # one is missing, the whole batch trains again, so that every seed's run is the
+    # one the same batch gives.
+    todo = list(seeds) if any(runs.get(f"{m}_seed{s}") is None for s in seeds) else []
     if todo and not _claim(runs, m):
       print(f"{m}: being trained by another process; skipped", flush=True)
       todo = []
@@ -605,7 +617,7 @@ def run_all(tasks, method_names, seeds, cfg: Config, runs, baselines=True) -> di
       t0 = time.perf_counter()
       method = "stl" if m.startswith("stl_") else m
       for r in train(ts, ids, k, method, todo, cfg):
-        runs.put(f"{m}_seed{r['seed']}", {**r, "method": m})
+        runs.put(f"{m}_seed{r['seed']}", {**r, "method": m, "seed_batch": list(todo)})
       print(f"{m}: {len(todo)} seeds in {time.perf_counter() - t0:.0f} s", flush=True)
     for s in seeds:
       results[m, s] = runs.get(f"{m}_seed{s}")

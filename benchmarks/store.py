@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 
 _MAX_NAME = 120
+_LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "conicgrad_jax")
+
+
+@functools.lru_cache(maxsize=None)
+def library_fingerprint(root: str = _LIBRARY) -> str:
+  """A digest of the library's Python sources, read once per process (the code it
+  runs): runs stored under another one came from other code (recorded with every
+  run as ``"library"``)."""
+  digest = hashlib.sha1()
+  for folder, subfolders, files in sorted(os.walk(root)):
+    subfolders.sort()
+    for name in sorted(f for f in files if f.endswith(".py")):
+      path = os.path.join(folder, name)
+      digest.update(os.path.relpath(path, root).encode())
+      with open(path, "rb") as f:
+        digest.update(f.read())
+  return digest.hexdigest()[:12]
 
 
 class RunStore:
@@ -34,13 +53,31 @@ class RunStore:
       return json.load(f)
 
   def put(self, key: str, result: dict) -> dict:
+    result = {**result, "library": result.get("library", library_fingerprint())}
     tmp = self._path(key) + ".tmp"
     with open(tmp, "w") as f:
       json.dump(result, f, indent=1)
     os.replace(tmp, self._path(key))
     return result
 
-  def run(self, key: str, compute):
-    """The stored result of ``key``, or ``compute()`` stored under it."""
+  def run(self, key: str, compute, *, current_library_only: bool = False):
+    """The stored result of ``key``, or ``compute()`` stored under it.
+
+    With ``current_library_only`` a result stored by another version of the
+    library (see :func:`library_fingerprint`) is computed again.
+    """
     found = self.get(key)
-    return found if found is not None else self.put(key, compute())
+    if found is not None and not (current_library_only
+                                  and found.get("library") != library_fingerprint()):
+      return found
+    return self.put(key, compute())
+
+  def from_other_libraries(self) -> list:
+    """The keys (file names) of the stored runs that another library version computed."""
+    current, other = library_fingerprint(), []
+    for name in sorted(os.listdir(self.folder)):
+      if name.endswith(".json"):
+        with open(os.path.join(self.folder, name)) as f:
+          if json.load(f).get("library") != current:
+            other.append(name[:-len(".json")])
+    return other

@@ -16,6 +16,7 @@ method over all task metrics (1 = best).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import time
@@ -53,17 +54,21 @@ class Protocol(NamedTuple):
   lr: float
 
 
-def make_method(name: str, k: int, is_shared):
+def make_method(name: str, k: int, is_shared, seed: int = 0):
+  """The method ``name`` for K tasks; a method that draws random numbers draws them
+  from ``seed`` (the run's)."""
   if name.startswith("stl_"):
     i = int(name.split("_")[1])
     return cg.linear_scalarization(weights=jnp.eye(k)[i], shared=is_shared, num_tasks=k)
-  return cg.methods()[name].factory(shared=is_shared, num_tasks=k)
+  factory = cg.methods()[name].factory
+  kwargs = {"seed": seed} if "seed" in inspect.signature(factory).parameters else {}
+  return factory(shared=is_shared, num_tasks=k, **kwargs)
 
 
-def make_step(task: Task, method_name: str, protocol: Protocol):
+def make_step(task: Task, method_name: str, protocol: Protocol, seed: int = 0):
   """The jitted training step ``(params, state, x, y) -> (params, state, losses)`` and its init."""
   k = len(task.task_names)
-  opt = optax.chain(make_method(method_name, k, task.is_shared), optax.adam(protocol.lr))
+  opt = optax.chain(make_method(method_name, k, task.is_shared, seed), optax.adam(protocol.lr))
   grads_fn = cg.value_and_task_grads(task.task_losses, shared=task.is_shared)
 
   @jax.jit
@@ -78,7 +83,7 @@ def make_step(task: Task, method_name: str, protocol: Protocol):
 def train_and_evaluate(task: Task, method_name: str, seed: int, protocol: Protocol) -> dict:
   (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = task.data
   params = task.init_params(seed)
-  step, init = make_step(task, method_name, protocol)
+  step, init = make_step(task, method_name, protocol, seed)
   opt_state = init(params)
 
   def epoch(p, s, xs, ys):

@@ -14,7 +14,10 @@ the comparison table uses every
 method's defaults (ConicGrad c = 0.5), fixed before any sweep. And a preference
 sweep (p, 1 − p), p ∈ {0.05, …, 0.95}, from the start (0, 0) for ConicGrad and
 the preference-aware baselines (UPGrad, DualProj, Aligned-MTL, ConFIG, linear
-scalarisation with weights p), each compared with the true Pareto front.
+scalarisation with weights p), each compared with the true Pareto front (the distance
+in loss space to the polyline through 400 points of it). FAMO also runs with the settings
+of its reference code's toy trainer (``REFERENCE_TOY_SETTINGS``). Stored runs made by
+another version of the library are computed again.
 
 Usage:
   python -m benchmarks toy [--methods a,b] [--steps 35000] [--quick] [--out DIR]
@@ -47,6 +50,9 @@ BASELINE_SWEEPS = {"cagrad": ("c", C_SWEEP),
                    "sdmgrad": ("lamda", (0.1, 0.3, 0.5, 0.75, 0.9)),
                    "gradnorm": ("alpha", (0.5, 1.0, 1.5, 2.0, 3.0)),
                    "dwa": ("temperature", (0.5, 1.0, 2.0, 5.0, 10.0))}
+# Methods whose reference code runs the toy with settings other than its defaults: FAMO's
+# toy trainer bounds the losses below by (−21·0.1, −21) and drops the logits' decay.
+REFERENCE_TOY_SETTINGS = {"famo": {"min_losses": (-2.1, -21.0), "gamma": 0.0}}
 PREFERENCES = tuple(np.round(np.linspace(0.05, 0.95, 7), 3))
 QUICK_METHODS = ("linear_scalarization", "conicgrad", "famo", "cagrad")
 PREFERENCE_METHODS = ("conicgrad", "upgrad", "dualproj", "aligned_mtl", "config",
@@ -94,6 +100,16 @@ def summarise(paths, curves, final, best, tol=toy_ex.REACHED_TOL):
   return {"reached": sum(s["reached_global_minimum"] for s in per_start), "starts": per_start,
           "path": paths[:: max(1, paths.shape[0] // 200)].tolist(),
           "mean_curve": curves.mean(1)[:: max(1, curves.shape[0] // 200)].tolist()}
+
+
+def distance_to_front(point, front):
+  """Distance from ``point`` to the polyline through the front's points (its segments,
+  not only its vertices, which lie up to 0.1 apart in loss space)."""
+  a, b = front[:-1], front[1:]
+  ab = b - a
+  t = np.clip(np.sum((np.asarray(point) - a) * ab, axis=1)
+              / np.maximum(np.sum(ab * ab, axis=1), np.finfo(np.float64).tiny), 0.0, 1.0)
+  return float(np.min(np.linalg.norm(a + t[:, None] * ab - np.asarray(point), axis=1)))
 
 
 def true_front(n=400):
@@ -201,9 +217,10 @@ def main(argv=None):
 
   results = {}
   for n in tqdm(names, desc="methods"):
-    results[n] = runs.run(n, job(n))
+    results[n] = runs.run(n, job(n), current_library_only=True)
   def run_sweep(n, arg, grid):
-    return {f"{n}({arg}={v})": runs.run(f"{n}_{arg}{v}", job(n, **{arg: v}))
+    return {f"{n}({arg}={v})": runs.run(f"{n}_{arg}{v}", job(n, **{arg: v}),
+                                        current_library_only=True)
             for v in tqdm(grid, desc=f"{n} {arg} sweep")}
 
   sweep = run_sweep("conicgrad", "c", C_SWEEP if not args.quick else (0.25,))
@@ -211,6 +228,10 @@ def main(argv=None):
   for n, (arg, grid) in BASELINE_SWEEPS.items():
     if n in names:
       baseline_sweeps.update(run_sweep(n, arg, grid if not args.quick else grid[:1]))
+  reference_settings = {
+      f"{n}(reference toy settings)": runs.run(f"{n}_reference_toy_settings",
+                                               job(n, **kwargs), current_library_only=True)
+      for n, kwargs in REFERENCE_TOY_SETTINGS.items() if n in names}
   pref = {}
   for n in tqdm([m for m in PREFERENCE_METHODS if m in names or not (args.methods or args.quick)],
                 desc="preference sweep"):
@@ -223,20 +244,21 @@ def main(argv=None):
         paths, _, final = run_starts(make_method(n, **kwargs), steps, toy_ex.STARTS[1:2])
         return {"p": float(p), "final_losses": final[0].tolist(), "final_x": paths[-1, 0].tolist()}
 
-      rows.append(runs.run(f"pref_{n}_{p}", compute))
+      rows.append(runs.run(f"pref_{n}_{p}", compute, current_library_only=True))
     pref[n] = rows
   front = true_front()
   for rows in pref.values():
     for r in rows:   # distance in loss space to the true front
-      r["distance_to_front"] = float(np.min(np.linalg.norm(front - np.asarray(r["final_losses"]),
-                                                           axis=1)))
+      r["distance_to_front"] = distance_to_front(r["final_losses"], front)
   out = {"benchmark": "toy", "quick": args.quick, "steps": steps, "tolerance": toy_ex.REACHED_TOL,
          "global_minimum": best, "argmin": best_x.tolist(), "machine": timing.machine(),
          "methods": {n: {k: v for k, v in r.items() if k != "path"} for n, r in results.items()},
          "c_sweep": {n: {k: v for k, v in r.items() if k != "path"} for n, r in sweep.items()},
          "baseline_sweeps": {n: {k: v for k, v in r.items() if k != "path"}
                              for n, r in baseline_sweeps.items()},
-         "preference_sweep": pref}
+         "reference_settings": {n: {k: v for k, v in r.items() if k != "path"}
+                                for n, r in reference_settings.items()},
+         "preference_sweep": pref, "library": store_m.library_fingerprint()}
   with open(os.path.join(args.out, f"{name}.json"), "w") as f:
     json.dump(out, f, indent=1)
   plot_methods({**results, **sweep}, best_x, os.path.join(args.out, f"{name}.png"))
@@ -244,7 +266,7 @@ def main(argv=None):
                    os.path.join(args.out, f"{name}_convergence.png"))
   plot_preferences(pref, front, os.path.join(args.out, f"{name}_preference.png"))
   print(f"{'method':<26} reached  first steps within {toy_ex.REACHED_TOL} (per start)")
-  for n, r in {**results, **sweep, **baseline_sweeps}.items():
+  for n, r in {**results, **sweep, **baseline_sweeps, **reference_settings}.items():
     print(f"{n:<26} {r['reached']}/5     "
           f"{[s['first_step_within_tol'] for s in r['starts']]}")
   for n, rows in pref.items():

@@ -66,7 +66,32 @@ def test_run_store_resumes(tmp_path):
   first = runs.run("conicgrad_seed0", lambda: calls.append(1) or {"v": 1})
   again = store_m.RunStore(str(tmp_path), "bench").run("conicgrad_seed0",
                                                         lambda: calls.append(2) or {"v": 2})
-  assert first == again == {"v": 1} and calls == [1]
+  assert first["v"] == again["v"] == 1 and calls == [1]
+  assert first["library"] == store_m.library_fingerprint()
+
+
+def test_a_run_another_library_version_stored_is_recomputed_only_when_asked(tmp_path):
+  runs = store_m.RunStore(str(tmp_path), "bench")
+  runs.put("toy_run", {"v": 1, "library": "000000000000"})
+  runs.put("current_run", {"v": 2})
+  assert runs.from_other_libraries() == ["toy_run"]
+  assert runs.run("toy_run", lambda: {"v": 3})["v"] == 1
+  redone = runs.run("toy_run", lambda: {"v": 3}, current_library_only=True)
+  assert redone == {"v": 3, "library": store_m.library_fingerprint()}
+  assert runs.run("current_run", lambda: {"v": 4}, current_library_only=True)["v"] == 2
+  assert runs.from_other_libraries() == []
+
+
+def test_the_library_fingerprint_follows_the_sources(tmp_path):
+  (tmp_path / "sub").mkdir()
+  (tmp_path / "a.py").write_text("x = 1\n")
+  (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+  (tmp_path / "notes.txt").write_text("ignored")
+  before = store_m.library_fingerprint.__wrapped__(str(tmp_path))
+  (tmp_path / "notes.txt").write_text("still ignored")
+  assert store_m.library_fingerprint.__wrapped__(str(tmp_path)) == before
+  (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+  assert store_m.library_fingerprint.__wrapped__(str(tmp_path)) != before
 
 
 def test_run_store_keys_longer_than_a_file_name_stay_distinct(tmp_path):
@@ -76,8 +101,20 @@ def test_run_store_keys_longer_than_a_file_name_stay_distinct(tmp_path):
   long_b = long_a.replace("_b8", "_b4")
   runs.put(long_a, {"x": 1})
   runs.put(long_b, {"x": 2})
-  assert runs.get(long_a) == {"x": 1} and runs.get(long_b) == {"x": 2}
+  assert runs.get(long_a)["x"] == 1 and runs.get(long_b)["x"] == 2
   assert all(len(name) < 255 for name in os.listdir(runs.folder))
+
+
+def test_toy_distance_to_front_measures_to_its_segments_not_its_vertices():
+  from benchmarks import toy
+  front = toy.true_front()
+  midpoint = 0.5 * (front[200] + front[201])
+  assert np.min(np.linalg.norm(front - midpoint, axis=1)) > 1e-3   # the vertices are apart
+  assert toy.distance_to_front(midpoint, front) < 1e-6
+  # Off the front along the segment's normal, at 0.01.
+  tangent = (front[201] - front[200]) / np.linalg.norm(front[201] - front[200])
+  off = midpoint + 0.01 * np.array([-tangent[1], tangent[0]])
+  assert toy.distance_to_front(off, front) == pytest.approx(0.01, rel=1e-3)
 
 
 def test_overlay_places_both_images():
@@ -174,7 +211,7 @@ def test_stored_step_times_are_retimed_when_they_miss_a_method(tmp_path):
     summary = supervised.run_benchmark(task, args, names, supervised.Protocol(1, 16, 1e-2))
   assert summary["methods"]["famo"]["time_per_step_s"] > 0
   stored = store_m.RunStore(str(tmp_path), "tiny_e1_b16_lr0.01_n64").get("step_times_rounds10")
-  assert set(stored) == {"linear_scalarization", "famo"}
+  assert set(stored) == {"linear_scalarization", "famo", "library"}
 
 
 # ----------------------------------------------------------------------------- converged protocol
@@ -462,6 +499,13 @@ def test_perf_compile_stages_remove_the_stages_they_name(tmp_path):
   assert rows[0]["ratio_to_whole"] == 1.0
   assert cone._crossover.__module__ == cone._primal_barrier.__module__ == cone.__name__
   assert "Where ConicGrad's compile time goes" in (tmp_path / "perf_quick.md").read_text()
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "rlw", "graddrop", "gradvac"])
+def test_short_protocol_methods_draw_their_random_numbers_from_the_run_seed(method):
+  keys = [supervised.make_method(method, 3, None, seed).init(None).key for seed in (0, 1, 2)]
+  assert len({tuple(np.asarray(k).ravel()) for k in keys}) == 3
+  assert supervised.make_method("mgda", 3, None, 2) is not None
 
 
 def test_converged_methods_draw_their_random_numbers_from_the_run_seed():

@@ -94,9 +94,11 @@ def test_runs_resume_from_the_store(tmp_path, monkeypatch):
   (tmp_path / "mtrl_runs" / "conicgrad_seed1.json").unlink()      # one seed lost
   again = mtrl.run_all(tasks, ["conicgrad"], [0, 1], mtrl.Config(), store_m.RunStore(
       str(tmp_path), "mtrl"))
-  assert calls[3:] == [("conicgrad", (1,))]                      # only the missing seed reruns
+  # The seeds' batch trains again (rounding depends on it); the complete ones do not.
+  assert calls[3:] == [("conicgrad", (0, 1))]
   assert again[("stl_0", 0)] == first[("stl_0", 0)]
   assert again[("conicgrad", 1)]["method"] == "conicgrad"
+  assert again[("conicgrad", 1)]["seed_batch"] == [0, 1]
 
 
 @pytest.mark.slow
@@ -140,3 +142,12 @@ def test_generalized_advantages_by_hand():
   np.testing.assert_allclose(np.asarray(adv), [[1.292, 0.5184], [0.6, 0.72], [0.88, 1.0]],
                              rtol=1e-6)
   np.testing.assert_allclose(np.asarray(target), np.asarray(adv) + values, rtol=1e-6)
+
+
+def test_learning_curve_bands_are_standard_errors_over_the_seeds_with_a_value():
+  curves = np.array([[1.0, np.nan, 5.0], [3.0, 2.0, 5.0], [5.0, 4.0, 5.0]])
+  mean, se = mtrl._mean_and_standard_error(curves)
+  np.testing.assert_allclose(mean, [3.0, 3.0, 5.0])
+  # ddof = 1: s.d. 2 over 3 seeds, √2 over the 2 seeds with a value, 0.
+  np.testing.assert_allclose(se, [2.0 / np.sqrt(3.0), np.sqrt(2.0) / np.sqrt(2.0), 0.0])
+  assert np.isnan(mtrl._mean_and_standard_error(np.array([[1.0], [np.nan]]))[1][0])
