@@ -90,3 +90,21 @@ def project_simplex(v: jax.Array) -> jax.Array:
 def abs_zero_subgradient(x):
   """|x| whose derivative at 0 is 0 (``torch.abs``'s subgradient; ``jnp.abs`` takes 1 there)."""
   return x * jax.lax.stop_gradient(jnp.sign(x))
+
+
+def task_stacked_zeros(num_tasks: int, like, dtype) -> jax.Array:
+  """Zeros of shape (K,) + ``like``'s shape, placed like the task gradients of ``like``.
+
+  A concrete ``like`` sharded by a ``NamedSharding`` gives the zeros its sharding with
+  the task axis replicated, ``P(None, *spec)``, so that a buffer of K stacked gradients
+  (an accumulator, a method's state) stays sharded as the parameters are; otherwise
+  (under ``jit``, one device) plain zeros, placed by XLA.
+  """
+  shape = (num_tasks,) + jnp.shape(like)
+  sharding = (like.sharding if isinstance(like, jax.Array)
+              and not isinstance(like, jax.core.Tracer) else None)
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    stacked = jax.sharding.NamedSharding(sharding.mesh,
+                                         jax.sharding.PartitionSpec(None, *sharding.spec))
+    return jnp.zeros(shape, dtype, device=stacked)
+  return jnp.zeros(shape, dtype)

@@ -101,8 +101,8 @@ def accumulate_task_grads(inner: optax.GradientTransformation, every: int, *,
     # round micro-batch contributions away); the mean goes to the method in the
     # gradients' own dtype.
     zeros = jax.tree_util.tree_map(
-        lambda p: jnp.zeros((num_tasks,) + jnp.shape(p),
-                            _numeric.solver_dtype(jnp.result_type(p))), params)
+        lambda p: _numeric.task_stacked_zeros(num_tasks, p,
+                                              _numeric.solver_dtype(jnp.result_type(p))), params)
     return AccumulationState(zeros, jnp.zeros((num_tasks,), aggregator.state_dtype(params)),
                              jnp.zeros((), jnp.int32), inner.init(params))
 

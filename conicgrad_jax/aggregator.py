@@ -211,7 +211,8 @@ def stacked_gradient_transformation(
     # Weakly-typed leaves (e.g. jnp.full with a Python fill) would change type
     # after the first update and make jit compile a second time. Every leaf is
     # also its own buffer, so that a donated state never donates one twice.
-    return jax.tree_util.tree_map(lambda x: jnp.array(x, dtype=x.dtype, copy=True), state)
+    return jax.tree_util.tree_map(
+        lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype, copy=True), state)
 
   def initial_state(k, params):
     dtype = state_dtype(params)
@@ -502,10 +503,11 @@ class KeyedState(NamedTuple):
 def keyed_state(seed):
   """``init_state`` of a :class:`KeyedState` seeded with ``seed``."""
   validation.check_integer("seed", seed)
-  base_key = jax.random.PRNGKey(seed)
 
   def init_state(k, dtype=jnp.float32):
-    return KeyedState(placeholder_weights(k, dtype), base_key, jnp.zeros((), jnp.int32))
+    # The key is made here, not at construction: building a method starts no backend.
+    return KeyedState(placeholder_weights(k, dtype), jax.random.PRNGKey(seed),
+                      jnp.zeros((), jnp.int32))
 
   return init_state
 

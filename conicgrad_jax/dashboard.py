@@ -62,15 +62,14 @@ def running_mean(y, window: int):
     return np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)
 
 
-def _pyplot():
+def _matplotlib():
+  """matplotlib, for figures built without pyplot: the user's backend is left as it is."""
   try:
     import matplotlib
+    import matplotlib.figure
   except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("The dashboard needs matplotlib: pip install 'conicgrad-jax[dashboard]'.") from e
-  if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "cairo"):
-    matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
+  return matplotlib
 
 
 def plot_dashboard(history, path: Optional[str] = None, *,
@@ -97,7 +96,7 @@ def plot_dashboard(history, path: Optional[str] = None, *,
   Returns:
     The matplotlib ``Figure``.
   """
-  plt = _pyplot()
+  mpl = _matplotlib()
   h = stack_history(history)
   t, k = h.weights.shape
   names = list(task_names) if task_names is not None else [str(i) for i in range(k)]
@@ -109,7 +108,7 @@ def plot_dashboard(history, path: Optional[str] = None, *,
   loss = h.losses if losses is None else np.asarray(losses)
   if loss.shape != (t, k):
     raise ValueError(f"`losses` has shape {loss.shape}; expected ({t}, {k}).")
-  colors = plt.get_cmap("tab10")
+  colors = mpl.colormaps["tab10"]
   window = max(1, t // 40) if smooth is None else int(smooth)
 
   def lines(ax, y, color, label, **kw):
@@ -119,7 +118,8 @@ def plot_dashboard(history, path: Optional[str] = None, *,
     else:
       ax.plot(x, y, color=color, lw=1.2, label=label, **kw)
 
-  fig, axes = plt.subplots(3, 2, figsize=(12, 10.5), constrained_layout=True)
+  fig = mpl.figure.Figure(figsize=(12, 10.5), layout="constrained")
+  axes = fig.subplots(3, 2)
   ax = axes[0, 0]
   if np.any(np.isfinite(loss)):
     for i, n in enumerate(names):

@@ -159,8 +159,9 @@ def combine(weights: jax.Array, task_grads: PyTree, out_dtypes: PyTree = None,
   Returns:
     A pytree with the task axis contracted away.
   """
-  if jnp.ndim(weights) != 1:
-    raise ValueError(f"`weights` must be a (K,) vector, got shape {jnp.shape(weights)}.")
+  weights = jnp.asarray(weights)
+  if weights.ndim != 1:
+    raise ValueError(f"`weights` must be a (K,) vector, got shape {weights.shape}.")
   paths_leaves = jax.tree_util.tree_flatten_with_path(task_grads)[0]
   validation.check_leading_axis(paths_leaves, jnp.shape(weights)[0], "`weights`")
   for path, leaf in paths_leaves:

@@ -47,6 +47,19 @@ def test_stack_history_and_png(tmp_path):
     dashboard.plot_dashboard(history, steps=[0, 10, 20])
 
 
+def test_drawing_leaves_the_users_matplotlib_backend_alone(tmp_path):
+  import subprocess
+  code = ("import matplotlib; matplotlib.use('ps')\n"
+          "import jax.numpy as jnp, conicgrad_jax as cg\n"
+          "from conicgrad_jax import dashboard\n"
+          "d = cg.conflict_diagnostics(jnp.eye(2), jnp.full(2, 0.5), jnp.ones(2))\n"
+          f"dashboard.plot_dashboard([d, d], {str(tmp_path / 'd.png')!r})\n"
+          "print(matplotlib.get_backend())")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.split()[-1] == "ps", out.stdout + out.stderr
+  assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.slow
 def test_conflict_dashboard_example_runs_small(tmp_path):
   import conflict_dashboard

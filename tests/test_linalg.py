@@ -134,6 +134,7 @@ def test_combine_names_weights_that_do_not_match_the_task_axis():
   with pytest.raises(ValueError, match=r"leaf \['a'\] has shape \(2, 3\); `weights` has K = 3"):
     combine(jnp.ones(3), tree)
   np.testing.assert_allclose(np.asarray(combine(jnp.array([1.0, 2.0]), tree)["a"]), [3.0] * 3)
+  np.testing.assert_allclose(np.asarray(combine([1.0, 2.0], tree)["a"]), [3.0] * 3)   # a list
 
 
 def test_combine_refuses_integer_leaves_by_name():

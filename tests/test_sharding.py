@@ -146,3 +146,26 @@ def test_flax_sharded_step_memory_per_device_falls_with_the_model_axis():
   totals = [s["argument_bytes"] + s["output_bytes"] + s["temp_bytes"] for s in sizes]
   assert all(b < a for a, b in zip(totals, totals[1:])), totals
   assert totals[-1] < 0.35 * totals[0], totals
+
+
+def test_buffers_of_stacked_gradients_are_sharded_like_the_task_gradients():
+  """The accumulator of accumulate_task_grads and the K-stacked buffers of MoCo, DB-MTL and
+  ExcessMTL get the parameters' sharding with the task axis replicated at init (as Adam's
+  moments keep the parameters'), and keep it through the steps: no device holds all K×m."""
+  mesh, params, grads, sp, sg, _ = _setup()
+  stacked = jax.tree_util.tree_map(lambda p: NamedSharding(mesh, P(None, *p.sharding.spec)), sp)
+  names = sorted(params)   # the buffers' order: the parameters' leaves
+  accumulate = cg.accumulate_task_grads(cg.mgda(num_tasks=K), 2, num_tasks=K)
+  buffers = {"accumulate_task_grads": list(accumulate.init(sp).mean_task_grads.values())}
+  for name in ("moco", "db_mtl"):
+    buffers[name] = cg.methods()[name].factory(num_tasks=K).init(sp).buffers
+  buffers["excess_mtl"] = cg.excess_mtl(num_tasks=K).init(sp).sq_grad_sums
+  for method, leaves in buffers.items():
+    for name, leaf in zip(names, leaves):
+      assert leaf.sharding.is_equivalent_to(stacked[name], leaf.ndim), (method, name)
+  step = jax.jit(accumulate.update)
+  state = accumulate.init(sp)
+  for _ in range(3):
+    _, state = step(sg, state, sp)
+    for name, leaf in state.mean_task_grads.items():
+      assert leaf.sharding.is_equivalent_to(stacked[name], leaf.ndim), name

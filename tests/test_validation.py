@@ -134,8 +134,10 @@ def test_preference_length_checked_against_num_tasks_at_construction(factory):
     factory(preference=np.ones(2), num_tasks=3)
 
 
-def test_preference_length_checked_against_k_at_trace_time():
-  tx = conicgrad(0.5, preference=np.ones(3))
+@pytest.mark.parametrize("factory", [lambda p: conicgrad(0.5, preference=p),
+                                     lambda p: cg.config(preference=p)])
+def test_preference_length_checked_against_k_at_trace_time(factory):
+  tx = factory(np.ones(3))
   with pytest.raises(ValueError, match="built for K = 3.*length of its `preference`"):
     tx.update({"a": jnp.ones((2, 4))}, tx.init(None))
 
@@ -279,6 +281,8 @@ def test_building_a_method_starts_no_backend():
   code = ("import conicgrad_jax as cg\n"
           "from jax._src import xla_bridge\n"
           "cg.conicgrad(0.5, num_tasks=2, precision='highest'); cg.with_diagnostics(cg.mgda())\n"
+          "for info in cg.methods().values(): info.factory(num_tasks=3)\n"
+          "cg.skip_nonfinite(cg.pcgrad(num_tasks=3)); cg.accumulate_task_grads(cg.rlw(), 2, num_tasks=3)\n"
           "print(xla_bridge.backends_are_initialized())")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.split()[-1] == "False", out.stdout + out.stderr

@@ -60,7 +60,7 @@ def zero_buffers(shared: validation.SharedSpec, params, k: int, method: str) -> 
   if params is None:
     raise ValueError(f"{method} builds its buffers from the parameters: call init(params).")
   flags = validation.resolve_shared(shared, params)
-  return [jnp.zeros((k,) + jnp.shape(p), _numeric.solver_dtype(jnp.result_type(p)))
+  return [_numeric.task_stacked_zeros(k, p, _numeric.solver_dtype(jnp.result_type(p)))
           for p, f in zip(jax.tree_util.tree_leaves(params), flags) if f]
 
 

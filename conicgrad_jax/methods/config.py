@@ -6,6 +6,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from conicgrad_jax import _numeric
@@ -100,6 +101,8 @@ def config(*, preference=None, shared: validation.SharedSpec = None,
   """
   validation.check_static_positive_int("num_tasks", num_tasks, allow_none=True)
   validation.check_preference(preference, num_tasks)
+  if preference is not None and num_tasks is None:
+    num_tasks = int(np.shape(preference)[0])
 
   def weighting(gram, **_):
     return config_weighting(gram, preference)

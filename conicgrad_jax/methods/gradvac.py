@@ -160,11 +160,10 @@ def gradvac(*, beta: float = 0.5, eps: float = 1e-8, seed: int = 0,
   validation.check_unit_interval("beta", beta, closed_right=True)
   validation.check_positive("eps", eps, allow_zero=True)
   validation.check_integer("seed", seed)
-  base_key = jax.random.PRNGKey(seed)
 
   def init_state(k, dtype):
     kk = k if k is not None else 0
-    return GradVacState(aggregator.placeholder_weights(k, dtype), base_key,
+    return GradVacState(aggregator.placeholder_weights(k, dtype), jax.random.PRNGKey(seed),
                         jnp.zeros((kk, kk), dtype), jnp.zeros((), jnp.int32))
 
   def weigh(gram, state, **_):

@@ -401,7 +401,8 @@ def solve_cone_dual(gram, c, preference=None, *, tol=None, max_iter=200,
     unit update direction d̂ (zero when g0 = 0) and ``diagnostics`` is a
     :class:`ConicDiagnostics`.
   """
-  if jnp.ndim(gram) != 2 or jnp.shape(gram)[0] != jnp.shape(gram)[1]:
+  gram = jnp.asarray(gram)
+  if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
     raise ValueError(f"`gram` must be a square K×K matrix, got shape {jnp.shape(gram)}.")
   validation.check_unit_interval("c", c)
   validation.check_preference(preference)

@@ -372,6 +372,11 @@ def test_bad_scale_and_preference_shape():
     conic_weighting(G, 0.5, scale="bogus")
   with pytest.raises(ValueError, match="preference"):
     conic_weighting(G, 0.5, preference=jnp.ones(2))
+  with pytest.raises(ValueError, match="square"):
+    conic_weighting([[1.0, 0.0]], 0.5)
+  # A nested list is a Gram matrix too: orthogonal gradients of lengths 1 and 2.
+  weights, _ = conic_weighting([[1.0, 0.0], [0.0, 4.0]], 0.5)
+  np.testing.assert_allclose(np.asarray(weights), [1.0, 0.25], rtol=1e-5)
 
 
 def test_vmap_over_independent_problems():
