@@ -679,7 +679,10 @@ def main(argv=None):
   with open(os.path.join(args.out, f"{tag}.json"), "w") as f:
     json.dump({"benchmark": "mtrl", "quick": args.quick, "tasks": names,
                "protocol": {**cfg._asdict(), "steps_per_task": cfg.steps_per_task},
-               "seeds": list(seeds), "machine": timing.machine(), **summary}, f, indent=1)
+               "seeds": list(seeds), "machine": timing.machine(),
+               "library": store_m.library_fingerprint(),
+               "runs_from_other_library_versions": runs.from_other_libraries(),
+               **summary}, f, indent=1)
   plot(names, results, methods, seeds, cfg, summary, os.path.join(args.out, f"{tag}.png"))
   table = (markdown_table(names, summary)
            + "\n\nRaw returns (last tenth of training, mean ± s.e. over seeds); score vs "

@@ -302,7 +302,10 @@ def run_benchmark(task: Task, args, methods, protocol: Protocol) -> dict:
   with open(os.path.join(args.out, f"{tag}.json"), "w") as f:
     json.dump({"benchmark": task.name, "quick": args.quick, "protocol": protocol._asdict(),
                "sizes": {"train": len(x_tr), "val": len(x_va), "test": len(x_te)},
-               "seeds": list(seeds), "machine": timing.machine(), **summary}, f, indent=1)
+               "seeds": list(seeds), "machine": timing.machine(),
+               "library": store_m.library_fingerprint(),
+               "runs_from_other_library_versions": runs.from_other_libraries(),
+               **summary}, f, indent=1)
   plot(task, summary, os.path.join(args.out, f"{tag}.png"))
   table = markdown_table(task, summary)
   with open(os.path.join(args.out, f"{tag}.md"), "w") as f:
