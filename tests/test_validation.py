@@ -10,6 +10,12 @@ import pytest
 import conicgrad_jax as cg
 from conicgrad_jax import conicgrad, value_and_task_grads
 from conicgrad_jax import validation
+from conicgrad_jax.methods import aligned_mtl as aligned_mtl_m
+from conicgrad_jax.methods import cagrad as cagrad_m
+from conicgrad_jax.methods import dualproj as dualproj_m
+from conicgrad_jax.methods import fairgrad as fairgrad_m
+from conicgrad_jax.methods import krum as krum_m
+from conicgrad_jax.methods import upgrad as upgrad_m
 
 
 @pytest.mark.parametrize("c", [-0.1, 1.0, 1.5, float("nan")])
@@ -423,3 +429,25 @@ def test_a_traced_max_iter_works(name):
     updates, state = step(grads, state, params)
   assert np.all(np.isfinite(np.asarray(updates["w"])))
   assert np.any(np.asarray(updates["w"]) != 0)
+
+
+_G3 = jnp.array([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: upgrad_m.upgrad_weighting(_G3, preference=jnp.zeros(3)), "preference"),
+    (lambda: dualproj_m.dualproj_weighting(_G3, preference=jnp.array([1.0, -1.0, 1.0])),
+     "preference"),
+    (lambda: aligned_mtl_m.aligned_mtl_weighting(_G3, preference=jnp.array([1.0, -1.0, 0.0])),
+     "preference"),
+    (lambda: upgrad_m.upgrad_weighting(_G3, preference=jnp.ones(2)), "preference"),
+    (lambda: krum_m.krum_weighting(_G3, -1), "n_byzantine"),
+    (lambda: krum_m.krum_weighting(_G3, 0, 0), "n_selected"),
+    (lambda: cagrad_m.cagrad_weighting(_G3, -1.0), "`c`"),
+    (lambda: fairgrad_m.fairgrad_weighting(_G3, 0.0), "alpha"),
+])
+def test_the_weighting_functions_check_their_options(call, name):
+  """The functional forms name a bad option as their factories do (a zero preference
+  gave NaN weights, FairGrad's α = 0 a ZeroDivisionError)."""
+  with pytest.raises(ValueError, match=name):
+    call()

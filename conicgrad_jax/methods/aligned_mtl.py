@@ -32,6 +32,7 @@ def aligned_mtl_weighting(gram: jax.Array, preference: Optional[jax.Array] = Non
   Returns:
     ``(weights (K,), no_solver_info())``.
   """
+  validation.check_preference(preference, gram.shape[0])
   if scale_mode not in SCALE_MODES:
     raise ValueError(f"`scale_mode` must be one of {SCALE_MODES}, got {scale_mode!r}.")
   dtype = _numeric.solver_dtype(gram.dtype)

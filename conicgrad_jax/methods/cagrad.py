@@ -25,8 +25,11 @@ def cagrad_weighting(gram: jax.Array, c: float = 0.5, *, rescale: int = 1,
   w* = argmin_{w∈Δ} wᵀG b + φ (wᵀGw)^½ with b = 1/K, the dual of
   max_d min_i ⟨g_i, d⟩ s.t. ‖d − g0‖ ≤ c‖g0‖ (its ½‖d‖² form in the paper).
   The inner problem is solved by a barrier method (the reference uses scipy
-  SLSQP); 1e-8 regularises the square root as in the reference. One
-  deviation: ‖g_w*‖ is floored at (K·ε)^½·Σ_i w*_i ‖g_i‖, the size of its
+  SLSQP); 1e-8 regularises the square root, as in the reference, but is added
+  after G is divided by its largest diagonal entry, so the weights do not
+  depend on the gradients' scale (the reference adds it to the raw G, which
+  changes its weights once ‖g_i‖² approaches 1e-8). Another deviation:
+  ‖g_w*‖ is floored at (K·ε)^½·Σ_i w*_i ‖g_i‖, the size of its
   rounding error from G, before dividing by it, so that d stays in the ball
   when g_w* vanishes (g0 ≈ 0 in float32); above the floor nothing changes.
 
@@ -45,6 +48,7 @@ def cagrad_weighting(gram: jax.Array, c: float = 0.5, *, rescale: int = 1,
   Returns:
     ``(weights (K,), SolverInfo(iterations))``.
   """
+  validation.check_unit_interval("c", c, closed_right=True)
   weights, info, _ = _solve(gram, c, rescale=rescale, tol=tol, max_iter=max_iter,
                             previous=previous)
   return weights, info

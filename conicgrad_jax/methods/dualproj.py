@@ -36,6 +36,7 @@ def dualproj_weighting(gram: jax.Array, preference: Optional[jax.Array] = None, 
   Returns:
     ``(weights (K,), SolverInfo(iterations))``.
   """
+  validation.check_preference(preference, gram.shape[0])
   p_hat = dual_cone.regularized_gram(gram, norm_eps, reg_eps)
   p = _numeric.as_preference(preference, p_hat.shape[0], p_hat.dtype)
   w, iterations = dual_cone.dual_cone_projection_weights(p_hat, p, tol=tol, max_iter=max_iter,

@@ -37,6 +37,9 @@ def fairgrad_weighting(gram: jax.Array, alpha: float = 1.0, *, max_norm: float =
   Returns:
     ``(weights (K,), SolverInfo(iterations))``.
   """
+  a = validation.concrete_float(alpha)
+  if a is not None and not 0 < a < float("inf"):
+    raise ValueError(f"`alpha` must be a finite positive number, got {alpha!r}.")
   weights, info, _ = _solve(gram, alpha, max_norm=max_norm, tol=tol, max_iter=max_iter,
                             previous=previous)
   return weights, info

@@ -43,6 +43,7 @@ def krum_weighting(gram: jax.Array, n_byzantine: int = 0, n_selected: int = 1, *
   Raises:
     ValueError: if ``n_selected`` > K.
   """
+  _check_counts(n_byzantine, n_selected)
   squared = validation.check_bool("squared", squared)
   k = gram.shape[0]
   if n_selected > k:

@@ -38,6 +38,7 @@ def upgrad_weighting(gram: jax.Array, preference: Optional[jax.Array] = None, *,
   Returns:
     ``(weights (K,), SolverInfo(iterations))``, iterations summed over the K QPs.
   """
+  validation.check_preference(preference, gram.shape[0])
   v, info = upgrad_projections(gram, preference, norm_eps=norm_eps, reg_eps=reg_eps, tol=tol,
                                max_iter=max_iter, previous=previous)
   return jnp.sum(v, axis=0), info
