@@ -99,7 +99,7 @@ def dualproj(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
     arXiv:2406.16232, 2024 (github.com/TorchJD/torchjd).
 
   Deviations from the reference code: the QP is solved in JAX by a barrier
-  method and an exact active-face solve (torchjd calls quadprog on the CPU).
+  method and exact active-set steps (torchjd calls quadprog on the CPU).
   """
   validation.check_static_positive_int("num_tasks", num_tasks, allow_none=True)
   validation.check_preference(preference, num_tasks)

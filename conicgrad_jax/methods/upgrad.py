@@ -123,7 +123,7 @@ def upgrad(*, preference=None, norm_eps: float = dual_cone.NORM_EPS,
     arXiv:2406.16232, 2024 (github.com/TorchJD/torchjd).
 
   Deviations from the reference code: the QPs are solved in JAX by a barrier
-  method and an exact active-face solve (torchjd calls quadprog on the CPU),
+  method and exact active-set steps (torchjd calls quadprog on the CPU),
   so the method runs under ``jit`` on any device.
   """
   validation.check_static_positive_int("num_tasks", num_tasks, allow_none=True)

@@ -310,7 +310,7 @@ def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array
 
   Without ``previous`` (or while it holds nothing) this is the cold solve:
   the barrier from ``x_cold`` at μ = 1 (then, for a ``quadratic`` f, the
-  exact active-face solve :func:`polish_quadratic`; with ``smooth_polish``, a
+  exact active-set solve :func:`polish_quadratic`; with ``smooth_polish``, a
   smooth f on the simplex, Newton steps on the active face,
   :func:`polish_on_simplex_face`). Otherwise, stages that
   each run only when the earlier ones were not certified:

@@ -24,7 +24,7 @@ def dual_cone_projection_weights(p_hat, u, *, tol=None, max_iter=100, previous=N
   """v* = argmin_v vᵀP̂v s.t. v ≥ u: Jᵀv* projects Jᵀu onto {x : Jx ≥ 0}.
 
   Solved as a non-negative QP in z = v − u by the barrier method and an
-  exact active-face solve (torchjd uses quadprog). With ``previous`` (a
+  exact active-set solve (torchjd uses quadprog). With ``previous`` (a
   :class:`~conicgrad_jax.solvers.barrier.PreviousSolution` holding an
   earlier v*) the solve starts from it and keeps the answer only when its
   duality gap, relative to the objective, certifies it to ``tol``
