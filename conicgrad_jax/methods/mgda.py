@@ -34,7 +34,7 @@ def gradient_normalizers(gram, losses, normalization):
 
 
 def min_norm_weights(gram, *, tol=None, max_iter=100, previous=None):
-  """w* = argmin_{w∈Δ} wᵀGw by the barrier method plus an exact active-face solve.
+  """w* = argmin_{w∈Δ} wᵀGw by the barrier method plus exact active-set steps.
 
   With ``previous`` (a :class:`~conicgrad_jax.solvers.barrier.PreviousSolution`
   holding an earlier w*) the solve starts from it and keeps the answer only
@@ -143,7 +143,7 @@ def mgda(normalization: str = "none", *, shared: validation.SharedSpec = None,
     NeurIPS 2018 (github.com/intel-isl/MultiObjectiveOptimization).
 
   Deviations from the reference code: w* is found by a barrier method plus an
-  exact active-face solve (the reference runs projected gradient with a line
+  exact active-set steps (the reference runs projected gradient with a line
   search, at most 250 iterations, and a closed form for K = 2 that clamps
   the weight to [0.001, 0.999], so it never returns a single task's gradient
   exactly; here w* is the exact min-norm point); the weights

@@ -160,21 +160,25 @@ def _if_feasible_and_no_worse(f, x, candidate, also=True):
 
 
 def polish_quadratic(f: Callable[[jax.Array], jax.Array], x: jax.Array,
-                     gap_bound: jax.Array, *, simplex: bool) -> jax.Array:
-  """The exact minimiser of a convex quadratic f, by active-set steps from the barrier's point.
+                     gap_bound: jax.Array, *, simplex: bool) -> tuple[jax.Array, jax.Array]:
+  """Active-set steps for a convex quadratic f from the barrier's point x.
 
   Starts from the barrier's active face, x_i > √(gap bound), and solves the KKT
   system of min f on {x_i = 0 for inactive i (, Σx = 1)} by least squares
   (singular Hessians are fine). A face whose solution has negative weights
   loses them; otherwise the inactive coordinate whose reduced gradient
-  ∂f/∂x_i (+ the simplex multiplier) is most negative joins it; up to 2K + 2
-  faces. The first solution that meets the KKT conditions to rounding (every
-  weight ≥ 0, every reduced gradient ≥ 0) is returned: the barrier's
+  ∂f/∂x_i (+ the simplex multiplier) is most negative joins it; the steps end
+  at a solution that meets the KKT conditions' signs to rounding (every weight
+  ≥ 0, every reduced gradient ≥ 0), or after 2K + 2 faces. The barrier's
   stopping rule is an absolute gap, which leaves a relative error of several
   percent where the optimum is small against the objective's scale (MGDA's
-  min norm far below max ‖g_i‖, a nearly vanishing projection in UPGrad),
-  and the face it suggests can be wrong there. Without such a solution the
-  last face's solution is kept only if it is feasible and does not increase f.
+  min norm far below max ‖g_i‖, a nearly vanishing projection in UPGrad), and
+  the face it suggests can be wrong there.
+
+  Returns the best point seen, x or a feasible face solution, by the change of
+  f from x computed exactly for a quadratic (∇f(x)ᵀd + ½dᵀHd: differences of f
+  values are rounding at that scale), so the result is never worse than x;
+  and the number of faces solved.
   """
   k = x.shape[0]
   dtype = x.dtype
@@ -184,6 +188,7 @@ def polish_quadratic(f: Callable[[jax.Array], jax.Array], x: jax.Array,
   lin = jax.grad(f)(jnp.zeros_like(x))
   hess_scale = jnp.max(jnp.abs(hess))
   lin_scale = jnp.max(jnp.abs(lin))
+  grad_x = _numeric.matvec(hess, x) + lin
 
   def face_solution(active):
     mask = active.astype(dtype)
@@ -199,27 +204,33 @@ def polish_quadratic(f: Callable[[jax.Array], jax.Array], x: jax.Array,
     return sol, _numeric.matvec(hess, sol) + lin + multiplier
 
   def step(carry):
-    index, active, _, _ = carry
+    index, active, best, best_change, _ = carry
     sol, reduced = face_solution(active)
     size = jnp.sum(jnp.abs(sol))
     negative = active & (sol < -8 * k * eps * size)
     violating = ~active & (reduced < -8 * k * eps * (hess_scale * size + lin_scale))
-    optimal = ~jnp.any(negative) & ~jnp.any(violating) & jnp.all(jnp.isfinite(sol))
+    finite = jnp.all(jnp.isfinite(sol))
+    candidate = jnp.maximum(sol, 0.0)
+    if simplex:
+      candidate = candidate / jnp.where(jnp.sum(candidate) > 0, jnp.sum(candidate), 1.0)
+    move = candidate - x
+    change = jnp.dot(grad_x, move) + 0.5 * _numeric.quad(hess, move)
+    better = finite & ~jnp.any(negative) & (change < best_change)
+    best = jnp.where(better, candidate, best)
+    best_change = jnp.where(better, change, best_change)
+    optimal = ~jnp.any(negative) & ~jnp.any(violating) & finite
     kept = active & ~negative
     if simplex:   # a face of the simplex keeps at least one coordinate
       kept = jnp.where(jnp.any(kept), kept, active)
     entering = jnp.arange(k) == jnp.argmin(jnp.where(violating, reduced, jnp.inf))
     active = jnp.where(jnp.any(negative), kept, active | (entering & jnp.any(violating)))
-    return index + 1, active, sol, optimal
+    return index + 1, active, best, best_change, optimal | ~finite
 
-  _, _, sol, optimal = jax.lax.while_loop(
-      lambda carry: ~carry[3] & (carry[0] < 2 * k + 2), step,
-      (jnp.asarray(0), _active_set(x, gap_bound), x, jnp.asarray(False)))
-  candidate = jnp.maximum(sol, 0.0)
-  if simplex:
-    candidate = candidate / jnp.where(jnp.sum(candidate) > 0, jnp.sum(candidate), 1.0)
-  return jnp.where(optimal & jnp.all(jnp.isfinite(candidate)), candidate,
-                   _if_feasible_and_no_worse(f, x, sol))
+  faces, _, best, _, _ = jax.lax.while_loop(
+      lambda carry: ~carry[4] & (carry[0] < 2 * k + 2), step,
+      (jnp.asarray(0, jnp.int32), _active_set(x, gap_bound), x, jnp.zeros((), dtype),
+       jnp.asarray(False)))
+  return best, faces
 
 
 def polish_on_simplex_face(f: Callable[[jax.Array], jax.Array], x: jax.Array,
@@ -297,7 +308,7 @@ def no_previous_solution(shape, dtype=jnp.float32) -> PreviousSolution:
 
 class WarmStartedResult(NamedTuple):
   x: jax.Array
-  iterations: jax.Array   # Newton steps over the stages run (an active-face solve counts 1)
+  iterations: jax.Array   # Newton steps over the stages run, and the faces the active-set steps solved
   warm: jax.Array         # whether the answer came from the previous solution
 
 
@@ -315,12 +326,13 @@ def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array
   :func:`polish_on_simplex_face`). Otherwise, stages that
   each run only when the earlier ones were not certified:
 
-  1. (``quadratic``) the active-face solve on the previous solution's
-     support (counted as one Newton step): exact when the support is unchanged;
+  1. (``quadratic``) the active-set steps from the previous solution's
+     support (each face solved counts as one step): one face when the
+     support is unchanged;
   2. the barrier from the previous solution moved strictly inside,
      (1 − ε)x_prev + ε·x_cold with ε = √tol, centred once at the final
      μ0 = tol/(10ν) (no path following: from a nearby point the damped
-     Newton steps are few: at most 20), then the active-face solve or polish
+     Newton steps are few: at most 20), then the active-set steps or polish
      as above;
      with ``centre_only``, Newton from x_prev itself;
   3. the cold solve.
@@ -344,11 +356,13 @@ def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array
   nu = jnp.asarray(x_cold.shape[0], dtype)
 
   def finish(res):
+    """The polished point and the faces solved (0 without active-set steps)."""
+    none = jnp.zeros((), jnp.int32)
     if quadratic:
       return polish_quadratic(f, res.x, res.gap_bound, simplex=simplex)
     if smooth_polish:
-      return polish_on_simplex_face(f, res.x, res.gap_bound)
-    return res.x
+      return polish_on_simplex_face(f, res.x, res.gap_bound), none
+    return res.x, none
 
   def certified(x, res):
     # The cold solve's own exit rule (centred, at ν·μ ≤ tol), or the gap bound.
@@ -364,7 +378,8 @@ def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array
   if previous is None:
     res = barrier_minimize(f, x_cold, simplex=simplex, tol=tol, max_iter=max_iter,
                            centre_only=centre_only)
-    return WarmStartedResult(finish(res), res.iterations, jnp.asarray(False))
+    x, faces = finish(res)
+    return WarmStartedResult(x, res.iterations + faces, jnp.asarray(False))
 
   x_prev = jnp.maximum(previous.x.astype(dtype), 0.0)
   usable = jnp.asarray(previous.valid) & jnp.all(jnp.isfinite(x_prev))
@@ -383,8 +398,8 @@ def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array
     eps = min(math.sqrt(tol), 0.5)
     start = (1.0 - eps) * x_prev + eps * x_cold
 
-  # The stages share one barrier loop and one active-face solve (one
-  # compilation each): attempt 0 is the active-face solve at x_prev (the
+  # The stages share one barrier loop and one active-set polish (one
+  # compilation each): attempt 0 is the active-set steps from x_prev (the
   # barrier skipped), 1 the warm barrier, 2 the cold solve; 0 and 1 must be
   # certified.
   def attempt(carry):
@@ -397,11 +412,11 @@ def warm_started_minimize(f: Callable[[jax.Array], jax.Array], x_cold: jax.Array
                            skip=crossover)
     if quadratic:
       bound = jnp.where(crossover, jnp.asarray(tol * tol, dtype), res.gap_bound)
-      x = polish_quadratic(f, res.x, bound, simplex=simplex)
+      x, faces = polish_quadratic(f, res.x, bound, simplex=simplex)
     else:
-      x = finish(res)
+      x, faces = finish(res)
     ok = cold | (certified(x, res) & ~crossover) | (crossover & certified(x, None))
-    return index + 1, x, iterations + res.iterations + crossover, ok
+    return index + 1, x, iterations + res.iterations + faces, ok
 
   first = jnp.where(usable, 0 if quadratic else 1, 2)
   index, x, iterations, _ = jax.lax.while_loop(
