@@ -47,6 +47,7 @@ def test_stack_history_and_png(tmp_path):
     dashboard.plot_dashboard(history, steps=[0, 10, 20])
 
 
+@pytest.mark.slow   # a fresh process
 def test_drawing_leaves_the_users_matplotlib_backend_alone(tmp_path):
   import subprocess
   code = ("import matplotlib; matplotlib.use('ps')\n"

@@ -148,6 +148,7 @@ def test_flax_sharded_step_memory_per_device_falls_with_the_model_axis():
   assert totals[-1] < 0.35 * totals[0], totals
 
 
+@pytest.mark.slow
 def test_buffers_of_stacked_gradients_are_sharded_like_the_task_gradients():
   """The accumulator of accumulate_task_grads and the K-stacked buffers of MoCo, DB-MTL and
   ExcessMTL get the parameters' sharding with the task axis replicated at init (as Adam's

@@ -125,7 +125,7 @@ def test_warm_start_from_unrelated_problems_is_certified_relative_to_the_objecti
 
 
 @pytest.mark.parametrize("name", ["upgrad", "dualproj"])
-@pytest.mark.parametrize("k", [3, 8])
+@pytest.mark.parametrize("k", [3, pytest.param(8, marks=pytest.mark.slow)])
 def test_float32_tiny_gradients_give_the_mean_gradient(name, k):
   """trace(G) < norm_eps: P̂ = reg_eps·I and every projection is its lower bound, so the
   update is the mean gradient (as torchjd). The barrier's absolute gap is several percent

@@ -374,7 +374,11 @@ def test_bad_scale_and_preference_shape():
     conic_weighting(G, 0.5, preference=jnp.ones(2))
   with pytest.raises(ValueError, match="square"):
     conic_weighting([[1.0, 0.0]], 0.5)
-  # A nested list is a Gram matrix too: orthogonal gradients of lengths 1 and 2.
+
+
+@pytest.mark.slow   # an eager solve
+def test_a_nested_list_is_a_gram_matrix_too():
+  # Orthogonal gradients of lengths 1 and 2: equal projections.
   weights, _ = conic_weighting([[1.0, 0.0], [0.0, 4.0]], 0.5)
   np.testing.assert_allclose(np.asarray(weights), [1.0, 0.25], rtol=1e-5)
 
