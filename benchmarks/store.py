@@ -19,8 +19,7 @@ def library_fingerprint(root: str = _LIBRARY) -> str:
   runs): runs stored under another one came from other code (recorded with every
   run as ``"library"``)."""
   digest = hashlib.sha1()
-  for folder, subfolders, files in sorted(os.walk(root)):
-    subfolders.sort()
+  for folder, _, files in sorted(os.walk(root)):
     for name in sorted(f for f in files if f.endswith(".py")):
       path = os.path.join(folder, name)
       digest.update(os.path.relpath(path, root).encode())
