@@ -94,13 +94,14 @@ def test_accumulation_with_summed_heads_equals_large_batch_under_sgd(make):
   grads_fn = cg.value_and_task_grads(losses, shared=shared)   # heads come summed
   big = optax.chain(make(shared), optax.sgd(0.5))
   l, g = grads_fn(params, x, y)
-  expected, _ = big.update(g, big.init(params), params, losses=l)
+  expected, _ = jax.jit(big.update)(g, big.init(params), params, losses=l)
 
   tx = optax.chain(cg.accumulate_task_grads(make(shared), every=2, num_tasks=2), optax.sgd(0.5))
   state = tx.init(params)
+  step = jax.jit(tx.update)
   for i in range(2):
     l, g = grads_fn(params, x[4 * i:4 * i + 4], y[4 * i:4 * i + 4])
-    updates, state = tx.update(g, state, params, losses=l)
+    updates, state = step(g, state, params, losses=l)
   for a, b in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(expected)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 

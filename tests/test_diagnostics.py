@@ -123,7 +123,7 @@ def test_non_finite_gram_gives_nan_diagnostics_and_a_skipped_first_step_stores_t
   tx = dg.with_diagnostics(cg.mgda(shared=SHARED), shared=SHARED)
   bad = jax.tree_util.tree_map(lambda x: x, g)
   bad["enc"] = bad["enc"].at[0, 0, 0].set(jnp.nan)
-  _, state = tx.update(bad, tx.init(params), params)
+  _, state = jax.jit(tx.update)(bad, tx.init(params), params)
   assert int(state.nonfinite_steps) == 1
   assert np.isnan(float(state.diagnostics.condition_number))
   assert np.all(np.isnan(np.asarray(state.diagnostics.cosines)))

@@ -160,8 +160,8 @@ def test_summed_head_whose_length_equals_k_needs_params():
   grads = {"enc": jnp.arange(6.0).reshape(3, 2), "head": jnp.array([1.0, 2.0, 3.0])}
   tx = conicgrad(0.5, num_tasks=3, shared={"enc": True, "head": False})
   with pytest.raises(ValueError, match=r"\['head'\] task-specific.*update\(task_grads, state, params\)"):
-    tx.update(grads, tx.init(params))
-  updates, _ = tx.update(grads, tx.init(params), params)
+    jax.jit(tx.update)(grads, tx.init(params))
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   np.testing.assert_array_equal(np.asarray(updates["head"]), [1.0, 2.0, 3.0])
 
 
@@ -189,7 +189,7 @@ def test_dict_mask_for_nnx_state_gradients_matches_by_key_path():
   params = nnx.state(Net(nnx.Rngs(0)), nnx.Param)
   grads = jax.tree_util.tree_map(lambda p: jnp.stack([p, 2 * p]), params)
   tx = conicgrad(0.5, num_tasks=2, shared={"enc": True, "head": False})
-  updates, _ = tx.update(grads, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   array = lambda v: np.asarray(jax.tree_util.tree_leaves(v)[0])   # flax 0.10 and newer
   np.testing.assert_allclose(array(updates["head"]["kernel"]), 3 * array(params["head"]["kernel"]))
 

@@ -643,9 +643,10 @@ def conic_weighting(gram, c=0.5, *, preference=None, scale="g0", tol=None,
     :class:`ConicDiagnostics`.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> J = jnp.array([[1.0, 0.0], [-0.5, 1.0]])
-    >>> w, diag = conic_weighting(J @ J.T, c=0.5)
+    >>> w, diag = jax.jit(conic_weighting)(J @ J.T, c=0.5)
     >>> bool(diag.cosine >= 0.5 - 1e-5)
     True
   """

