@@ -607,9 +607,11 @@ def run_all(tasks, method_names, seeds, cfg: Config, runs, baselines=True) -> di
   results = {}
   for m, ts, ids in jobs:
     # The seeds train as one vmapped batch, and rounding depends on the batch: when
-    # one is missing, the whole batch trains again, so that every seed's run is the
-    # one the same batch gives.
-    todo = list(seeds) if any(runs.get(f"{m}_seed{s}") is None for s in seeds) else []
+    # one is missing, or the stored ones come from different batches, the whole batch
+    # trains again, so that every seed's run is the one the same batch gives.
+    stored = [runs.get(f"{m}_seed{s}") for s in seeds]
+    batches = {tuple(r.get("seed_batch") or ()) for r in stored if r is not None}
+    todo = list(seeds) if None in stored or len(batches) > 1 else []
     if todo and not _claim(runs, m):
       print(f"{m}: being trained by another process; skipped", flush=True)
       todo = []

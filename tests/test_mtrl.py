@@ -99,6 +99,11 @@ def test_runs_resume_from_the_store(tmp_path, monkeypatch):
   assert again[("stl_0", 0)] == first[("stl_0", 0)]
   assert again[("conicgrad", 1)]["method"] == "conicgrad"
   assert again[("conicgrad", 1)]["seed_batch"] == [0, 1]
+  # Stored seeds from different batches (one retrained alone) train again together.
+  path = tmp_path / "mtrl_runs" / "conicgrad_seed1.json"
+  path.write_text(json.dumps({**again[("conicgrad", 1)], "seed_batch": [1]}))
+  mtrl.run_all(tasks, ["conicgrad"], [0, 1], mtrl.Config(), store_m.RunStore(str(tmp_path), "mtrl"))
+  assert calls[4:] == [("conicgrad", (0, 1))]
 
 
 @pytest.mark.slow
