@@ -755,8 +755,11 @@ def stored_count(contexts: dict) -> int:
 
 
 def summarise_all(contexts: dict, out: str, methods=None, quick=False):
+  """Writes each benchmark's report. A full-size report counts its runs against the whole
+  suite's plan, also when this process trains only some ``methods``: the files it writes
+  hold every method's results. The quick form's plan is the methods it was given."""
   from benchmarks import converged_report
-  planned = suite_plan(contexts, methods, quick)
+  planned = suite_plan(contexts, methods if quick else None, quick)
   for name, ctx in contexts.items():
     converged_report.write(ctx.bench, ctx.store, out, [j for j in planned if j.bench == name],
                            quick=quick)

@@ -516,3 +516,16 @@ def test_converged_methods_draw_their_random_numbers_from_the_run_seed():
   keys = [converged.build_method(job("pcgrad", s), 3)[0].init(None).key for s in (0, 1, 2)]
   assert len({tuple(np.asarray(k).ravel()) for k in keys}) == 3   # raw uint32 keys
   assert converged.build_method(job("mgda", 2), 3)[1] is False
+
+
+def test_a_full_report_counts_runs_against_the_whole_plan_when_some_methods_train(monkeypatch):
+  """``--methods`` picks what a process trains; the report it writes holds every method's
+  runs, so it counts them against the suite's plan (the quick form's plan is the subset)."""
+  from benchmarks import converged, converged_report
+  seen = []
+  monkeypatch.setattr(converged, "suite_plan",
+                      lambda contexts, methods, quick: seen.append(methods) or [])
+  monkeypatch.setattr(converged_report, "write", lambda *args, **kwargs: None)
+  converged.summarise_all({}, "out", methods=["mgda"], quick=False)
+  converged.summarise_all({}, "out", methods=["mgda"], quick=True)
+  assert seen == [None, ["mgda"]]
