@@ -229,8 +229,9 @@ def main(argv=None):
     if n in names:
       baseline_sweeps.update(run_sweep(n, arg, grid if not args.quick else grid[:1]))
   reference_settings = {
-      f"{n}(reference toy settings)": runs.run(f"{n}_reference_toy_settings",
-                                               job(n, **kwargs), current_library_only=True)
+      f"{n}(reference toy settings)": runs.run(
+          f"{n}_reference_toy_settings_" + "_".join(f"{k}{v}" for k, v in sorted(kwargs.items())),
+          job(n, **kwargs), current_library_only=True)
       for n, kwargs in REFERENCE_TOY_SETTINGS.items() if n in names}
   pref = {}
   for n in tqdm([m for m in PREFERENCE_METHODS if m in names or not (args.methods or args.quick)],
