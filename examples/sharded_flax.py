@@ -100,9 +100,9 @@ def data(batch: int = 64, d_in: int = 64, seed: int = 0):
   return jnp.asarray(x), jnp.asarray(np.tanh(x @ w))
 
 
-def per_device_memory(model_axis: int, width: int = 512, batch: int = 64) -> dict:
+def per_device_memory(model_axis: int, width: int = 512, batch: int = 64, devices=None) -> dict:
   """Bytes per device of the compiled sharded step (arguments, outputs, temporaries)."""
-  mesh = make_mesh(model_axis)
+  mesh = make_mesh(model_axis, devices)
   params, opt_state, train_step = build(mesh, width=width)
   x, y = shard_batch(mesh, *data(batch))
   analysis = jax.jit(train_step).lower(params, opt_state, x, y).compile().memory_analysis()
@@ -115,8 +115,11 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=200)
   args = parser.parse_args(argv)
-  n = jax.device_count()
-  mesh = make_mesh(min(4, n) if n % min(4, n) == 0 else 1)
+  # A power of two of the devices (at most 256), so that the batch (64) and the width
+  # (512) split evenly over a data axis and a model axis of up to 4.
+  n = min(1 << (jax.device_count().bit_length() - 1), 256)
+  devices = jax.devices()[:n]
+  mesh = make_mesh(min(4, n), devices)
   params, opt_state, train_step = build(mesh)
   x, y = shard_batch(mesh, *data())
   step = jax.jit(train_step)
@@ -128,8 +131,8 @@ def main(argv=None):
   print(f"mesh {dict(mesh.shape)}; layer1 kernel sharding: "
         f"{params['layer1']['kernel'].sharding.spec}")
   for m in (1, 2, 4, 8):
-    if n % m == 0 and m <= n:
-      mem = per_device_memory(m)
+    if m <= n and n // m <= 64:
+      mem = per_device_memory(m, devices=devices)
       total = mem["argument_bytes"] + mem["output_bytes"] + mem["temp_bytes"]
       print(f"model axis {m}: {total / 2**20:.2f} MiB per device "
             f"(arguments {mem['argument_bytes'] / 2**20:.2f}, temporaries "

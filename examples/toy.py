@@ -77,6 +77,9 @@ def run(method, steps, record_every=50, starts=STARTS):
   In float64: from (9, 9) the runs pass close to the edge of a flat region, where
   float32 rounding decides whether, and when, they leave it.
   """
+  if steps <= 0 or steps % record_every:
+    raise ValueError(f"`steps` must be a positive multiple of record_every={record_every}, "
+                     f"got {steps}.")
   opt = optax.chain(method, optax.adam(1e-3))
   task_grads = cg.value_and_task_grads(toy_losses)
 

@@ -1,6 +1,7 @@
 """The examples: the toy demo's objective and claim, and the Flax training loop."""
 
 import os
+import subprocess
 import sys
 
 import jax.numpy as jnp
@@ -21,6 +22,25 @@ import toy  # noqa: E402
 def test_toy_losses_match_reference_values(start, expected):
   """Values at the five starts as listed for the reference code (first loss × 0.1)."""
   np.testing.assert_allclose(np.asarray(toy.toy_losses(jnp.asarray(start))), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("steps", [0, 30, 149])
+def test_toy_run_refuses_steps_it_would_not_take(steps):
+  with pytest.raises(ValueError, match="`steps` must be a positive multiple of record_every=50"):
+    toy.run(cg.linear_scalarization(), steps)
+
+
+@pytest.mark.slow
+def test_sharded_example_runs_on_a_device_count_that_does_not_divide_its_batch():
+  """Six devices: the example meshes a power of two of them (4), since 6 divides
+  neither the batch (64) nor the width (512)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=6",
+             JAX_PLATFORMS="cpu")
+  example = os.path.join(os.path.dirname(__file__), "..", "examples", "sharded_flax.py")
+  result = subprocess.run([sys.executable, example, "--steps", "2"], capture_output=True,
+                          text=True, env=env, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "mesh {'data': 1, 'model': 4}" in result.stdout
 
 
 @pytest.mark.slow

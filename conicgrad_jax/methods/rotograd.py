@@ -20,7 +20,8 @@ coordinates) and o_k = ∂L_k/∂z = R_kᵀ ∂L_k/∂z_k. Two parts:
 Feed :func:`rotograd` the representation gradients (``rep_grads``, shape
 (K, B, d)) to follow the paper exactly — :func:`conicgrad_jax.make_task_update`
 with ``mode="representation"`` does so and maps the combined z-gradient
-through the encoder with one VJP. Given parameter-level task gradients it
+through the encoder with one VJP (the reference package's rule over a burn-in:
+``test_representation_mode_with_rotograd_follows_the_reference_over_its_burn_in``). Given parameter-level task gradients it
 homogenises their norms instead (a documented variant).
 
 References:
@@ -42,6 +43,7 @@ from conicgrad_jax import aggregator
 from conicgrad_jax import validation
 
 _EPS = 1e-15
+_STEP_MAX = 2**31 - 1   # the step counter is int32
 
 
 class RotoGradState(NamedTuple):
@@ -133,6 +135,9 @@ def rotograd(*, burn_in_period: int = 20, magnitude: bool = True,
   paper works on the representation).
   """
   validation.check_positive_int("burn_in_period", burn_in_period)
+  if not isinstance(burn_in_period, jax.core.Tracer) and int(burn_in_period) > _STEP_MAX:
+    raise ValueError(f"`burn_in_period` must be at most {_STEP_MAX} (the step counter is "
+                     f"int32), got {burn_in_period}.")
   magnitude = validation.check_bool("magnitude", magnitude)
 
   def init_state(k, dtype=jnp.float32):

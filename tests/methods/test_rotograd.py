@@ -114,3 +114,31 @@ def test_flax_rotation_module():
     nn.RotoGradRotations(num_tasks=2, latent_size=3, rotation_size=4)
   with pytest.raises(ValueError, match="features"):
     rot(jnp.zeros((4, 6)))
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"num_tasks": 0, "latent_size": 3}, "num_tasks"),
+    ({"num_tasks": 2.0, "latent_size": 3}, "num_tasks"),
+    ({"num_tasks": 2, "latent_size": 0}, "latent_size"),
+    ({"num_tasks": 2, "latent_size": 3, "rotation_size": True}, "rotation_size"),
+    ({"num_tasks": 2, "latent_size": 3, "rotation_size": 0}, "rotation_size"),
+])
+def test_flax_rotation_module_refuses_bad_sizes(options, named):
+  nn = pytest.importorskip("conicgrad_jax.nn")
+  with pytest.raises(ValueError, match=f"`{named}`"):
+    nn.RotoGradRotations(**options)
+
+
+def test_flax_rotation_module_checks_the_loss_input_and_keeps_a_chosen_dtype():
+  nn = pytest.importorskip("conicgrad_jax.nn")
+  rot = nn.RotoGradRotations(num_tasks=2, latent_size=4)
+  with pytest.raises(ValueError, match="4 features"):
+    rot.loss(jnp.zeros((2, 3, 7)))
+  z = jnp.ones((3, 4), jnp.bfloat16)
+  assert rot(z).dtype == jnp.float32                      # promoted, as nnx.Linear does
+  assert nn.RotoGradRotations(num_tasks=2, latent_size=4, dtype=jnp.bfloat16)(z).dtype == jnp.bfloat16
+
+
+def test_a_burn_in_beyond_the_int32_step_counter_is_refused():
+  with pytest.raises(ValueError, match="`burn_in_period` must be at most"):
+    cg.rotograd(burn_in_period=2**40)

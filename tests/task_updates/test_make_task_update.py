@@ -151,6 +151,31 @@ def test_representation_mode_with_rotograd_matches_its_formula():
                              rtol=1e-4, atol=1e-6)
 
 
+def test_representation_mode_with_rotograd_follows_the_reference_over_its_burn_in():
+  """Five steps with burn_in_period=2 against the reference package's rule, in numpy:
+  n_k = ‖o_k‖ (clamped at 1e-15), n⁰ recorded at steps 0 and 2, ρ = n/n⁰, α = ρ/Σρ,
+  update of z = Σ_k (Σ_j α_j n_j / n_k) o_k (observed: 4e-7 of the largest entry)."""
+  task = cg.make_task_update(heads, cg.rotograd(burn_in_period=2, num_tasks=K),
+                             mode="representation", encode=encode)
+  step = jax.jit(task.step)
+  state, initial = None, None
+  for t in range(5):
+    params, x = _problem(10 + t)
+    state = task.init(params) if state is None else state
+    _, update, state = step(params, state, x)
+    z = encode(params, x)
+    rep = np.asarray(jax.jacrev(lambda zz: heads(params, zz, x))(z), np.float64)
+    norms = np.maximum(np.linalg.norm(rep.reshape(K, -1), axis=1), 1e-15)
+    if t in (0, 2):
+      initial = norms
+    alpha = (norms / initial) / np.sum(norms / initial)
+    combined = (alpha @ norms) * np.sum(rep / norms[:, None, None], axis=0)
+    expected = jax.vjp(lambda p: encode(p, x), params)[1](jnp.asarray(combined, jnp.float32))[0]
+    scale = float(np.max(np.abs(np.asarray(expected["enc"]))))
+    np.testing.assert_allclose(np.asarray(update["enc"]), np.asarray(expected["enc"]),
+                               atol=1e-5 * scale, rtol=0)
+
+
 def test_amortised_weighting_reuses_the_last_weights():
   params, x = _problem(4)
   task = cg.make_task_update(fun, cg.conicgrad(0.5, num_tasks=K), shared=shared, every=3)
