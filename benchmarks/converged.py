@@ -144,9 +144,10 @@ class Protocol:
         f"improvement (the count restarts after each reduction). The run stops with "
         f"converged=True after epoch n >= {self.min_epochs} when the last improvement lies "
         f"before the last max(ceil({self.window_percent}% of n), {self.min_window}) epochs"
-        + (f", or once reduction number {self.lr_halvings} is due (the rate would fall to "
-           f"{self.lr * self.lr_factor ** self.lr_halvings:g} and is not trained: what "
-           f"further epochs could change is below the score's epoch-to-epoch noise)"
+        + (f", or once reduction number {self.lr_halvings} is due (the learning-rate floor: "
+           f"the rate would fall to {self.lr * self.lr_factor ** self.lr_halvings:g}, which "
+           f"is not trained; such a run has not necessarily met the plateau test, and its "
+           f"stop_reason says 'lr floor')"
            if self.lr_halvings else "")
         + f", and otherwise at the cap of {self.max_epochs} epochs with converged=False (or at "
         f"non-finite parameters, converged=False). The reported test metrics are those of "
@@ -563,7 +564,7 @@ def train_run(bench: Bench, job: Job, data, checkpoint: Optional[str] = None,
     score = bench.score(val_metrics, task) if finite else float("nan")
     if rule.update(score):
       best_params = jax.device_get(params)
-    history.append({"epoch": e, "lr": protocol.lr * lr_scale, "score": _r(score),
+    history.append({"epoch": e, "lr": protocol.lr * lr_scale, "score": _r(score, 17),
                     "val_metrics": _r(val_metrics), "val_losses": _r(val_losses),
                     "train_losses": _r(train), "seconds": round(seconds, 2),
                     "cpu_seconds": round(cpu_seconds, 2)})

@@ -11,6 +11,8 @@ validation curve.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import json
 import math
 import os
@@ -18,6 +20,7 @@ import os
 import numpy as np
 
 from benchmarks import converged
+from benchmarks import store as store_m
 from benchmarks import supervised
 
 
@@ -77,6 +80,7 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
     row = {"config": dict(cfg), "seeds": order, "n_seeds": len(order),
            "mean": metrics.mean(0).tolist(), "sem": supervised.standard_error(metrics),
            "converged": sum(bool(seeds[s]["converged"]) for s in order),
+           "stops": _stops(seeds[s] for s in order),
            "epochs_run": [seeds[s]["epochs_run"] for s in order],
            "best_epochs": [seeds[s]["best_epoch"] for s in order],
            "wall_s": [seeds[s]["wall_s"] for s in order],
@@ -98,6 +102,10 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
     else:
       row["delta_m_pct"] = row["delta_m_sem"] = None
     rows[m] = row
+  ls_step = rows.get("linear_scalarization", {}).get("time_per_step_in_runs_s")
+  for row in rows.values():
+    t = row["time_per_step_in_runs_s"]
+    row["time_ratio_to_ls"] = t / ls_step if t and ls_step else None
   names = list(rows)
   if names:
     ranks = supervised.mean_ranks([rows[m]["mean"] for m in names], bench.higher_is_better)
@@ -112,6 +120,8 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
   all_runs = list(runs.values())
   counts = {"planned": n_planned, "done": len(all_runs), "done_of_planned": done_planned,
             "converged": sum(bool(r.get("converged")) for r in all_runs),
+            "stops": _stops(all_runs),
+            "lr_floor_gain_in_last_window": _floor_gains(all_runs, protocol),
             "hit_cap": sum(r.get("stop_reason") == "cap" for r in all_runs),
             "non_finite": sum(r.get("stop_reason") == "non-finite parameters" for r in all_runs),
             "failed": sum(bool(r.get("failed")) for r in all_runs),
@@ -122,7 +132,8 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
   core_target = {m: 3 for m in converged.CORE}
   core_target.update({m: 3 for m in converged.TUNED})
   summary = {
-      "benchmark": bench.name, "quick": quick,
+      "benchmark": bench.name, "quick": quick, "library": store_m.library_fingerprint(),
+      "seeds": sorted({r["seed"] for r in all_runs if "seed" in r}),
       "protocol": {"converged_rule": protocol.rule(), **{
           f.name: getattr(protocol, f.name) for f in protocol.__dataclass_fields__.values()},
           "min_window": protocol.min_window, "folder": converged.folder_name(bench, quick)},
@@ -141,6 +152,41 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
   if bench.name == "qm9" and bench.extras:
     summary["stl_published_units"] = published_units(bench, stl)
   return summary
+
+
+def _stops(runs) -> dict:
+  """How many of ``runs`` stopped for each reason ("plateau", "lr floor", "cap", ...)."""
+  counts = {}
+  for r in runs:
+    counts[r.get("stop_reason")] = counts.get(r.get("stop_reason"), 0) + 1
+  return counts
+
+
+def _floor_gains(runs, protocol) -> Optional[dict]:
+  """For the runs stopped by the learning-rate floor: how much their best validation
+  score improved over the last ``window_percent`` % of their epochs (the plateau test's
+  window), in score units, better positive. None when no run stopped there."""
+  gains = []
+  for r in runs:
+    scores = [h["score"] for h in r.get("history", []) if h.get("score") is not None]
+    if r.get("stop_reason") != "lr floor" or len(scores) < 2:
+      continue
+    window = max(-(-len(scores) * protocol.window_percent // 100), 1)
+    best = max if protocol.higher_is_better else min
+    gain = best(scores) - best(scores[:-window])
+    gains.append(gain if protocol.higher_is_better else -gain)
+  if not gains:
+    return None
+  return {"runs": len(gains), "min": float(np.min(gains)), "median": float(np.median(gains)),
+          "max": float(np.max(gains)), "above_min_delta": int(np.sum(
+              np.asarray(gains) > protocol.min_delta))}
+
+
+def _stop_cell(stops: dict) -> str:
+  """``plateau / lr floor / cap`` counts, and any other stop (non-finite, error) named."""
+  cell = " / ".join(str(stops.get(k, 0)) for k in ("plateau", "lr floor", "cap"))
+  other = {k: v for k, v in stops.items() if k not in ("plateau", "lr floor", "cap")}
+  return cell + "".join(f", {v} {k}" for k, v in sorted(other.items(), key=str))
 
 
 def _finite(metrics) -> bool:
@@ -210,7 +256,7 @@ def markdown(bench: converged.Bench, s: dict) -> str:
   lines.append("")
   head = ("| method | seeds | " + " | ".join(f"{t} ({bench.metric_name})"
                                           for t in bench.task_names)
-          + " | Δm% ↓ | mean rank ↓ | converged | epochs run (best), per seed |")
+          + " | Δm% ↓ | mean rank ↓ | stops: plateau / lr floor / cap | epochs run (best), per seed |")
   lines += [head, "|" + "---|" * (k + 6)]
   stl_seeds = s["stl_seeds"]
   stl_n = ",".join(str(len(x)) for x in stl_seeds) if len(set(map(len, stl_seeds))) > 1 \
@@ -218,7 +264,7 @@ def markdown(bench: converged.Bench, s: dict) -> str:
   stl_runs = [r for r in s["runs"].values() if r["method"].startswith("stl_")]
   stl_epochs = [r["epochs_run"] for r in stl_runs if not r.get("failed")]
   lines.append(f"| STL | {stl_n} | " + " | ".join(_fmt(v) for v in s["stl"]) + " | 0 | — | "
-               f"{sum(bool(r.get('converged')) for r in stl_runs)}/{len(stl_runs)} | "
+               f"{_stop_cell(_stops(stl_runs))} | "
                + (f"{min(stl_epochs)}–{max(stl_epochs)} over {len(stl_epochs)} runs"
                   if stl_epochs else "—") + " |")
   order = sorted(s["methods"].items(),
@@ -236,9 +282,22 @@ def markdown(bench: converged.Bench, s: dict) -> str:
     runs = [x for x in s["runs"].values() if x["method"] == m
             and x.get("config", {}) == r["config"] and not x.get("failed")]
     lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + f" | {dm} | "
-                 + f"{r['mean_rank']:.1f} | {r['converged']}/{r['n_seeds']} | "
+                 + f"{r['mean_rank']:.1f} | {_stop_cell(r['stops'])} | "
                  + _epochs(runs) + " |")
   failed = [key for key, r in s["runs"].items() if r.get("failed")]
+  lines.append("")
+  stops, gains = c["stops"], c["lr_floor_gain_in_last_window"]
+  lines.append(
+      f"Stops: {stops.get('plateau', 0)} runs by the plateau test, {stops.get('lr floor', 0)} "
+      f"at the learning-rate floor, {stops.get('cap', 0)} at the epoch cap (converged: "
+      f"plateau or floor; see the rule)."
+      + ("" if gains is None else
+         f" Over the last {s['protocol']['window_percent']}% of their epochs the best "
+         f"validation score of the runs stopped at the floor still rose by "
+         f"{_fmt(gains['min'], 3)} to {_fmt(gains['max'], 3)} (median "
+         f"{_fmt(gains['median'], 3)}), by more than the minimum improvement in "
+         f"{gains['above_min_delta']} of {gains['runs']}: those had not met the plateau "
+         f"test."))
   lines.append("")
   if s["tuning"]:
     parts = []
