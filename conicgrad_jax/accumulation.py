@@ -65,6 +65,13 @@ def accumulate_task_grads(inner: optax.GradientTransformation, every: int, *,
   instead, the optimiser receives the zero updates of the other calls and,
   with momentum, still moves on them.)
 
+  A non-finite micro-batch makes its round's mean non-finite, so the round's
+  update is skipped by ``inner``'s non-finite rule (zero update, state kept,
+  ``nonfinite_steps`` + 1), as the large batch holding that micro-batch would
+  be; the next round starts afresh. To drop only the bad micro-batch and keep
+  the round, wrap this transformation in
+  :func:`~conicgrad_jax.skip_nonfinite`.
+
   Args:
     inner: a transformation of this library built with ``num_tasks=K`` (so its
       state has fixed shapes), or a chain that starts with one (e.g.

@@ -65,11 +65,12 @@ class ConflictDiagnostics(NamedTuple):
 
 
 def empty_diagnostics(num_tasks: Optional[int], dtype=jnp.float32) -> ConflictDiagnostics:
-  """Zeros shaped for K tasks (K = 0 while unknown): the diagnostics before the first step."""
+  """NaN shaped for K tasks (K = 0 while unknown): the diagnostics before the first
+  measured step (nothing measured yet, so no value a step could have given)."""
   k = num_tasks or 0
-  z = lambda *s: jnp.zeros(s, dtype)
-  return ConflictDiagnostics(z(k, k), z(k, k), z(), z(k), z(k), z(), z(k), z(), z(),
-                             jnp.full((k,), jnp.nan, dtype))
+  nan = lambda *s: jnp.full(s, jnp.nan, dtype)
+  return ConflictDiagnostics(nan(k, k), nan(k, k), nan(), nan(k), nan(k), nan(), nan(k),
+                             nan(), nan(), nan(k))
 
 
 def _safe_div(num, den):
@@ -101,6 +102,8 @@ def conflict_diagnostics(gram: jax.Array, weights: Optional[jax.Array] = None,
     >>> round(float(d.magnitude_similarity[0, 1]), 3)   # 2·1·2/(1 + 4)
     0.8
   """
+  if jnp.ndim(gram) != 2 or jnp.shape(gram)[0] != jnp.shape(gram)[1]:
+    raise ValueError(f"`gram` must be a square (K, K) matrix, got shape {jnp.shape(gram)}.")
   dtype = _numeric.solver_dtype(gram.dtype)
   gram = gram.astype(dtype)
   gram = 0.5 * (gram + gram.T)
@@ -115,7 +118,9 @@ def conflict_diagnostics(gram: jax.Array, weights: Optional[jax.Array] = None,
   outer = norms[:, None] * norms[None, :]
   cosines = jnp.clip(_safe_div(gram, outer), -1.0, 1.0)
   both_zero = (sq[:, None] + sq[None, :]) == 0
-  magnitude = jnp.where(both_zero, 1.0, _safe_div(2.0 * outer, sq[:, None] + sq[None, :]))
+  # Clipped like the cosines: rounding can put 2ab/(a² + b²) a last bit above 1.
+  magnitude = jnp.where(both_zero, 1.0, jnp.clip(
+      _safe_div(2.0 * outer, sq[:, None] + sq[None, :]), 0.0, 1.0))
   pairs = k * (k - 1) // 2
   upper = jnp.triu(jnp.ones((k, k), bool), 1)
   conflicts = jnp.sum(jnp.where(upper, cosines < 0, False))
@@ -213,7 +218,9 @@ def with_diagnostics(method: optax.GradientTransformation, *,
   method's identical one, so the extra cost is O(K³), independent of the
   model size (checked in the tests on the compiled HLO; ConicGrad at K = 10,
   m = 10⁶ float32 on a 2-core CPU: 1.00× the unwrapped update's time,
-  ``python -m benchmarks perf --parts diagnostics``). A step the method skips
+  ``python -m benchmarks perf --parts diagnostics``). The exception is
+  :func:`~conicgrad_jax.mtac_fc`, which never forms G: wrapping it adds one
+  O(K²m) pass over the shared leaves. A step the method skips
   (NaN/Inf gradients) keeps the previous diagnostics.
 
   Args:

@@ -111,7 +111,8 @@ def cross_gram_matrix(task_grads_a: PyTree, task_grads_b: PyTree, precision=_num
   n_all = len(jax.tree_util.tree_leaves(task_grads_a))
   # b is either shaped like a (its shared leaves are then taken by a's flags) or
   # holds a's shared leaves alone, in order.
-  if len(b_all) == n_all:
+  if len(b_all) == n_all and not (len(a_leaves) == n_all and isinstance(task_grads_b,
+                                                                        (list, tuple))):
     validation.check_same_structure(task_grads_b, task_grads_a, "`task_grads_b`",
                                     "`task_grads_a`")
     b_leaves = b_all if flags is None else [leaf for leaf, f in zip(b_all, flags) if f]
@@ -183,6 +184,7 @@ def upper_triangle_gram(leaf: jax.Array, block_size: int,
   product, the saving a BLAS ``syrk`` gets. Whether it is faster than one
   large matmul depends on the backend; ``python -m benchmarks perf`` measures it.
   """
+  validation.check_static_positive_int("block_size", block_size)
   k = leaf.shape[0]
   flat = leaf.reshape(k, -1)
   out_dtype = _accumulation_dtype(leaf.dtype)

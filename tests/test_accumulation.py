@@ -70,6 +70,34 @@ def test_summed_head_gradients_are_averaged_not_multiplied_by_k():
   np.testing.assert_allclose(np.asarray(u2["enc"]), [-2.0, -2.0])  # Σ_k of the mean rows 2·I
 
 
+def test_a_nonfinite_micro_batch_skips_its_round_or_alone_under_skip_nonfinite():
+  params, x, y, grads_fn = _problem()
+  micro = [grads_fn(params, x[4 * i:4 * i + 4], y[4 * i:4 * i + 4]) for i in range(3)]
+  bad_l, bad_g = micro[0][0], jax.tree_util.tree_map(lambda g: g.at[0].set(jnp.nan), micro[0][1])
+  inner = cg.mgda(num_tasks=3)
+  expected, _ = inner.update(grads_fn(params, x, y)[1], inner.init(params), params)
+
+  tx = cg.accumulate_task_grads(cg.mgda(num_tasks=3), every=3, num_tasks=3)
+  step, state = jax.jit(tx.update), tx.init(params)
+  for l, g in [(bad_l, bad_g)] + micro[1:]:             # the round with the bad micro-batch
+    updates, state = step(g, state, params, losses=l)
+  assert all(np.all(np.asarray(u) == 0) for u in jax.tree_util.tree_leaves(updates))
+  assert int(state.inner_state.nonfinite_steps) == 1 and int(state.count) == 0
+  for l, g in micro:                                    # the next round starts afresh
+    updates, state = step(g, state, params, losses=l)
+  for a, b in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+  # Under skip_nonfinite the bad micro-batch alone is dropped: the round goes on with
+  # the three finite ones and gives the large batch's update.
+  tx = cg.skip_nonfinite(cg.accumulate_task_grads(cg.mgda(num_tasks=3), every=3, num_tasks=3))
+  step, state = jax.jit(tx.update), tx.init(params)
+  for l, g in [micro[0], (bad_l, bad_g)] + micro[1:]:
+    updates, state = step(g, state, params, losses=l)
+  for a, b in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
 def _shared_problem(seed=1, n=8, k=2):
   rng = np.random.default_rng(seed)
   params = {"enc": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32),

@@ -181,3 +181,28 @@ def test_the_wrapper_takes_the_methods_shared_and_refuses_a_different_one():
     conflicting.update(g, conflicting.init(params), params)
   with pytest.raises(ValueError, match="no `weights`"):
     dg.with_diagnostics(optax.chain(cg.mgda(), optax.sgd(1.0))).init(params)
+
+
+def test_diagnostics_before_the_first_step_are_nan_with_or_without_num_tasks():
+  _, g = _grads(2)
+  params = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape[1:]), g)
+  for k in (None, 4):
+    tx = dg.with_diagnostics(cg.mgda(shared=SHARED, num_tasks=k), shared=SHARED, num_tasks=k)
+    d = tx.init(params).diagnostics
+    assert all(np.all(np.isnan(np.asarray(x))) for x in d), k
+
+
+def test_a_gram_that_is_not_square_is_refused_by_name():
+  for bad in (jnp.ones((2, 2, 2)), jnp.ones((2, 3)), jnp.ones(3)):
+    with pytest.raises(ValueError, match=r"`gram` must be a square \(K, K\) matrix"):
+      DIAGNOSE(bad)
+
+
+def test_magnitude_similarity_stays_in_its_range_for_parallel_gradients():
+  rng = np.random.default_rng(3)
+  for _ in range(20):
+    g = rng.standard_normal(7).astype(np.float32)
+    J = jnp.asarray(np.stack([g, 1.0000001 * g, 3.0 * g]))
+    d = DIAGNOSE(J @ J.T)
+    assert float(jnp.max(d.magnitude_similarity)) <= 1.0
+    assert float(jnp.min(d.magnitude_similarity)) >= 0.0

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conicgrad_jax import combine, gram_matrix
+from conicgrad_jax import combine, gram_matrix, linalg
+from conicgrad_jax.linalg import cross_gram_matrix
 
 
 def _tree(rng, k, dtype=jnp.float32):
@@ -141,3 +142,16 @@ def test_combine_refuses_integer_leaves_by_name():
   """Σ_k w_k g_k of integer gradients would be truncated to the leaf's integer dtype."""
   with pytest.raises(ValueError, match=r"\['w'\]"):
     combine(jnp.array([0.5, 0.5]), {"w": jnp.array([[1, 0], [0, 1]], jnp.int32)})
+
+
+def test_cross_gram_takes_a_list_of_the_shared_leaves_when_every_leaf_is_shared():
+  a = {"b": jnp.ones((2, 3)), "w": jnp.arange(8.0).reshape(2, 4)}
+  b = [jnp.full((2, 3), 2.0), jnp.ones((2, 4))]          # a's leaves, in a's order
+  expected = cross_gram_matrix(a, {"b": b[0], "w": b[1]})
+  np.testing.assert_allclose(np.asarray(cross_gram_matrix(a, b)), np.asarray(expected))
+
+
+@pytest.mark.parametrize("block_size", [0, -2, 2.5])
+def test_upper_triangle_gram_refuses_a_bad_block_size(block_size):
+  with pytest.raises(ValueError, match="`block_size`"):
+    linalg.upper_triangle_gram(jnp.ones((4, 3)), block_size)
