@@ -166,7 +166,7 @@ def _floor_gains(runs, protocol) -> Optional[dict]:
   """For the runs stopped by the learning-rate floor: how much their best validation
   score improved over the last ``window_percent`` % of their epochs (the plateau test's
   window), in score units, better positive. None when no run stopped there."""
-  gains = []
+  gains, above = [], []
   for r in runs:
     scores = [h["score"] for h in r.get("history", []) if h.get("score") is not None]
     if r.get("stop_reason") != "lr floor" or len(scores) < 2:
@@ -175,17 +175,24 @@ def _floor_gains(runs, protocol) -> Optional[dict]:
     best = max if protocol.higher_is_better else min
     gain = best(scores) - best(scores[:-window])
     gains.append(gain if protocol.higher_is_better else -gain)
+    # The plateau test's own comparison: better by more than min_delta.
+    above.append(converged.Plateau(protocol)._better(best(scores), best(scores[:-window]),
+                                                     protocol.min_delta))
   if not gains:
     return None
   return {"runs": len(gains), "min": float(np.min(gains)), "median": float(np.median(gains)),
-          "max": float(np.max(gains)), "above_min_delta": int(np.sum(
-              np.asarray(gains) > protocol.min_delta))}
+          "max": float(np.max(gains)), "above_min_delta": int(np.sum(above))}
 
 
-def _stop_cell(stops: dict) -> str:
-  """``plateau / lr floor / cap`` counts, and any other stop (non-finite, error) named."""
-  cell = " / ".join(str(stops.get(k, 0)) for k in ("plateau", "lr floor", "cap"))
-  other = {k: v for k, v in stops.items() if k not in ("plateau", "lr floor", "cap")}
+def _stop_kinds(protocol) -> tuple:
+  """The stops a protocol has: the learning-rate floor only where it sets one."""
+  return ("plateau", "lr floor", "cap") if protocol.get("lr_halvings") else ("plateau", "cap")
+
+
+def _stop_cell(stops: dict, kinds: tuple) -> str:
+  """The counts of ``kinds`` (``plateau / lr floor / cap``), and any other stop named."""
+  cell = " / ".join(str(stops.get(k, 0)) for k in kinds)
+  other = {k: v for k, v in stops.items() if k not in kinds}
   return cell + "".join(f", {v} {k}" for k, v in sorted(other.items(), key=str))
 
 
@@ -254,9 +261,11 @@ def markdown(bench: converged.Bench, s: dict) -> str:
   else:
     lines.append(f"All {c['planned']} planned runs finished ({cost}).")
   lines.append("")
+  kinds = _stop_kinds(s["protocol"])
   head = ("| method | seeds | " + " | ".join(f"{t} ({bench.metric_name})"
                                           for t in bench.task_names)
-          + " | Δm% ↓ | mean rank ↓ | stops: plateau / lr floor / cap | epochs run (best), per seed |")
+          + " | Δm% ↓ | mean rank ↓ | stops: " + " / ".join(kinds)
+          + " | epochs run (best), per seed |")
   lines += [head, "|" + "---|" * (k + 6)]
   stl_seeds = s["stl_seeds"]
   stl_n = ",".join(str(len(x)) for x in stl_seeds) if len(set(map(len, stl_seeds))) > 1 \
@@ -264,7 +273,7 @@ def markdown(bench: converged.Bench, s: dict) -> str:
   stl_runs = [r for r in s["runs"].values() if r["method"].startswith("stl_")]
   stl_epochs = [r["epochs_run"] for r in stl_runs if not r.get("failed")]
   lines.append(f"| STL | {stl_n} | " + " | ".join(_fmt(v) for v in s["stl"]) + " | 0 | — | "
-               f"{_stop_cell(_stops(stl_runs))} | "
+               f"{_stop_cell(_stops(stl_runs), kinds)} | "
                + (f"{min(stl_epochs)}–{max(stl_epochs)} over {len(stl_epochs)} runs"
                   if stl_epochs else "—") + " |")
   order = sorted(s["methods"].items(),
@@ -282,15 +291,18 @@ def markdown(bench: converged.Bench, s: dict) -> str:
     runs = [x for x in s["runs"].values() if x["method"] == m
             and x.get("config", {}) == r["config"] and not x.get("failed")]
     lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + f" | {dm} | "
-                 + f"{r['mean_rank']:.1f} | {_stop_cell(r['stops'])} | "
+                 + f"{r['mean_rank']:.1f} | {_stop_cell(r['stops'], kinds)} | "
                  + _epochs(runs) + " |")
   failed = [key for key, r in s["runs"].items() if r.get("failed")]
   lines.append("")
   stops, gains = c["stops"], c["lr_floor_gain_in_last_window"]
   lines.append(
-      f"Stops: {stops.get('plateau', 0)} runs by the plateau test, {stops.get('lr floor', 0)} "
-      f"at the learning-rate floor, {stops.get('cap', 0)} at the epoch cap (converged: "
-      f"plateau or floor; see the rule)."
+      (f"Stops: {stops.get('plateau', 0)} runs by the plateau test, "
+       f"{stops.get('lr floor', 0)} at the learning-rate floor, {stops.get('cap', 0)} at the "
+       f"epoch cap (converged: plateau or floor; see the rule)."
+       if "lr floor" in kinds else
+       f"Stops: {stops.get('plateau', 0)} runs by the plateau test (converged), "
+       f"{stops.get('cap', 0)} at the epoch cap.")
       + ("" if gains is None else
          f" Over the last {s['protocol']['window_percent']}% of their epochs the best "
          f"validation score of the runs stopped at the floor still rose by "

@@ -218,9 +218,10 @@ def with_diagnostics(method: optax.GradientTransformation, *,
   method's identical one, so the extra cost is O(K³), independent of the
   model size (checked in the tests on the compiled HLO; ConicGrad at K = 10,
   m = 10⁶ float32 on a 2-core CPU: 1.00× the unwrapped update's time,
-  ``python -m benchmarks perf --parts diagnostics``). The exception is
-  :func:`~conicgrad_jax.mtac_fc`, which never forms G: wrapping it adds one
-  O(K²m) pass over the shared leaves. A step the method skips
+  ``python -m benchmarks perf --parts diagnostics``). Around a method that
+  forms no Gram matrix itself (:func:`~conicgrad_jax.mtac_fc`,
+  :func:`~conicgrad_jax.graddrop`, :func:`~conicgrad_jax.trimmed_mean`, the
+  loss weightings) the wrapper adds one O(K²m) pass over the shared leaves. A step the method skips
   (NaN/Inf gradients) keeps the previous diagnostics.
 
   Args:

@@ -111,8 +111,9 @@ def cross_gram_matrix(task_grads_a: PyTree, task_grads_b: PyTree, precision=_num
   n_all = len(jax.tree_util.tree_leaves(task_grads_a))
   # b is either shaped like a (its shared leaves are then taken by a's flags) or
   # holds a's shared leaves alone, in order.
-  if len(b_all) == n_all and not (len(a_leaves) == n_all and isinstance(task_grads_b,
-                                                                        (list, tuple))):
+  flat_sequence = (isinstance(task_grads_b, (list, tuple))
+                   and all(validation.is_array(leaf) for leaf in task_grads_b))
+  if len(b_all) == n_all and not (len(a_leaves) == n_all and flat_sequence):
     validation.check_same_structure(task_grads_b, task_grads_a, "`task_grads_b`",
                                     "`task_grads_a`")
     b_leaves = b_all if flags is None else [leaf for leaf, f in zip(b_all, flags) if f]

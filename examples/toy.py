@@ -77,6 +77,8 @@ def run(method, steps, record_every=50, starts=STARTS):
   In float64: from (9, 9) the runs pass close to the edge of a flat region, where
   float32 rounding decides whether, and when, they leave it.
   """
+  if not isinstance(record_every, int) or record_every <= 0:
+    raise ValueError(f"`record_every` must be a positive integer, got {record_every!r}.")
   if steps <= 0 or steps % record_every:
     raise ValueError(f"`steps` must be a positive multiple of record_every={record_every}, "
                      f"got {steps}.")

@@ -30,6 +30,11 @@ def test_toy_run_refuses_steps_it_would_not_take(steps):
     toy.run(cg.linear_scalarization(), steps)
 
 
+def test_toy_run_refuses_a_bad_record_interval():
+  with pytest.raises(ValueError, match="`record_every` must be a positive integer"):
+    toy.run(cg.linear_scalarization(), 100, record_every=0)
+
+
 @pytest.mark.slow
 def test_sharded_example_runs_on_a_device_count_that_does_not_divide_its_batch():
   """Six devices: the example meshes a power of two of them (4), since 6 divides

@@ -151,6 +151,13 @@ def test_cross_gram_takes_a_list_of_the_shared_leaves_when_every_leaf_is_shared(
   np.testing.assert_allclose(np.asarray(cross_gram_matrix(a, b)), np.asarray(expected))
 
 
+def test_cross_gram_refuses_a_nested_sequence_of_other_keys():
+  a = ({"x": jnp.ones((2, 3)), "y": jnp.ones((2, 3))},)
+  b = ({"y": jnp.ones((2, 3)), "z": jnp.ones((2, 3))},)
+  with pytest.raises(ValueError, match="structure"):
+    cross_gram_matrix(a, b)
+
+
 @pytest.mark.parametrize("block_size", [0, -2, 2.5])
 def test_upper_triangle_gram_refuses_a_bad_block_size(block_size):
   with pytest.raises(ValueError, match="`block_size`"):

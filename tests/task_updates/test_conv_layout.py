@@ -165,8 +165,8 @@ def test_loop_bodies_are_canonical_and_give_the_unrolled_update(mode):
   state = looped.init(params)
   _, u_loop, _ = jax.jit(looped.step)(params, state, x, y)
   _, u_unrolled, _ = jax.jit(unrolled.step)(params, state, x, y)
-  # The two programs round G differently, and MGDA's float32 solve moves with that
-  # rounding by up to its own accuracy (seen: 9e-5 of the leaf's largest entry).
+  # The two programs round G differently, and MGDA's float32 answer can move with that
+  # rounding by more than rounding (seen: up to 9e-5 of the leaf's largest entry).
   for a, b in zip(jax.tree_util.tree_leaves(u_loop), jax.tree_util.tree_leaves(u_unrolled)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-4 * float(np.abs(b).max()))
   # The convolutions inside the loop body (those at the top level XLA rewrites itself).
