@@ -43,7 +43,7 @@ from benchmarks import store as store_m
 from benchmarks import timing
 
 K = 40
-ALL_SIZES_METHODS = ("conicgrad", "mgda", "famo")
+ALL_SIZES_METHODS = ("conicgrad", "mgda", "famo", "sdmgrad")
 # Weights from the losses alone (no gradient enters them): one backward pass suffices.
 LOSS_ONLY = tuple(name for name, info in cg.methods().items()
                   if info.loss_only and name != "linear_scalarization")
@@ -148,9 +148,10 @@ def main(argv=None):
   runs = store_m.RunStore(args.out, tag)
   rows = []
   for size, (width, methods) in tqdm(plan.items(), desc="sizes"):
-    rows += runs.run(f"{size}_{'-'.join(methods)}_b{batch}",
+    rows += runs.run(f"{size}_{'-'.join(methods)}_b{batch}_r{rounds}",
                      lambda width=width, methods=methods, size=size: {
-                         "rows": measure(size, width, methods, batch, rounds)})["rows"]
+                         "rows": measure(size, width, methods, batch, rounds)},
+                     current_library_only=True)["rows"]
   with open(os.path.join(args.out, f"{tag}.json"), "w") as f:
     json.dump({"benchmark": "celeba_scaling", "quick": args.quick, "K": K,
                "machine": timing.machine(), "rows": rows}, f, indent=1)

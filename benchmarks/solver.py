@@ -1,4 +1,4 @@
-"""ConicGrad solver and aggregation cost (issue: ConicGrad core).
+"""ConicGrad solver and aggregation cost.
 
 1. Solver alone, from a given Gram matrix: Newton iterations, certified
    relative duality gap and time per solve for K ∈ {2, 10, 40, 128} (float32

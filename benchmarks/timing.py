@@ -9,16 +9,24 @@ import jax
 import numpy as np
 
 
+def round_orders(names: list, rounds: int, seed: int = 0) -> list:
+  """One order of ``names`` per round, each a fresh seeded permutation: a candidate
+  follows a different one from round to round (a fixed or merely rotated order would
+  give it the same predecessor, whose traces in caches and memory then bias its time)."""
+  rng = np.random.default_rng(seed)
+  return [[names[i] for i in rng.permutation(len(names))] for _ in range(rounds)]
+
+
 def interleaved_times(candidates: dict[str, Callable[[], object]], rounds: int,
-                      warmup: int = 2) -> dict[str, np.ndarray]:
-  """Calls each candidate once per round, in rotating order; returns seconds per call."""
+                      warmup: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+  """Calls each candidate once per round, in a random order per round (:func:`round_orders`),
+  after ``warmup`` untimed rounds; returns seconds per call."""
   names = list(candidates)
   for _ in range(warmup):
     for name in names:
       jax.block_until_ready(candidates[name]())
   times = {name: [] for name in names}
-  for r in range(rounds):
-    order = names[r % len(names):] + names[:r % len(names)]
+  for order in round_orders(names, rounds, seed):
     for name in order:
       t0 = time.perf_counter()
       jax.block_until_ready(candidates[name]())

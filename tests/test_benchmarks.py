@@ -547,3 +547,25 @@ def test_a_full_report_counts_runs_against_the_whole_plan_when_some_methods_trai
   converged.summarise_all({}, "out", methods=["mgda"], quick=False)
   converged.summarise_all({}, "out", methods=["mgda"], quick=True)
   assert seen == [None, ["mgda"]]
+
+
+def test_timing_rounds_are_fresh_permutations_so_predecessors_vary():
+  from benchmarks import timing
+  names = [f"m{i}" for i in range(39)]
+  orders = timing.round_orders(names, 7, seed=0)
+  assert all(sorted(o) == sorted(names) for o in orders)
+  assert orders == timing.round_orders(names, 7, seed=0)           # reproducible
+  predecessors = {n: {o[o.index(n) - 1] for o in orders if o.index(n) > 0} for n in names}
+  # A rotated order gave every candidate one predecessor in almost every round.
+  assert np.median([len(p) for p in predecessors.values()]) >= 5
+  calls = {n: (lambda: 0.0) for n in names[:3]}
+  times = timing.interleaved_times(calls, 4, warmup=1)
+  assert set(times) == set(names[:3]) and all(t.shape == (4,) for t in times.values())
+
+
+def test_scaling_model_sizes_are_the_ones_the_docs_name():
+  from benchmarks import models
+  shared = {name: models.count(models.init_params(40, width))
+            for name, width in models.WIDTHS.items()}
+  assert shared == {"5.2M": 5_200_772, "10M": 9_996_965, "20M": 20_010_251,
+                    "34.4M": 34_394_983}
