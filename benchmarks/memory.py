@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import conicgrad_jax as cg
+from benchmarks import store as store_m
 from benchmarks import timing
 
 
@@ -61,7 +62,8 @@ def main(argv=None):
   name = "memory_quick" if args.quick else "memory"
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-    json.dump({"benchmark": "memory", "machine": timing.machine(), "rows": rows}, f, indent=2)
+    json.dump({"benchmark": "memory", "machine": timing.machine(),
+               "library": store_m.library_fingerprint(), "rows": rows}, f, indent=2)
   for r in rows:
     print(f"K={r['K']:4d} m={r['m_shared']:,}: stacked {r['stacked_temp_MiB']:8.1f} MiB, "
           f"gramian-only {r['gramian_temp_MiB']:6.1f} MiB")
