@@ -7,7 +7,7 @@ convolution into its canonical order (batch, spatial…, feature / spatial…,
 in, out) with transposes around it, and runs it on its fast path. Inside a
 ``lax.cond`` branch or a ``lax.map``/``lax.scan`` body it does not, and the
 same backward pass runs many times slower (jax issue 12868; ``python -m
-benchmarks perf``: 12.1× for the amortised step of the benchmark CNN, 16.0×
+benchmarks perf``: 17.3× for the amortised step of the benchmark CNN, 22.3×
 for its chunked task gradients in ``lax.map``). :func:`canonical_convolutions`
 does that rewrite itself, at the level of the traced program, so the body's
 convolutions are already canonical.
