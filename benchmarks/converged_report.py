@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import collections
 import json
 import math
 import os
@@ -156,10 +157,7 @@ def summarise(bench: converged.Bench, runs: dict, planned: list, quick: bool = F
 
 def _stops(runs) -> dict:
   """How many of ``runs`` stopped for each reason ("plateau", "lr floor", "cap", ...)."""
-  counts = {}
-  for r in runs:
-    counts[r.get("stop_reason")] = counts.get(r.get("stop_reason"), 0) + 1
-  return counts
+  return dict(collections.Counter(r.get("stop_reason") for r in runs))
 
 
 def _floor_gains(runs, protocol) -> Optional[dict]:
