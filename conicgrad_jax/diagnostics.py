@@ -217,7 +217,7 @@ def with_diagnostics(method: optax.GradientTransformation, *,
   passed). Under ``jax.jit`` XLA merges this Gram contraction with the
   method's identical one, so the extra cost is O(K³), independent of the
   model size (checked in the tests on the compiled HLO; ConicGrad at K = 10,
-  m = 10⁶ float32 on a 2-core CPU: 1.00× the unwrapped update's time,
+  m = 10⁶ float32 on a 2-core CPU: 0.99× the unwrapped update's time,
   ``python -m benchmarks perf --parts diagnostics``). Around a method that
   forms no Gram matrix itself (:func:`~conicgrad_jax.mtac_fc`,
   :func:`~conicgrad_jax.graddrop`, :func:`~conicgrad_jax.trimmed_mean`, the

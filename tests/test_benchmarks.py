@@ -391,6 +391,34 @@ def _converged_bench(tmp_path=None):
                          task.is_shared, log_score=True, eval_chunk=8)
 
 
+def test_converged_loss_only_runs_take_the_stacked_paths_update():
+  """The converged runs train every loss-only method (linear scalarisation, the STL
+  baselines, the loss weightings) by one backward pass of the weighted loss: the same
+  steps as with the K stacked task gradients."""
+  import jax
+  import conicgrad_jax as cg
+  from benchmarks import converged
+  bench = _converged_bench()
+  (x, y), _, _ = bench.load_data()
+  loss_only = [name for name, info in cg.methods().items() if info.loss_only]
+  assert {"linear_scalarization", "uncertainty_weighting", "famo"} <= set(loss_only)
+  for method in ["stl_0", "stl_1"] + loss_only:
+    job = converged.Job("tiny", f"{method}_seed0", method, (), 0, "core")
+    one_backward, init, mode = converged.make_step(bench, job)
+    assert mode == "representation", method
+    stacked, _, _ = converged.make_step(bench, job, mode="stacked")
+    params = bench.init_params(0)
+    p1, s1, p2, s2 = params, init(params), params, init(params)
+    for i in range(3):   # later steps see the state the earlier ones left
+      batch = slice(16 * i, 16 * (i + 1))
+      p1, s1, losses1 = one_backward(p1, s1, x[batch], y[batch], 1.0)
+      p2, s2, losses2 = stacked(p2, s2, x[batch], y[batch], 1.0)
+      np.testing.assert_allclose(losses1, losses2, rtol=1e-5, err_msg=method)
+      jax.tree_util.tree_map(
+          lambda a, b, n=method: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6,
+                                                            err_msg=n), p1, p2)
+
+
 def test_converged_run_resumes_from_its_checkpoint(tmp_path):
   from benchmarks import converged
   bench = _converged_bench()
@@ -527,12 +555,14 @@ def test_short_protocol_methods_draw_their_random_numbers_from_the_run_seed(meth
 
 
 def test_converged_methods_draw_their_random_numbers_from_the_run_seed():
-  """PCGrad's task order (and RLW's, GradDrop's, GradVac's draws) follows the run's seed;
-  a method without randomness is built as before."""
+  """PCGrad's task order, RLW's weights, GradDrop's and GradVac's draws follow the
+  run's seed; a method without randomness is built as before."""
   from benchmarks import converged
   job = lambda method, seed: converged.Job("tiny", f"{method}_seed{seed}", method, (), seed, "core")
-  keys = [converged.build_method(job("pcgrad", s), 3)[0].init(None).key for s in (0, 1, 2)]
-  assert len({tuple(np.asarray(k).ravel()) for k in keys}) == 3   # raw uint32 keys
+  for method in ("pcgrad", "rlw", "graddrop", "gradvac"):
+    keys = [converged.build_method(job(method, s), 3)[0].init({"w": np.zeros(4, np.float32)}).key
+            for s in (0, 1, 2)]
+    assert len({tuple(np.asarray(k).ravel()) for k in keys}) == 3, method   # raw uint32 keys
   assert converged.build_method(job("mgda", 2), 3)[1] is False
 
 

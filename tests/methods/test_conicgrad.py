@@ -45,8 +45,17 @@ def test_update_matches_reference_direction_on_a_mixed_pytree():
   for upd, p in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(params)):
     assert upd.shape == p.shape and upd.dtype == p.dtype
   np.testing.assert_allclose(np.asarray(state.weights) @ J, u, atol=1e-5)
-  assert float(state.diagnostics.cosine) >= 0.5 - 1e-4
-  assert float(state.diagnostics.residual) <= 1e-4
+  diag = jax.tree_util.tree_map(np.asarray, state.diagnostics)
+  g0 = J.mean(0)
+  assert float(diag.cosine) == pytest.approx(u @ g0 / np.linalg.norm(u) / np.linalg.norm(g0),
+                                             abs=1e-5)
+  assert float(diag.cosine) >= 0.5 - 1e-4
+  assert float(diag.g0_norm) == pytest.approx(np.linalg.norm(g0), rel=1e-5)
+  # The residual is ψ(w*) − value, both recomputed here from J in float64.
+  scale = np.sqrt(np.max(np.sum(J * J, axis=1)))
+  gap = (ref.psi(J, 0.5, diag.simplex_weights) - float(np.min(J @ u)) / np.linalg.norm(u)) / scale
+  assert float(diag.residual) == pytest.approx(gap, abs=1e-5)
+  assert float(diag.residual) <= 1e-4
 
 
 def test_chain_with_adam_under_jit_compiles_once():
@@ -304,11 +313,20 @@ def test_weights_are_meaningful_when_a_task_gradient_is_exactly_zero():
   np.testing.assert_allclose(weights @ J, np.asarray(u["w"]), atol=1e-6)
   assert np.all(np.abs(weights) < 10.0)
   d = state.diagnostics
-  w_star = np.asarray(d.simplex_weights)
+  w_star = np.asarray(d.simplex_weights, np.float64)
   np.testing.assert_allclose(w_star.sum(), 1.0, atol=1e-6)
-  assert np.all(w_star >= 0) and float(d.lam) >= 0
+  assert np.all(w_star >= 0)
   # A zero gradient makes every task's best worst-case value 0 (task 2 cannot improve):
   assert abs(float(d.value)) <= 1e-5
+  # w* is optimal for the dual (ψ(w*) = 0, the optimum), and λ is λ*(w*), from J.
+  J64 = J.astype(np.float64)
+  assert ref.psi(J64, 0.5, w_star) == pytest.approx(0.0, abs=1e-5)
+  g0_hat = J64.mean(0) / np.linalg.norm(J64.mean(0))
+  g_w = J64.T @ w_star
+  a = g_w @ g0_hat
+  lam = max(0.0, 0.5 * np.linalg.norm(g_w - a * g0_hat) / np.sqrt(0.75) - a)
+  assert float(d.lam) == pytest.approx(lam, abs=1e-5)
+  assert float(d.dual_norm) == pytest.approx(np.linalg.norm(g_w + lam * g0_hat), abs=1e-5)
 
 
 def _fused_kernels(tx, k=10):

@@ -52,11 +52,23 @@ def test_mgda_normalizations_use_losses():
   np.testing.assert_allclose(ws, w_refs, atol=1e-6)
   with pytest.raises(ValueError, match="losses"):
     mgda_m.mgda_weighting(jnp.eye(2), None, normalization="loss")
+  # Through the transformation: the weights of the min-norm point of the g_i/n_i,
+  # applied to the raw gradients (intel-isl's MGDA-UB code), from cvxpy.
+  for normalization, n in (("loss", losses), ("loss+", losses * norms)):
+    x = cp.Variable(J.shape[0], nonneg=True)
+    ref.solve_tight(cp.Problem(cp.Minimize(cp.sum_squares((J / n[:, None]).T @ x)),
+                               [cp.sum(x) == 1]))
+    tx = cg.mgda(normalization)
+    with jax.enable_x64(True):
+      u, _ = jax.jit(tx.update)({"w": jnp.asarray(J)}, tx.init(None),
+                                losses=jnp.asarray(losses))
+      u = np.asarray(u["w"])
+    np.testing.assert_allclose(u, J.T @ x.value, atol=1e-6 * np.abs(J.T @ x.value).max())
+  # Ignoring the losses would give plain MGDA's update, which is far from this one.
+  assert np.abs(J.T @ x.value - ref.mgda_direction(J)).max() > 1e-2 * np.abs(J.T @ x.value).max()
   tx = cg.mgda("loss")
   g = {"w": jnp.asarray(J, jnp.float32)}
   update = jax.jit(tx.update)
-  u, _ = update(g, tx.init(None), losses=jnp.asarray(losses))
-  assert np.all(np.isfinite(np.asarray(u["w"])))
   with pytest.raises(ValueError, match="losses"):      # "loss" cannot run without them
     update(g, tx.init(None))
   with pytest.raises(ValueError, match=r"`losses` has shape \(3,\); expected \(4,\)"):

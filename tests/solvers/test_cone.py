@@ -1,6 +1,8 @@
 """The Gram-level ConicGrad solver against the maths: SOCP references, properties, edge cases."""
 
 
+from unittest import mock
+
 import hypothesis
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
@@ -11,6 +13,7 @@ import pytest
 
 import reference_solvers as ref
 from conicgrad_jax import conic_weighting, solve_cone_dual
+from conicgrad_jax.solvers import cone
 from conicgrad_jax.solvers.cone import cap_rounding_bound
 
 solve64 = jax.jit(solve_cone_dual, static_argnames=("max_iter",))
@@ -23,6 +26,38 @@ def _solve(J, c, preference=None, dtype=np.float64):
     p = None if preference is None else jnp.asarray(preference, dtype)
     u, diag = solve64(G, c, p)
     return (np.asarray(u, np.float64), jax.tree_util.tree_map(np.asarray, diag))
+
+
+def _check_reported_solution(J, c, u, diag, preference=None, gap=1e-6):
+  """The solver's answer and every diagnostic it reports, recomputed from J in float64.
+
+  The direction d̂ = Jᵀu and the weights w* must certify each other (the gap of
+  ``ref.certified_gap``, independent of the solver's own scoring); the reported
+  residual must be ψ(w*) − value (at least that gap), the cosine cos(d̂, g0), λ the
+  closed-form λ*(w*), and the dual norm ‖g_w* + λ*ĝ0‖.
+  """
+  K = J.shape[0]
+  p = np.full(K, 1.0 / K) if preference is None else np.asarray(preference) / np.sum(preference)
+  g0 = J.T @ p
+  g0_hat = g0 / np.linalg.norm(g0)
+  scale = np.sqrt(np.max(np.sum(J * J, axis=1)))
+  d = J.T @ u
+  assert np.linalg.norm(d) == pytest.approx(1.0, abs=1e-8)
+  certified = ref.certified_gap(J, c, diag.simplex_weights, d, preference)
+  assert certified <= gap
+  residual = (ref.psi(J, c, diag.simplex_weights, preference) - float(diag.value)) / scale
+  assert float(diag.residual) == pytest.approx(residual, abs=1e-7)
+  assert float(diag.residual) >= certified - 1e-9
+  assert float(diag.cosine) == pytest.approx(d @ g0_hat, abs=1e-7)
+  assert float(diag.g0_norm) == pytest.approx(np.linalg.norm(g0), rel=1e-9)
+  g_w = J.T @ np.asarray(diag.simplex_weights, float)
+  a = g_w @ g0_hat
+  b = np.linalg.norm(g_w - a * g0_hat)
+  lam = max(0.0, c * b / np.sqrt(1.0 - c * c) - a)
+  # b = (‖g_w‖² − a²)^½ from G loses half the digits when g_w is nearly along g0.
+  assert float(diag.lam) == pytest.approx(lam, abs=1e-6 * scale)
+  assert float(diag.dual_norm) == pytest.approx(np.linalg.norm(g_w + lam * g0_hat),
+                                                abs=1e-6 * scale)
 
 
 def _instances(seed, n):
@@ -124,6 +159,36 @@ def test_residual_and_iterations_scale_to_many_tasks(K):
     assert diag.residual <= tol
     assert diag.iterations <= 200 + 4
     assert ref.certified_gap(J, 0.5, diag.simplex_weights, J.T @ u) <= tol
+    if dtype == np.float64:
+      _check_reported_solution(J, 0.5, u, diag)
+
+
+def _crossover_stand_in(gram_n, q, p, n0, c, x0, task_active, null_projector, ball_active,
+                        cap_active):
+  """Every Newton iterate of the crossover is its start point (an unpolished answer)."""
+  del q, p, n0, c, task_active, null_projector, ball_active, cap_active
+  k = gram_n.shape[0]
+  return (jnp.broadcast_to(x0[:k], (cone._POLISH_STEPS, k)),
+          jnp.broadcast_to(x0[k + 1:2 * k + 1], (cone._POLISH_STEPS, k)))
+
+
+def test_reported_residual_is_the_gap_of_an_inexact_answer():
+  """Stopped early (1–8 interior-point steps, no crossover), the answer is far from
+  optimal; the reported residual is then ψ(w*) − value recomputed from J, never
+  below the certified gap of the returned pair, and well above zero."""
+  rng = np.random.default_rng(5)
+  with mock.patch.object(cone, "_crossover", _crossover_stand_in), jax.enable_x64(True):
+    solve = jax.jit(lambda G, it: solve_cone_dual(G, 0.2, max_iter=it), static_argnums=1)
+    for max_iter in (1, 2, 4, 8):
+      J = rng.standard_normal((8, 20)) + 0.3 * rng.standard_normal(20)
+      u, diag = solve(jnp.asarray(J @ J.T), max_iter)
+      u, diag = np.asarray(u), jax.tree_util.tree_map(np.asarray, diag)
+      scale = np.sqrt(np.max(np.sum(J * J, axis=1)))
+      residual = (ref.psi(J, 0.2, diag.simplex_weights) - float(diag.value)) / scale
+      certified = ref.certified_gap(J, 0.2, diag.simplex_weights, J.T @ u)
+      assert certified > 1e-3
+      assert float(diag.residual) == pytest.approx(residual, rel=1e-9)
+      assert float(diag.residual) >= certified - 1e-9
 
 
 def _adversarial():
@@ -152,7 +217,7 @@ def _adversarial():
 def test_adversarial_instances(name):
   J, c = _adversarial()[name]
   u, diag = _solve(J, c)
-  assert diag.residual <= 1e-6
+  _check_reported_solution(J, c, u, diag)
   _, value_ref = ref.cap_primal(J, c)
   scale = np.sqrt(np.max(np.sum(J * J, 1)))
   assert abs(diag.value - value_ref) <= 1e-6 * scale
@@ -310,14 +375,15 @@ def test_direction_opposite_to_reference():
   d = J.T @ u
   assert np.all(np.isfinite(d))
   assert d @ e >= 0.5 - 1e-9
+  _check_reported_solution(J, 0.5, u, diag)
   _, value_ref = ref.cap_primal(J, 0.5)
   assert diag.value == pytest.approx(value_ref, abs=1e-7)
   # Rank two: the cap optimum lies on its flat face (d* shorter than 1).
   J = np.array([[1.0, 0.0], [-2.0, 0.3], [-2.0, -0.3]])
   u, diag = _solve(J, 0.6)
+  _check_reported_solution(J, 0.6, u, diag)
   _, value_ref = ref.cap_primal(J, 0.6)
   assert diag.value == pytest.approx(value_ref, abs=1e-7)
-  assert diag.residual <= 1e-6
 
 
 def test_duplicated_tasks_with_split_preference_change_nothing():
@@ -336,8 +402,10 @@ def test_more_tasks_than_dimensions():
   J = rng.standard_normal((12, 2))
   J += np.array([2.0, 0.0])
   u, diag = _solve(J, 0.3)
-  _, value_ref = ref.cap_primal(J, 0.3)
+  _check_reported_solution(J, 0.3, u, diag)
+  d_ref, value_ref = ref.cap_primal(J, 0.3)
   assert diag.value == pytest.approx(value_ref, abs=1e-7)
+  np.testing.assert_allclose(J.T @ u, d_ref / np.linalg.norm(d_ref), atol=1e-5)
 
 
 def test_preference_centres_the_cone():
@@ -348,8 +416,12 @@ def test_preference_centres_the_cone():
   g0 = J.T @ p
   d = J.T @ u
   assert d @ g0 / np.linalg.norm(g0) >= 0.8 - 1e-8
-  _, value_ref = ref.cap_primal(J, 0.8, p)
+  _check_reported_solution(J, 0.8, u, diag, preference=p)
+  d_ref, value_ref = ref.cap_primal(J, 0.8, p)
   assert diag.value == pytest.approx(value_ref, abs=1e-7)
+  np.testing.assert_allclose(d, d_ref / np.linalg.norm(d_ref), atol=1e-5)
+  _, lam_ref, _ = ref.joint_dual(J, 0.8, p)
+  assert float(diag.lam) == pytest.approx(lam_ref, abs=1e-5)
 
 
 @pytest.mark.parametrize("scale", ["g0", "unit", "raw"])
