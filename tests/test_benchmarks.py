@@ -391,6 +391,7 @@ def _converged_bench(tmp_path=None):
                          task.is_shared, log_score=True, eval_chunk=8)
 
 
+@pytest.mark.slow   # two compiled steps for each of 15 methods
 def test_converged_loss_only_runs_take_the_stacked_paths_update():
   """The converged runs train every loss-only method (linear scalarisation, the STL
   baselines, the loss weightings) by one backward pass of the weighted loss: the same
