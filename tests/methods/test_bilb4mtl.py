@@ -117,3 +117,20 @@ def test_with_bounds_the_sum_of_the_clipped_router_is_differentiated():
   inside = (soft > 0.2) & (soft < 0.8)                # the clip passes no gradient outside
   expected = (np.diag(soft) - np.outer(soft, soft)) @ (inside * dL_dsigma)
   np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_the_penalty_chains_every_neighbouring_pair_at_three_tasks():
+  """K = 3, λ = 0.2, a non-uniform router, away from every kink: the loss and the weights
+  ∂L/∂l written out in numpy (penalty λ(|σ₁l₁ − σ₂l₂| + |σ₂l₂ − σ₃l₃|))."""
+  l = np.array([1.0, 4.0, 0.5])
+  logits = np.array([0.3, -0.2, 0.1])
+  sigma = np.exp(logits) / np.exp(logits).sum()
+  weighted = sigma * l
+  diffs = weighted[:-1] - weighted[1:]
+  assert np.all(np.abs(diffs) > 0.1)
+  value = weighted.sum() + 0.2 * np.abs(diffs).sum()
+  signs = np.sign(diffs)
+  grad_l = sigma * (1.0 + 0.2 * (np.append(signs, 0.0) - np.insert(signs, 0, 0.0)))
+  args = (jnp.asarray(l), jnp.asarray(logits), jnp.asarray(l), 0.2)
+  assert float(cg.bilb4mtl_loss(*args)) == pytest.approx(value, rel=1e-6)
+  np.testing.assert_allclose(np.asarray(jax.grad(cg.bilb4mtl_loss)(*args)), grad_l, rtol=1e-5)

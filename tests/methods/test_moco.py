@@ -21,17 +21,21 @@ def _numpy_moco(Js, losses, beta=0.5, bs=0.5, gamma=0.1, gs=0.5, rho=0.0, return
   return (y.T @ lam, lam) if return_weights else y.T @ lam
 
 
-def test_moco_matches_the_numpy_reference():
+@pytest.mark.parametrize("options", [{}, dict(beta=0.7, beta_sigma=0.9, gamma=0.3,
+                                                 gamma_sigma=0.2)])
+def test_moco_matches_the_numpy_reference(options):
   rng = np.random.default_rng(7)
   Js = [rng.standard_normal((3, 2, 4)) for _ in range(3)]
   losses = [rng.uniform(0.5, 2.0, 3) for _ in range(3)]
   params = {"w": jnp.zeros((2, 4))}
-  tx = cg.moco(num_tasks=3)
+  tx = cg.moco(num_tasks=3, **options)
   state = tx.init(params)
   for J, l in zip(Js, losses):
     u, state = tx.update({"w": jnp.asarray(J, jnp.float32)}, state, params,
                          losses=jnp.asarray(l, jnp.float32))
-  expected = _numpy_moco([J.reshape(3, -1) for J in Js], losses)
+  names = dict(beta="beta", beta_sigma="bs", gamma="gamma", gamma_sigma="gs")
+  expected = _numpy_moco([J.reshape(3, -1) for J in Js], losses,
+                         **{names[key]: value for key, value in options.items()})
   np.testing.assert_allclose(np.asarray(u["w"]).ravel(), expected, rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match="num_tasks"):
     cg.moco()

@@ -37,3 +37,24 @@ def test_rlw_weights_are_a_softmax_of_a_standard_normal_draw():
   z = np.log(w) - np.log(w).mean(1, keepdims=True)   # z up to its mean
   # centred N(0, I_3) draws: var(z_i − mean z) = 1 − 1/3.
   np.testing.assert_allclose(z.var(0), 2 / 3, rtol=0.08)
+
+
+def test_each_update_draws_its_weights_from_the_key_it_splits_off():
+  """Step t uses softmax(z), z ~ N(0, I) from the second half of split(key_t); seeds differ."""
+  J = _random_J(1)
+  g = {"w": jnp.asarray(J, jnp.float32)}
+  tx = cg.rlw(seed=3)
+  state = tx.init(None)
+  drawn = []
+  for _ in range(3):
+    key, sub = jax.random.split(state.key)
+    expected = np.asarray(rlw_m.rlw_weighting(sub, 4)[0])
+    u, state = tx.update(g, state)
+    np.testing.assert_allclose(np.asarray(state.weights), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(u["w"]), expected @ J, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(state.key), np.asarray(key))
+    drawn.append(expected)
+  assert np.abs(drawn[0] - drawn[1]).max() > 1e-3 and np.abs(drawn[1] - drawn[2]).max() > 1e-3
+  other = cg.rlw(seed=4)
+  _, s_other = other.update(g, other.init(None))
+  assert np.abs(np.asarray(s_other.weights) - drawn[0]).max() > 1e-3

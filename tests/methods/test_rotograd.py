@@ -41,12 +41,25 @@ def test_rotate_only_variant_sums():
   np.testing.assert_allclose(np.asarray(u["w"]), [3.0, 1.0])
 
 
+def _reference_direction(o):
+  """v = mean_k (‖ō‖/‖o_k‖) o_k, ō = mean_k o_k, norms over the batch and features (numpy)."""
+  mean_norm = np.linalg.norm(o.mean(0))
+  return np.mean([mean_norm / np.linalg.norm(o_k) * o_k for o_k in o], axis=0)
+
+
+def test_reference_direction_rescales_every_task_to_the_mean_gradients_norm():
+  rng = np.random.default_rng(4)
+  o = rng.standard_normal((3, 6, 4)) * np.array([0.1, 1.0, 20.0])[:, None, None]
+  np.testing.assert_allclose(np.asarray(rg.reference_direction(jnp.asarray(o))),
+                             _reference_direction(o), rtol=1e-5, atol=1e-7)
+
+
 def test_rotation_loss_gradient_matches_its_closed_form_at_the_identity():
   rng = np.random.default_rng(1)
-  o = jnp.asarray(rng.standard_normal((2, 5, 3)), jnp.float32)
+  o = rng.standard_normal((2, 5, 3)) * np.array([1.0, 5.0])[:, None, None]
   gen = jnp.zeros((2, 3, 3))
-  grad = jax.jit(jax.grad(rg.rotation_loss))(gen, o)
-  v = np.asarray(rg.reference_direction(o))
+  grad = jax.jit(jax.grad(rg.rotation_loss))(gen, jnp.asarray(o, jnp.float32))
+  v = _reference_direction(o)
   for k in range(2):
     d_r = 2.0 / 5 * (v - np.asarray(o[k])).T @ v          # ∂/∂R of mean_b ‖R v_b − sg(R o_b)‖² at R = I
     # R = exp(L − Lᵀ), L the strictly lower triangle of A: ∂/∂A = tril(∂/∂R − (∂/∂R)ᵀ, −1).

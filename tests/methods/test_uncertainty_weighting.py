@@ -37,3 +37,14 @@ def test_options_are_validated():
     cg.uncertainty_weighting(lr=0.0)
   with pytest.raises(ValueError, match="init_log_scale"):
     cg.uncertainty_weighting(init_log_scale="zero")
+
+
+def test_init_log_scale_sets_the_first_weights():
+  """s₀ = init_log_scale: the first update's weights are ½e^{−s₀}, and s then moves by
+  the optimiser's step on ½(1 − e^{−s}l) (Adam's first step: −lr·sign)."""
+  l = np.array([0.5, 2.0])
+  state = run_losses(cg.uncertainty_weighting(lr=0.05, init_log_scale=0.7, num_tasks=2), [l])
+  np.testing.assert_allclose(np.asarray(state.weights), 0.5 * np.exp(-0.7) * np.ones(2),
+                             rtol=1e-6)
+  step = np.sign(1.0 - np.exp(-0.7) * l)
+  np.testing.assert_allclose(np.asarray(state.log_scales), 0.7 - 0.05 * step, rtol=1e-5)
