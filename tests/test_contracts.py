@@ -317,6 +317,15 @@ def test_adam_chain_keeps_its_types_and_bf16_params_give_bf16_updates(name):
   assert _avals(new_state) == _avals(state)        # a jit/scan carry keeps its types
 
 
+@pytest.mark.parametrize("name", METHODS)
+def test_updates_take_the_parameters_dtype_not_the_gradients(name):
+  """float32 task gradients for bfloat16 parameters: bfloat16 updates."""
+  params32 = as_dict(Net(nnx.Rngs(0)))
+  params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16), params32)
+  _, updates, _ = _traced_update(build(name, shared=MASK), params, _grads_like(params32))
+  assert _avals(updates) == _avals(params)
+
+
 def _x64():
   if hasattr(jax, "enable_x64"):
     return jax.enable_x64(True)

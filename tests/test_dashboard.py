@@ -102,6 +102,18 @@ def test_the_panels_draw_the_logged_values():
   np.testing.assert_allclose(np.asarray(image.get_array())[0], h.cosines[:, 0, 1])
   conflict = panel["conflicting pairs (per step) and cond(G)"].get_lines()[0]
   np.testing.assert_allclose(conflict.get_ydata(), h.conflict_fraction)
+  # The two right axes (twinx: untitled axes sharing a panel's position) and the rest.
+  np.testing.assert_allclose(angles[3].get_ydata(),
+                             np.degrees(np.arccos(np.clip(h.update_cosine_to_mean, -1, 1))))
+  norms_panel = panel["task-gradient norms; magnitude similarity (right axis)"]
+  for i in range(3):
+    np.testing.assert_allclose(norms_panel.get_lines()[i].get_ydata(), h.grad_norms[:, i])
+  twins = {id(ax): ax for ax in fig.axes if not ax.get_title()}.values()
+  right = {ax.get_ylabel(): ax for ax in twins}
+  iu = np.triu_indices(3, 1)
+  np.testing.assert_allclose(right["mean magnitude similarity"].get_lines()[0].get_ydata(),
+                             h.magnitude_similarity[:, iu[0], iu[1]].mean(axis=1))
+  np.testing.assert_allclose(right["cond(G)"].get_lines()[0].get_ydata(), h.condition_number)
   smoothed = {a.get_title(): a for a in dashboard.plot_dashboard(history, smooth=3).axes}
   conflict = smoothed["conflicting pairs (running mean of 3 steps) and cond(G)"].get_lines()[0]
   np.testing.assert_allclose(conflict.get_ydata(),

@@ -67,6 +67,25 @@ def test_as_dict_is_flat_floats_and_drops_missing_losses():
   assert len([k for k in out if k.startswith("cos/")]) == 3
   with pytest.raises(ValueError, match="task_names"):
     dg.as_dict(d, ["a"])
+  # Every key holds its own field, with losses given.
+  d = DIAGNOSE(jnp.asarray(J @ J.T, jnp.float32), jnp.array([0.2, 0.3, 0.5]),
+               jnp.array([1.0, 2.0, 4.0]))
+  out = dg.as_dict(d, ["a", "b", "c"])
+  f = jax.tree_util.tree_map(np.asarray, d)
+  expected = {"conflict_fraction": f.conflict_fraction, "condition_number": f.condition_number,
+              "update_norm": f.update_norm, "update_cos_mean": f.update_cosine_to_mean}
+  for i, a in enumerate("abc"):
+    expected.update({f"weight/{a}": f.weights[i], f"grad_norm/{a}": f.grad_norms[i],
+                     f"update_cos/{a}": f.update_cosines[i], f"loss/{a}": f.losses[i]})
+    for j, b in enumerate("abc"):
+      if i < j:
+        expected.update({f"cos/{a}-{b}": f.cosines[i, j],
+                         f"gms/{a}-{b}": f.magnitude_similarity[i, j]})
+  assert set(out) == set(expected)
+  for key, value in expected.items():
+    assert out[key] == pytest.approx(float(value), rel=1e-6), key
+  # The fields differ from each other here, so a key holding another field shows.
+  assert len({round(float(v), 6) for v in expected.values()}) >= len(expected) - 3
 
 
 _LOGGED_BY_DEFAULT = ("conicgrad", "cr_mogm", "mtac_fc")

@@ -114,6 +114,13 @@ def test_gram_matrix_on_shared_leaves_and_cross_gram():
       np.asarray(cross_gram_matrix(three, [other["enc"]],
                                    shared={"enc": True, "head_a": False, "head_b": False})),
       J @ J2.T, rtol=1e-5, atol=1e-4)
+  # A task-specific leaf that sorts before the shared one, of the same shape: b's shared
+  # leaf is taken by a's mask, not by its position.
+  first = {"a_head": tree["enc"] + 3.0, "enc": tree["enc"]}
+  first_other = {"a_head": -other["enc"], "enc": other["enc"]}
+  np.testing.assert_allclose(
+      np.asarray(cross_gram_matrix(first, first_other, shared={"a_head": False, "enc": True})),
+      J @ J2.T, rtol=1e-5, atol=1e-4)
 
 
 def test_a_summed_head_in_the_gram_names_the_leaf_and_the_shared_option():

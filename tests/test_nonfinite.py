@@ -37,8 +37,12 @@ def _train(tx, grads_seq, losses_seq=None):
   return history
 
 
-def test_nan_step_leaves_params_adam_moments_and_method_state_untouched():
-  history = _train(cg.skip_nonfinite(_chain()), [GOOD[0], BAD, GOOD[1]])
+BAD_HEAD = {"enc": GOOD[1]["enc"], "head": jnp.array([0.5, jnp.inf])}
+
+
+@pytest.mark.parametrize("bad", [BAD, BAD_HEAD], ids=["shared leaf", "task-specific leaf"])
+def test_nan_step_leaves_params_adam_moments_and_method_state_untouched(bad):
+  history = _train(cg.skip_nonfinite(_chain()), [GOOD[0], bad, GOOD[1]])
   (p1, s1, _), (p2, s2, u2), (p3, s3, _) = history
   assert all(np.all(u == 0) for u in _leaves(u2))
   assert jax.tree_util.tree_structure(u2) == jax.tree_util.tree_structure(PARAMS)
@@ -126,3 +130,15 @@ def test_a_chain_whose_state_learns_k_at_its_first_update_is_named():
   tx = cg.skip_nonfinite(optax.chain(cg.conicgrad(0.5, shared=SHARED), optax.adam(0.1)))
   with pytest.raises(ValueError, match="num_tasks=K"):
     tx.update(GOOD[0], tx.init(PARAMS), PARAMS)
+
+
+def test_a_chain_that_makes_finite_gradients_non_finite_is_skipped_too():
+  """The updates the chain returns are checked as well as its inputs: here the chain
+  itself scales finite updates by NaN."""
+  tx = cg.skip_nonfinite(optax.chain(cg.conicgrad(0.5, num_tasks=2, shared=SHARED),
+                                     optax.scale(float("nan"))))
+  (_, s1, u1), = _train(tx, [GOOD[0]])
+  assert all(np.all(u == 0) for u in _leaves(u1))
+  assert (int(s1.notfinite_count), bool(s1.last_finite), int(s1.total_notfinite)) == (1, False, 1)
+  for a, b in zip(_leaves(s1.inner_state), _leaves(tx.init(PARAMS).inner_state)):
+    np.testing.assert_array_equal(a, b)

@@ -87,6 +87,15 @@ def test_shape_mismatch_with_params_names_the_leaf():
     _update(grads, params)
 
 
+@pytest.mark.parametrize("head", [(5,), (2, 5)])
+def test_a_task_specific_leaf_of_the_wrong_shape_is_named(head):
+  """A task-specific leaf must be the parameter's shape (summed) or K × that shape."""
+  params = {"a": jnp.ones(3), "b": jnp.ones(2)}
+  grads = {"a": jnp.ones((2, 3)), "b": jnp.ones(head)}
+  with pytest.raises(ValueError, match=r"\['b'\] has shape .*expected \(K, \*\(2,\)\)"):
+    _update(grads, params, shared={"a": True, "b": False})
+
+
 def test_shared_leaf_without_task_axis_is_rejected():
   params = {"a": jnp.ones(3)}
   with pytest.raises(ValueError, match=r"\['a'\] has shape \(3,\)"):

@@ -194,7 +194,9 @@ def test_amortised_weighting_reuses_the_last_weights():
   np.testing.assert_allclose(np.asarray(u1["heads"]), np.asarray(hd), rtol=1e-5, atol=1e-6)
   _, u1_host, _ = jax.jit(task.reuse)(params2, state._replace(step=state.step - 1), x2)
   _close(u1_host, u1, rtol=1e-6, atol=1e-7)
-  _, _, state = step(params2, state, x2)
+  _, u2, state = step(params2, state, x2)          # step 2: still the step-0 weights
+  _close(u2, u1, rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(np.asarray(state.weights), w)
   _, u3, state = step(params2, state, x2)          # step 3: recomputed on the new data
   expected3, _ = _stacked(lambda **kw: cg.conicgrad(0.5, **kw), params2, x2)
   _close(u3, expected3, rtol=1e-5, atol=1e-6)
@@ -420,6 +422,45 @@ def test_a_reuse_step_with_a_nonfinite_head_gradient_is_counted(mode):
   _, update, reused = step(bad, state, x)                 # reuses the weights
   assert int(reused.step) == 2
   _assert_skipped(update, reused, state)
+
+
+@pytest.mark.parametrize("name", ["moco", "db_mtl", "excess_mtl"])
+def test_a_method_whose_state_is_shaped_like_the_shared_parameters(name):
+  """MoCo, DB-MTL and ExcessMTL keep buffers shaped like the parameters they balance:
+  with `shared`, make_task_update builds them for the shared leaves only, and two steps
+  equal the stacked reference's (same losses, gradients and state)."""
+  factory = lambda **kw: cg.methods()[name].factory(num_tasks=K, **kw)
+  params, x = _problem(3)
+  task = cg.make_task_update(fun, factory(), shared=shared)
+  step = jax.jit(task.step)
+  tx = factory(shared=shared)
+  reference = jax.jit(lambda p, s, x: tx.update(
+      cg.value_and_task_grads(fun, shared=shared)(p, x)[1], s, p,
+      losses=cg.value_and_task_grads(fun, shared=shared)(p, x)[0]))
+  state, ref_state = task.init(params), tx.init(params)
+  for seed in (3, 4):
+    params, x = _problem(seed)
+    _, update, state = step(params, state, x)
+    expected, ref_state = reference(params, ref_state, x)
+    _close(update, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_skipped_recompute_step_keeps_the_weights_later_reuse_steps_apply():
+  """every=2 in representation mode: step 2 recomputes on an infinite head gradient and is
+  skipped; it keeps step 0's weights, which step 3 (a reuse) then applies."""
+  params, x = _problem()
+  task = _skip_task(cg.conicgrad(0.5, num_tasks=K), {"mode": "representation", "every": 2},
+                    jnp.zeros(K))
+  step = jax.jit(task.step)
+  good = {**params, "heads": params["heads"].at[0, 0].set(1.0)}
+  bad = {**params, "heads": params["heads"].at[0, 0].set(0.0)}
+  _, _, state = step(good, task.init(params), x)          # step 0: recomputes
+  _, _, state = step(good, state, x)                      # step 1: reuses
+  _, update, skipped = step(bad, state, x)                # step 2: recomputes, skipped
+  _assert_skipped(update, skipped, state)
+  _, update, after = step(good, skipped, x)               # step 3: reuses step 0's weights
+  _, expected, _ = jax.jit(task.reuse)(good, state, x)
+  _close(update, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_the_vmap_strategy_gives_the_loop_strategy_update():

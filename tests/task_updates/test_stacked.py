@@ -35,6 +35,23 @@ def test_matches_jacrev(strategy):
   _close(grads, jax.jacrev(losses)(params, x), rtol=1e-5, atol=1e-6)
 
 
+def test_the_vmap_strategy_runs_one_batched_backward_pass_and_the_loop_k():
+  """In the traced program the loop has K copies of the backward pass's products, the
+  vmapped VJP one (batched over the tasks)."""
+  params, x, losses = _model(np.random.default_rng(0))
+  k = losses(params, x).shape[0]
+  assert k >= 2
+
+  def products(strategy):
+    jaxpr = jax.make_jaxpr(value_and_task_grads(losses, strategy=strategy))(params, x)
+    return str(jaxpr).count("dot_general")
+
+  forward = str(jax.make_jaxpr(losses)(params, x)).count("dot_general")
+  backward_loop = products("loop") - forward
+  backward_vmap = products("vmap") - forward
+  assert backward_loop == k * backward_vmap > 0
+
+
 def test_backend_defaults():
   assert default_strategy() == ("loop" if jax.default_backend() == "cpu" else "vmap")
   assert default_unroll() == (jax.default_backend() == "cpu")
