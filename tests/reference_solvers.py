@@ -87,17 +87,24 @@ def mgda_direction(J: np.ndarray) -> np.ndarray:
   return J.T @ np.asarray(w.value)
 
 
-def psi(J, c, w, p=None) -> float:
-  """The dual function ψ(w) = min_λ≥0 ‖g_w + λĝ0‖ − cλ, in float64 from J."""
+def lam_star(J, c, w, p=None):
+  """λ*(w) = max(0, c·b/s − a) for simplex weights w, with g_w and ĝ0 (float64, from J).
+
+  a = ⟨g_w, ĝ0⟩, b = ‖g_w − aĝ0‖, s = (1 − c²)^½. Returns (λ*, g_w, ĝ0).
+  """
   K = J.shape[0]
   p = np.full(K, 1.0 / K) if p is None else np.asarray(p, float) / np.sum(p)
-  g0 = J.T @ p
+  g0 = np.asarray(J, float).T @ p
   g0_hat = g0 / np.linalg.norm(g0)
-  g_w = J.T @ np.asarray(w, float)
+  g_w = np.asarray(J, float).T @ np.asarray(w, float)
   a = g_w @ g0_hat
   b = np.linalg.norm(g_w - a * g0_hat)
-  s = np.sqrt(1 - c * c)
-  lam = max(0.0, c * b / s - a)
+  return max(0.0, c * b / np.sqrt(1 - c * c) - a), g_w, g0_hat
+
+
+def psi(J, c, w, p=None) -> float:
+  """The dual function ψ(w) = min_λ≥0 ‖g_w + λĝ0‖ − cλ, in float64 from J."""
+  lam, g_w, g0_hat = lam_star(J, c, w, p)
   return float(np.linalg.norm(g_w + lam * g0_hat) - c * lam)
 
 

@@ -41,7 +41,7 @@ BAD_HEAD = {"enc": GOOD[1]["enc"], "head": jnp.array([0.5, jnp.inf])}
 
 
 @pytest.mark.parametrize("bad", [BAD, BAD_HEAD], ids=["shared leaf", "task-specific leaf"])
-def test_nan_step_leaves_params_adam_moments_and_method_state_untouched(bad):
+def test_a_non_finite_step_leaves_params_adam_moments_and_method_state_untouched(bad):
   history = _train(cg.skip_nonfinite(_chain()), [GOOD[0], bad, GOOD[1]])
   (p1, s1, _), (p2, s2, u2), (p3, s3, _) = history
   assert all(np.all(u == 0) for u in _leaves(u2))

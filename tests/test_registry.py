@@ -73,7 +73,9 @@ _EARLY_STATE = {"dwa": dict(window=1), "nash_mtl": dict(update_weights_every=2),
 @pytest.mark.slow   # several compiled updates of every method
 @pytest.mark.parametrize("name", METHODS)
 def test_the_registry_flags_match_what_the_method_does(name):
-  """Each flag of MethodInfo, read off the method's behaviour on small problems."""
+  """MethodInfo's flags against the method: needs_losses, loss_only and stateful by its
+  behaviour on small problems, needs_jacobian by its type, random by the key in its
+  state, and gram_weighting as the Gram methods: neither loss-only nor Jacobian."""
   from conicgrad_jax import aggregator
   info = cg.methods()[name]
   tx = info.factory(num_tasks=3)
@@ -89,6 +91,7 @@ def test_the_registry_flags_match_what_the_method_does(name):
     update(grads, fresh, params)
   assert isinstance(tx, aggregator.JacobianTransformation) == info.needs_jacobian
   assert ("key" in type(fresh)._fields) == info.random
+  assert not (info.gram_weighting and info.needs_jacobian)
   # loss_only: the weights never see the gradients. From the same state, two steps with
   # the same losses and the tasks' gradients permuted give the same weights (two, since
   # some methods apply weights learned from the previous step's gradients).

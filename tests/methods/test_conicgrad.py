@@ -321,10 +321,7 @@ def test_weights_are_meaningful_when_a_task_gradient_is_exactly_zero():
   # w* is optimal for the dual (ψ(w*) = 0, the optimum), and λ is λ*(w*), from J.
   J64 = J.astype(np.float64)
   assert ref.psi(J64, 0.5, w_star) == pytest.approx(0.0, abs=1e-5)
-  g0_hat = J64.mean(0) / np.linalg.norm(J64.mean(0))
-  g_w = J64.T @ w_star
-  a = g_w @ g0_hat
-  lam = max(0.0, 0.5 * np.linalg.norm(g_w - a * g0_hat) / np.sqrt(0.75) - a)
+  lam, g_w, g0_hat = ref.lam_star(J64, 0.5, w_star)
   assert float(d.lam) == pytest.approx(lam, abs=1e-5)
   assert float(d.dual_norm) == pytest.approx(np.linalg.norm(g_w + lam * g0_hat), abs=1e-5)
 

@@ -42,7 +42,7 @@ def test_options_are_validated():
 def test_init_log_scale_sets_the_first_weights():
   """s₀ = init_log_scale: the first update's weights are ½e^{−s₀}, and s then moves by
   the optimiser's step on ½(1 − e^{−s}l) (Adam's first step: −lr·sign)."""
-  l = np.array([0.5, 2.0])
+  l = np.array([0.5, 4.0])                   # 1 − e^{−0.7}l: +0.75 and −0.99
   state = run_losses(cg.uncertainty_weighting(lr=0.05, init_log_scale=0.7, num_tasks=2), [l])
   np.testing.assert_allclose(np.asarray(state.weights), 0.5 * np.exp(-0.7) * np.ones(2),
                              rtol=1e-6)

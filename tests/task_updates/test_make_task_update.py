@@ -458,9 +458,15 @@ def test_a_skipped_recompute_step_keeps_the_weights_later_reuse_steps_apply():
   _, _, state = step(good, state, x)                      # step 1: reuses
   _, update, skipped = step(bad, state, x)                # step 2: recomputes, skipped
   _assert_skipped(update, skipped, state)
-  _, update, after = step(good, skipped, x)               # step 3: reuses step 0's weights
-  _, expected, _ = jax.jit(task.reuse)(good, state, x)
+  other, x_other = _problem(8)                            # new data: a recompute would differ
+  other = {**other, "heads": other["heads"].at[0, 0].set(1.0)}
+  _, update, after = step(other, skipped, x_other)        # step 3: reuses step 0's weights
+  _, expected, _ = jax.jit(task.reuse)(other, state, x_other)
   _close(update, expected, rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(np.asarray(after.weights), np.asarray(state.weights))
+  _, recomputed, _ = jax.jit(task.recompute)(other, state, x_other)
+  assert max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+      jax.tree_util.tree_leaves(recomputed), jax.tree_util.tree_leaves(update))) > 1e-4
 
 
 def test_the_vmap_strategy_gives_the_loop_strategy_update():
