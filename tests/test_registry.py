@@ -52,7 +52,6 @@ def test_update_accepts_and_ignores_unknown_keyword_arguments(name):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-
 def _registry_problem(seed, order=(0, 1, 2)):
   """Conflicting task gradients (tasks 1, 2 against task 0) on two leaves, rows in ``order``."""
   rng = np.random.default_rng(seed)

@@ -434,9 +434,13 @@ def test_a_method_whose_state_is_shaped_like_the_shared_parameters(name):
   task = cg.make_task_update(fun, factory(), shared=shared)
   step = jax.jit(task.step)
   tx = factory(shared=shared)
-  reference = jax.jit(lambda p, s, x: tx.update(
-      cg.value_and_task_grads(fun, shared=shared)(p, x)[1], s, p,
-      losses=cg.value_and_task_grads(fun, shared=shared)(p, x)[0]))
+  task_grads = cg.value_and_task_grads(fun, shared=shared)
+
+  @jax.jit
+  def reference(p, s, x):
+    losses, grads = task_grads(p, x)
+    return tx.update(grads, s, p, losses=losses)
+
   state, ref_state = task.init(params), tx.init(params)
   for seed in (3, 4):
     params, x = _problem(seed)
