@@ -145,9 +145,13 @@ def random_instance(rng, *, conflict: bool, k_choices=(2, 3, 5, 8, 11),
 DUAL_CONE_REG_EPS = 1e-4   # the documented default ridge of P̂ = G/trace(G) + reg_eps·I (torchjd's)
 
 
-def dual_cone_regularized_gram(G):
-  """P̂ = G/trace(G) + reg_eps·I, in numpy (UPGrad's and DualProj's documented formula, not the library's)."""
-  return G / np.trace(G) + DUAL_CONE_REG_EPS * np.eye(len(G))
+def dual_cone_regularized_gram(G, reg_eps=DUAL_CONE_REG_EPS, norm_eps=0.0):
+  """P̂ = G/trace(G) + reg_eps·I, in numpy (UPGrad's and DualProj's documented formula, not the library's).
+
+  As torchjd, G/trace(G) is replaced by 0 when trace(G) < norm_eps.
+  """
+  normalized = G / np.trace(G) if np.trace(G) >= norm_eps else np.zeros_like(G)
+  return normalized + reg_eps * np.eye(len(G))
 
 
 def dual_cone_qp_by_enumeration(p_hat, lower):

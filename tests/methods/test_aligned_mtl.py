@@ -24,7 +24,7 @@ def test_aligned_mtl_whitens():
   np.testing.assert_allclose(w, B @ np.full(3, 1 / 3), atol=1e-8)
 
 
-def _aligned_mtl_reference(G, preference, scale_mode):
+def _aligned_mtl_reference(G, preference, scale_mode, eps=np.finfo(np.float32).eps):
   """α = σ·V Λ^{−½} Vᵀ p on the eigenpairs above max(λ)·K·ε_float32, in numpy.
 
   σ² as SamsungLabs/MTL's ProcrustesSolver: the smallest kept eigenvalue ("min"),
@@ -32,7 +32,7 @@ def _aligned_mtl_reference(G, preference, scale_mode):
   mean ("rmse").
   """
   vals, vecs = np.linalg.eigh(G)
-  keep = vals > vals.max() * len(G) * np.finfo(np.float32).eps
+  keep = vals > vals.max() * len(G) * eps
   kept = np.sort(vals[keep])
   sigma2 = {"min": kept[0], "median": kept[(len(kept) - 1) // 2], "rmse": kept.mean()}[scale_mode]
   p = np.asarray(preference, np.float64) / np.sum(preference)
@@ -63,6 +63,25 @@ def test_preference_and_scale_mode_match_the_reference(scale_mode):
     if scale_mode != "min":
       assert np.linalg.norm(expected - J.T @ _aligned_mtl_reference(G, preference, "min")) > (
           0.1 * scale)
+
+
+def test_float64_drops_the_eigenvalues_float32_cannot_resolve_as_the_reference():
+  """The kept eigenvalues exceed max(λ)·K·ε_float32 in every dtype (the reference's rule).
+
+  J has singular values 1, 1e-2, 1e-5, so G's eigenvalue 1e-10 lies below that cut
+  (4.8e-7 at K = 3) but far above float64's: kept, it would become σ² and change the
+  update completely.
+  """
+  rng = np.random.default_rng(3)
+  left = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+  right = np.linalg.qr(rng.standard_normal((6, 3)))[0]
+  J = left @ np.diag([1.0, 1e-2, 1e-5]) @ right.T
+  d = _common.updates_in_float64(cg.aligned_mtl(num_tasks=3), J[None])[0]
+  G = J @ J.T
+  expected = J.T @ _aligned_mtl_reference(G, np.ones(3), "min")
+  with_float64_cut = J.T @ _aligned_mtl_reference(G, np.ones(3), "min", np.finfo(float).eps)
+  assert np.linalg.norm(with_float64_cut - expected) > 0.5 * np.linalg.norm(expected)
+  np.testing.assert_allclose(d, expected, rtol=1e-6, atol=1e-9 * np.linalg.norm(expected))
 
 
 def test_options_are_validated():

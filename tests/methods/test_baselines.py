@@ -5,6 +5,8 @@ fairgrad, imtl_g, aligned_mtl, config, pcgrad, gradvac) are tested in
 tests/methods/test_<name>.py with the checks of ``_common``.
 """
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import _common
@@ -61,3 +63,43 @@ def test_registry_kinds():
   assert registry["mtac_ca"].gram_weighting and registry["mtac_ca"].stateful
   assert registry["famo"].loss_only and registry["rlw"].loss_only
   assert not registry["gradnorm"].loss_only and not registry["graddrop"].loss_only
+
+
+# The defaults each factory's signature and docstring give (cr_mogm and modo: torchjd's;
+# the others: their docstrings), and a value of each option that changes the updates.
+_DEFAULTS = {
+    "mtac_ca": (dict(lr=0.5, rho=0.01, steps=1), dict(lr=0.1, rho=0.1, steps=2)),
+    "mtac_fc": (dict(lr=0.1), dict(lr=0.5)),
+    "gsmgrad": (dict(lr=0.5, rho=0.01, warm_start_steps=100),
+                dict(lr=0.1, rho=0.1, warm_start_steps=1)),
+    "gsmgrad_fa": (dict(lr=0.1, rho=0.01), dict(lr=0.5, rho=1.0)),
+    "modo": (dict(gamma=0.1, rho=0.1), dict(gamma=1e-3, rho=0.01)),
+    "cr_mogm": (dict(inner=None, alpha=0.9), dict(inner=cg.imtl_g(), alpha=0.5)),
+}
+
+
+def _updates(tx, Js, losses):
+  state, out = tx.init({"w": Js[0, 0]}), []
+  for J, loss in zip(Js, losses):
+    u, state = tx.update({"w": J}, state, losses=loss)
+    out.append(np.asarray(u["w"]))
+  return np.stack(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(_DEFAULTS))
+def test_defaults_are_the_documented_ones(name):
+  """factory() updates as the factory given its documented defaults (cr_mogm: around
+  MGDA), and each option's other value changes the updates, one option at a time."""
+  defaults, others = _DEFAULTS[name]
+  factory = cg.methods()[name].factory
+  rng = np.random.default_rng(7)
+  Js = jnp.asarray(rng.standard_normal((5, 3, 6)), jnp.float32)     # 5 steps, K = 3
+  losses = jnp.asarray(rng.uniform(0.5, 2.0, (5, 3)), jnp.float32)
+  explicit = dict(defaults, inner=cg.mgda()) if name == "cr_mogm" else defaults
+  base = _updates(factory(), Js, losses)
+  np.testing.assert_allclose(base, _updates(factory(**explicit), Js, losses),
+                             rtol=1e-5, atol=1e-6)
+  for option, value in others.items():
+    changed = _updates(factory(**dict(explicit, **{option: value})), Js, losses)
+    assert np.max(np.abs(changed - base)) > 1e-3 * np.max(np.abs(base)), option

@@ -38,9 +38,11 @@ def test_weights_are_the_ema_of_the_inner_weights(inner_name):
     np.testing.assert_allclose(np.asarray(u["head"]), np.asarray(g["head"]).sum(0), rtol=1e-6)
 
 
-def test_initial_weights_start_the_ema():
+@pytest.mark.parametrize("num_tasks", [3, None])
+def test_initial_weights_start_the_ema(num_tasks):
+  """Also when K is learnt at the first update (no ``num_tasks`` anywhere)."""
   g = _grads(np.random.default_rng(2))
-  inner = cg.imtl_g(shared=SHARED, num_tasks=3)
+  inner = cg.imtl_g(shared=SHARED, num_tasks=num_tasks)
   tx = cg.cr_mogm(inner, alpha=0.5, initial_weights=[1.0, 0.0, 0.0], shared=SHARED)
   _, s = jax.jit(tx.update)(g, tx.init(PARAMS), PARAMS)
   _, si = jax.jit(inner.update)(g, inner.init(PARAMS), PARAMS)

@@ -46,6 +46,30 @@ def test_dual_cone_projection():
     np.testing.assert_allclose(w / scale, expected / scale, atol=1e-6, rtol=0)
 
 
+def test_reg_eps_and_norm_eps_reach_the_projection():
+  """cg.dualproj(reg_eps=0.1) projects with P̂ = G/trace(G) + 0.1·I; with norm_eps above
+  trace(G) the projection is its lower bound, the mean gradient (numpy references; each
+  option moves the update by ≥ 5 %)."""
+  k, m = 4, 7
+  u = np.full(k, 1.0 / k)
+  Js = np.stack([_common.random_J(seed, k=k, m=m) for seed in SEEDS])
+  ds = _common.updates_in_float64(cg.dualproj(reg_eps=0.1, num_tasks=k), Js)
+  for J, d in zip(Js, ds):
+    G = J @ J.T
+    expected = J.T @ ref.dual_cone_qp_by_enumeration(ref.dual_cone_regularized_gram(G, 0.1), u)
+    default = J.T @ ref.dual_cone_qp_by_enumeration(ref.dual_cone_regularized_gram(G), u)
+    scale = np.linalg.norm(expected)
+    np.testing.assert_allclose(d / scale, expected / scale, atol=1e-6, rtol=0)
+    assert np.linalg.norm(expected - default) > 0.05 * scale
+  small = 0.1 * Js[0] / np.sqrt(np.trace(Js[0] @ Js[0].T))    # trace(G) = 0.01
+  d = _common.updates_in_float64(cg.dualproj(norm_eps=0.05, num_tasks=k), small[None])[0]
+  scale = np.linalg.norm(small.mean(0))
+  np.testing.assert_allclose(d / scale, small.mean(0) / scale, atol=1e-6, rtol=0)
+  projected = small.T @ ref.dual_cone_qp_by_enumeration(
+      ref.dual_cone_regularized_gram(small @ small.T), u)
+  assert np.linalg.norm(projected - small.mean(0)) > 0.05 * scale
+
+
 def test_preference_is_the_lower_bound_of_the_projection():
   """cg.dualproj(preference=p) updates by Jᵀv*(p/Σp) (numpy reference), not the mean's."""
   k, m = 4, 7

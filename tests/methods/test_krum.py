@@ -32,20 +32,23 @@ def test_weights_match_brute_force_scores(f, n_selected):
 def test_squared_scores_follow_the_paper_and_can_choose_another_row():
   """Blanchard et al. score with squared distances; torchjd (the default) with plain
   ones. On these five points the two choose different rows."""
-  J = np.array([[0.3, -0.3], [1.3, 0.2], [-1.1, 0.7], [2.6, 1.9], [-1.4, -2.5]])
-  g = jnp.asarray(J @ J.T, jnp.float32)
+  points = np.array([[0.3, -0.3], [1.3, 0.2], [-1.1, 0.7], [2.6, 1.9], [-1.4, -2.5]])
+  g = jnp.asarray(points @ points.T, jnp.float32)
   plain = np.asarray(krum_weighting(g, 0)[0])
   squared = np.asarray(krum_weighting(g, 0, squared=True)[0])
-  np.testing.assert_allclose(plain, _reference(J, 0, 1), atol=1e-6)
-  np.testing.assert_allclose(squared, _reference(J, 0, 1, squared=True), atol=1e-6)
+  np.testing.assert_allclose(plain, _reference(points, 0, 1), atol=1e-6)
+  np.testing.assert_allclose(squared, _reference(points, 0, 1, squared=True), atol=1e-6)
   assert np.argmax(plain) == 0 and np.argmax(squared) == 1
   rng = np.random.default_rng(4)
   for J in rng.standard_normal((20, 6, 5)):
     w = krum_weighting(jnp.asarray(J @ J.T, jnp.float32), 1, 2, squared=True)[0]
     np.testing.assert_allclose(np.asarray(w), _reference(J, 1, 2, squared=True), atol=1e-6)
-  tx = cg.krum(0, squared=True)
-  _, state = tx.update({"w": jnp.asarray(J[:5], jnp.float32)}, tx.init(None))
-  assert float(jnp.sum(state.weights)) == pytest.approx(1.0)
+  # The factory passes the option on: its update is the row the squared scores choose.
+  for option, row in ((True, 1), (False, 0)):
+    tx = cg.krum(0, squared=option)
+    u, state = tx.update({"w": jnp.asarray(points, jnp.float32)}, tx.init(None))
+    np.testing.assert_allclose(np.asarray(state.weights), np.eye(5)[row], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(u["w"]), points[row], rtol=1e-6)
 
 
 def test_excludes_the_outliers():

@@ -63,16 +63,23 @@ def test_weights_are_reused_between_recomputations():
   assert int(state.step) == 3
 
 
-def test_reused_weights_are_clipped_against_the_current_gradients():
-  """The reference reuses α itself and clips the current step's update to ``max_norm``."""
+@pytest.mark.parametrize("scale0, scale1", [(0.2, 3.0), (3.0, 0.2)])
+def test_reused_weights_are_clipped_against_the_current_gradients(scale0, scale1):
+  """The reference reuses α itself and clips the current step's update to ``max_norm``.
+
+  (3.0, 0.2): step 0's update is clipped and step 1's is not, so reusing step 0's
+  clipped weights instead of α would shrink step 1's update.
+  """
   tx = cg.nash_mtl(update_weights_every=2, max_norm=1.0)
   step = jax.jit(tx.update)
   J0, J1 = (_common.random_J(s, k=3, m=5) for s in (0, 1))
-  _, state = step({"w": jnp.asarray(0.2 * J0, jnp.float32)}, tx.init(None))
+  _, state = step({"w": jnp.asarray(scale0 * J0, jnp.float32)}, tx.init(None))
   alpha = np.asarray(state.previous.x, np.float64)           # α of step 0, before the clip
-  u, state = step({"w": jnp.asarray(3.0 * J1, jnp.float32)}, state)
-  d = (3.0 * J1).T @ alpha
+  u, state = step({"w": jnp.asarray(scale1 * J1, jnp.float32)}, state)
+  d = (scale1 * J1).T @ alpha
   expected = d * min(1.0, 1.0 / np.linalg.norm(d))
+  if scale0 > scale1:
+    assert np.linalg.norm((scale0 * J0).T @ alpha) > 1.5 and np.linalg.norm(d) < 0.9
   assert int(state.info.iterations) == 0                    # reused, not recomputed
   np.testing.assert_allclose(np.asarray(u["w"]), expected, rtol=1e-5, atol=1e-6)
   assert np.linalg.norm(np.asarray(u["w"])) <= 1.0 + 1e-5

@@ -65,3 +65,30 @@ def test_torchjd_published_values():
   tx = cg.trimmed_mean(1)
   u, _ = tx.update({"w": jnp.asarray(J, jnp.float32)}, tx.init(None))
   np.testing.assert_allclose(np.asarray(u["w"]), [1.5, 2.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_nonfinite_gradient_skips_the_step_although_trimming_would_hide_it(bad):
+  """An Inf or NaN entry is trimmed away from the mean, so the update alone looks fine:
+  the step must still be skipped (zero update, state kept, ``nonfinite_steps`` + 1)."""
+  rng = np.random.default_rng(0)
+  g = {"a": rng.standard_normal((5, 3)), "b": rng.standard_normal((5, 4))}
+  tx = cg.trimmed_mean(1)
+  step = jax.jit(tx.update)
+  _, state = step(jax.tree_util.tree_map(jnp.asarray, g), tx.init(None))
+  g["b"][2, 1] = bad
+  bad_grads = jax.tree_util.tree_map(jnp.asarray, g)
+  u, new_state = step(bad_grads, state)
+  for leaf in jax.tree_util.tree_leaves(u):
+    np.testing.assert_array_equal(np.asarray(leaf), 0.0)
+  assert int(new_state.nonfinite_steps) == 1
+  np.testing.assert_array_equal(np.asarray(new_state.weights), np.asarray(state.weights))
+
+
+def test_default_trims_one_value_from_each_end():
+  rng = np.random.default_rng(4)
+  J = rng.standard_normal((7, 5))
+  tx = cg.trimmed_mean()
+  u, _ = tx.update({"w": jnp.asarray(J)}, tx.init(None))
+  np.testing.assert_allclose(np.asarray(u["w"]), _reference(J, 1), rtol=1e-5, atol=1e-6)
+  assert np.max(np.abs(_reference(J, 1) - _reference(J, 2))) > 0.05

@@ -14,10 +14,10 @@ SEEDS = range(4)
 REG_EPS = ref.DUAL_CONE_REG_EPS
 
 
-def _upgrad_reference(G, preference):
+def _upgrad_reference(G, preference, **regularisation):
   """Σ_i v*(p_i e_i) with p normalised to sum 1, each QP solved by enumeration."""
   p = np.asarray(preference, np.float64) / np.sum(preference)
-  p_hat = ref.dual_cone_regularized_gram(G)
+  p_hat = ref.dual_cone_regularized_gram(G, **regularisation)
   return sum(ref.dual_cone_qp_by_enumeration(p_hat, p_i * e_i) for p_i, e_i in zip(p, np.eye(len(p))))
 
 
@@ -84,6 +84,28 @@ def test_preference_weights_each_projection_through_the_optax_factory():
     # Observed ≤ 2e-15 relative to ‖d‖ (float64); the mean's update is ≥ 0.13·‖d‖ away.
     np.testing.assert_allclose(d / scale, expected / scale, atol=1e-6, rtol=0)
     assert np.linalg.norm(expected - uniform) > 0.05 * scale
+
+
+def test_reg_eps_and_norm_eps_reach_the_projections():
+  """cg.upgrad(reg_eps=0.1) solves with P̂ = G/trace(G) + 0.1·I; with norm_eps above
+  trace(G), G/trace(G) counts as 0, every projection is its lower bound and the update is
+  the mean gradient (numpy references; each option moves the update by ≥ 5 %)."""
+  k, m = 4, 7
+  Js = np.stack([_common.random_J(seed, k=k, m=m) for seed in SEEDS])
+  ds = _common.updates_in_float64(cg.upgrad(reg_eps=0.1, num_tasks=k), Js)
+  for J, d in zip(Js, ds):
+    expected = J.T @ _upgrad_reference(J @ J.T, np.ones(k), reg_eps=0.1)
+    scale = np.linalg.norm(expected)
+    np.testing.assert_allclose(d / scale, expected / scale, atol=1e-6, rtol=0)
+    assert np.linalg.norm(expected - J.T @ _upgrad_reference(J @ J.T, np.ones(k))) > 0.05 * scale
+  small = 0.1 * Js / np.sqrt(np.trace(Js[0] @ Js[0].T))      # trace(G) = 0.01 for the first
+  ds = _common.updates_in_float64(cg.upgrad(norm_eps=0.05, num_tasks=k), small[:1])
+  expected = small[0].T @ _upgrad_reference(small[0] @ small[0].T, np.ones(k), norm_eps=0.05)
+  np.testing.assert_allclose(expected, small[0].mean(0), rtol=1e-9)
+  scale = np.linalg.norm(expected)
+  np.testing.assert_allclose(ds[0] / scale, expected / scale, atol=1e-6, rtol=0)
+  projected = small[0].T @ _upgrad_reference(small[0] @ small[0].T, np.ones(k))
+  assert np.linalg.norm(projected - expected) > 0.05 * scale
 
 
 def test_options_are_validated():
