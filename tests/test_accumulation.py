@@ -195,3 +195,53 @@ def test_bfloat16_micro_batches_are_averaged_in_float32():
   assert updates.dtype == jnp.bfloat16
   # One bfloat16 rounding of the exact mean (relative 2^-8), not hundreds of them.
   np.testing.assert_allclose(got, expected, rtol=2 ** -7)
+
+
+def test_the_inner_method_receives_the_mean_of_the_micro_batch_losses():
+  """DWA keeps the losses it is given (its history) and weighs by their ratios: both
+  match a DWA given the mean losses and mean gradients of each round; the state's
+  running mean is checked after each micro-batch too."""
+  params, x, y, grads_fn = _problem()
+  micro = [grads_fn(params, x[4 * i:4 * i + 4], y[4 * i:4 * i + 4]) for i in range(3)]
+  make = lambda: cg.dwa(temperature=1.0, window=1, num_tasks=3)
+  tx = cg.accumulate_task_grads(make(), every=3, num_tasks=3)
+  inner = make()
+  inner_state = inner.init(params)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for round_ in range(3):                         # DWA (window 1) needs two earlier rounds
+    scale = jnp.asarray([1.0, 2.0 + round_, 0.5 * (round_ + 1) ** 2], jnp.float32)
+    losses = [l * scale for l, _ in micro]
+    for i, (l, (_, g)) in enumerate(zip(losses, micro)):
+      updates, state = step(g, state, params, losses=l)
+      if i < 2:
+        np.testing.assert_allclose(np.asarray(state.mean_losses),
+                                   np.mean(np.stack(losses[:i + 1]), axis=0), rtol=1e-6)
+    mean_grads = jax.tree_util.tree_map(lambda *a: sum(a) / 3, *[g for _, g in micro])
+    expected, inner_state = inner.update(mean_grads, inner_state, params,
+                                         losses=sum(losses) / 3)
+    for a, b in zip(jax.tree_util.tree_leaves(state.inner_state),
+                    jax.tree_util.tree_leaves(inner_state)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(updates), jax.tree_util.tree_leaves(expected)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  # The third round's weights are not uniform: the losses reached the method.
+  assert np.ptp(np.asarray(inner_state.weights)) > 0.05
+
+
+def test_misshaped_inputs_are_named():
+  params = {"enc": jnp.zeros((2, 3)), "head": jnp.zeros(4)}
+  tx = cg.accumulate_task_grads(cg.conicgrad(0.5, num_tasks=2), every=2, num_tasks=2)
+  state = tx.init(params)
+  good = {"enc": jnp.ones((2, 2, 3)), "head": jnp.ones(4)}
+  with pytest.raises(ValueError, match=r"\['head'\] has shape \(1,\); expected \(2, 4\) "
+                                       r"\(stacked\) or \(4,\)"):
+    tx.update(dict(good, head=jnp.ones(1)), state, params)
+  with pytest.raises(ValueError, match=r"\['enc'\] has shape \(3, 2, 3\)"):
+    tx.update(dict(good, enc=jnp.ones((3, 2, 3))), state, params)
+  with pytest.raises(ValueError, match=r"`losses` has shape \(3,\); expected \(2,\)"):
+    tx.update(good, state, params, losses=jnp.ones(3))
+  with pytest.raises(ValueError, match="needs the parameters"):
+    tx.update(good, state)
+  with pytest.raises(ValueError, match="head"):
+    tx.update({"enc": good["enc"]}, state, params)

@@ -52,7 +52,13 @@ def test_degenerate_gram_gives_finite_diagnostics():
   G = jnp.zeros((3, 3)).at[0, 0].set(1.0)                   # two zero gradients
   d = DIAGNOSE(G)
   assert all(np.all(np.isfinite(np.asarray(x))) for x in d[:-1])
-  assert float(d.condition_number) > 1e6                    # singular: ~1/eps
+  # Singular: λ_min is floored at ε·λ_max, so the condition number is 1/ε.
+  eps = float(jnp.finfo(jnp.float32).eps)
+  assert 0.5 / eps <= float(d.condition_number) <= 2.0 / eps
+  # Two zero gradients have equal magnitudes (similarity 1, as documented); a zero and a
+  # non-zero one, 0.
+  np.testing.assert_array_equal(np.asarray(d.magnitude_similarity)[1:, 1:], 1.0)
+  np.testing.assert_array_equal(np.asarray(d.magnitude_similarity)[0, 1:], 0.0)
   assert float(DIAGNOSE(jnp.zeros((3, 3))).condition_number) == 1.0
   assert float(dg.conflict_diagnostics(jnp.ones((1, 1))).conflict_fraction) == 0.0
 
@@ -209,6 +215,21 @@ def test_diagnostics_before_the_first_step_are_nan_with_or_without_num_tasks():
     tx = dg.with_diagnostics(cg.mgda(shared=SHARED, num_tasks=k), shared=SHARED, num_tasks=k)
     d = tx.init(params).diagnostics
     assert all(np.all(np.isnan(np.asarray(x))) for x in d), k
+
+
+def test_init_takes_k_from_the_method_and_checks_num_tasks():
+  """Diagnostics shaped (K, K) at init when only the method knows K; a wrapper K that
+  disagrees with the method's is named; so are losses of the wrong length."""
+  _, g = _grads(2)
+  params = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape[1:]), g)
+  tx = dg.with_diagnostics(cg.mgda(shared=SHARED, num_tasks=4), shared=SHARED)
+  d = tx.init(params).diagnostics
+  assert d.cosines.shape == (4, 4) and d.losses.shape == (4,)
+  with pytest.raises(ValueError, match=r"`num_tasks` is 3 but `method` was built for K = 4"):
+    dg.with_diagnostics(cg.mgda(shared=SHARED, num_tasks=4), shared=SHARED,
+                        num_tasks=3).init(params)
+  with pytest.raises(ValueError, match=r"`losses` has shape \(3,\); expected \(4,\)"):
+    DIAGNOSE(jnp.eye(4), None, jnp.ones(3))
 
 
 def test_a_gram_that_is_not_square_is_refused_by_name():

@@ -89,6 +89,23 @@ def test_after_max_consecutive_errors_the_update_goes_through():
   assert int(history[1][1].inner_state[0].nonfinite_steps) == 1
 
 
+def test_after_max_consecutive_errors_a_nonzero_update_is_applied_and_the_step_still_flagged():
+  """NaN losses with finite gradients: linear scalarisation ignores the losses, so its
+  update is the gradients' sum, which the wrapper withholds once and then applies."""
+  tx = cg.skip_nonfinite(optax.chain(cg.linear_scalarization("sum", num_tasks=2),
+                                     optax.sgd(1.0)), max_consecutive_errors=1)
+  grads = {"enc": jnp.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]]), "head": jnp.ones((2, 2))}
+  nan_losses = jnp.array([1.0, jnp.nan])
+  history = _train(tx, [grads, grads], [nan_losses, nan_losses])
+  assert all(np.all(u == 0) for u in _leaves(history[0][2]))           # 1st: skipped
+  assert not bool(history[0][1].last_finite)
+  # 2nd: 2 > 1 consecutive: applied as the chain computed it, still counted non-finite.
+  for u, g in zip(_leaves(history[1][2]), _leaves(grads)):
+    np.testing.assert_allclose(u, -g.sum(0))
+  assert not bool(history[1][1].last_finite)
+  assert int(history[1][1].notfinite_count) == 2 and int(history[1][1].total_notfinite) == 2
+
+
 def test_bad_max_consecutive_errors():
   with pytest.raises(ValueError, match="max_consecutive_errors"):
     cg.skip_nonfinite(optax.sgd(1.0), max_consecutive_errors=-1)

@@ -460,3 +460,44 @@ def test_the_weighting_functions_check_their_options(call, name):
   gave NaN weights, FairGrad's α = 0 a ZeroDivisionError)."""
   with pytest.raises(ValueError, match=name):
     call()
+
+
+def test_structure_mismatch_names_extra_and_further_missing_key_paths():
+  params = {"a": jnp.ones(3), "b": jnp.ones(2), "c": jnp.ones(1), "d": jnp.ones(1),
+            "e": jnp.ones(1)}
+  with pytest.raises(ValueError, match=r"missing 4 key path\(s\) of `params`: \['b'\], "
+                     r"\['c'\], \['d'\] \(and 1 more\); 1 extra key path\(s\): \['z'\]\."):
+    _update({"a": jnp.ones((2, 3)), "z": jnp.ones((2, 1))}, params)
+
+
+def test_structure_mismatch_with_the_same_key_paths_names_the_containers():
+  message = validation.structure_mismatch([jnp.ones(2)], (jnp.ones(2),), "`a`", "`b`")
+  assert "the key paths agree but the containers differ (list vs tuple)" in message
+
+
+def test_task_gradients_with_an_empty_task_axis_are_refused():
+  with pytest.raises(ValueError, match=r"no task axis \(K = 0\)"):
+    _update({"a": jnp.ones((0, 3))})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nonfinite_preference_is_named(bad):
+  with pytest.raises(ValueError, match="preference"):
+    conicgrad(0.5, preference=[bad, 1.0])
+  with pytest.raises(ValueError, match="preference"):
+    cg.upgrad(preference=[1.0, bad, 1.0])
+
+
+def test_a_mask_entry_that_matches_no_leaf_is_named():
+  grads = {"enc": jnp.ones((2, 3)), "heads": jnp.ones((2, 2))}
+  with pytest.raises(ValueError, match=r"1 entry\(ies\) matching no leaf: \['decoder'\]"):
+    _update(grads, shared={"enc": True, "heads": False, "decoder": False})
+
+
+def test_boolean_integer_options_are_refused():
+  with pytest.raises(ValueError, match="every"):
+    cg.make_task_update(lambda p, x: x, cg.conicgrad(0.5, num_tasks=2), every=True)
+  with pytest.raises(ValueError, match="seed"):
+    cg.pcgrad(seed=True)
+  with pytest.raises(ValueError, match="chunk_size"):
+    cg.make_task_update(lambda p, x: x, cg.conicgrad(0.5), mode="chunked", chunk_size=0)

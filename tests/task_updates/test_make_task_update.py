@@ -203,6 +203,35 @@ def test_amortised_weighting_reuses_the_last_weights():
   assert step._cache_size() == 1
 
 
+@pytest.mark.parametrize("mode", ["stacked", pytest.param("representation",
+                                                          marks=pytest.mark.slow)])
+def test_an_amortised_reuse_step_with_log_losses_weighs_the_log_loss_gradients(mode):
+  """The reuse step differentiates Σ_k w_k log L_k (heads: Σ_k log L_k), as the
+  recompute step does, in ``step`` and in the host-scheduled ``reuse``; the losses it
+  returns are L_k."""
+  params, x = _problem(4)
+  if mode == "representation":
+    task = cg.make_task_update(heads, cg.conicgrad(0.5, num_tasks=K), mode=mode, encode=encode,
+                               every=2, log_losses=True)
+  else:
+    task = cg.make_task_update(fun, cg.conicgrad(0.5, num_tasks=K), shared=shared, every=2,
+                               log_losses=True)
+  step = jax.jit(task.step)
+  _, _, state = step(params, task.init(params), x)
+  params2, x2 = _problem(5)
+  w = jnp.asarray(state.weights)
+  _, u1_host, _ = jax.jit(task.reuse)(params2, state, x2)      # the host-scheduled reuse
+  losses, u1, state = step(params2, state, x2)
+  _close(u1_host, u1, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(losses), np.asarray(fun(params2, x2)), rtol=1e-6)
+  enc = jax.grad(lambda p: jnp.dot(w, jnp.log(fun(p, x2))))(params2)["enc"]
+  hd = jax.grad(lambda p: jnp.sum(jnp.log(fun(p, x2))))(params2)["heads"]
+  np.testing.assert_allclose(np.asarray(u1["enc"]), np.asarray(enc), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(u1["heads"]), np.asarray(hd), rtol=1e-5, atol=1e-6)
+  plain = jax.grad(lambda p: jnp.dot(w, fun(p, x2)))(params2)["enc"]
+  assert np.max(np.abs(np.asarray(plain - enc))) > 0.1 * np.max(np.abs(np.asarray(enc)))
+
+
 def test_amortised_representation_step_equals_the_host_schedule():
   """The branch-free-encoder step gives what recompute/reuse give on the same schedule."""
   params, x = _problem(9)
@@ -422,6 +451,30 @@ def test_a_reuse_step_with_a_nonfinite_head_gradient_is_counted(mode):
   _, update, reused = step(bad, state, x)                 # reuses the weights
   assert int(reused.step) == 2
   _assert_skipped(update, reused, state)
+
+
+@pytest.mark.parametrize("options", [
+    pytest.param({"mode": "stacked"}, id="stacked"),
+    pytest.param({"mode": "gramian"}, id="gramian"),
+    pytest.param({"mode": "stacked", "every": 2}, id="stacked-reuse"),
+    pytest.param({"mode": "gramian", "every": 2}, id="gramian-reuse", marks=pytest.mark.slow)])
+def test_an_infinite_loss_with_finite_gradients_skips_the_step(options):
+  """UPGrad never reads the losses, so only the step's own check sees an infinite one
+  (its gradient is finite); with ``every=2`` the second step reuses the weights."""
+  params, x = _problem()
+  params = {**params, "heads": params["heads"].at[0, 0].set(1.0)}
+  shift = jax.lax.stop_gradient(jnp.array([0.0, jnp.inf, 0.0]))
+  good = _skip_task(cg.upgrad(num_tasks=K), options, jnp.zeros(K))
+  bad = _skip_task(cg.upgrad(num_tasks=K), options, shift)
+  state = good.init(params)
+  if options.get("every", 1) == 2:
+    _, _, state = jax.jit(good.step)(params, state, x)          # recomputes the weights
+  losses, update, new_state = jax.jit(bad.step)(params, state, x)
+  assert np.isinf(np.asarray(losses)[1])
+  _assert_skipped(update, new_state, state)
+  # The same step with finite losses is taken.
+  _, update, taken = jax.jit(good.step)(params, state, x)
+  assert np.any(np.asarray(update["enc"]) != 0.0)
 
 
 @pytest.mark.parametrize("name", ["moco", "db_mtl", "excess_mtl"])
