@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import conicgrad_jax as cg
 from conicgrad_jax import combine, gram_matrix, linalg
 from conicgrad_jax.linalg import cross_gram_matrix
 
@@ -169,3 +170,27 @@ def test_cross_gram_refuses_a_nested_sequence_of_other_keys():
 def test_upper_triangle_gram_refuses_a_bad_block_size(block_size):
   with pytest.raises(ValueError, match="`block_size`"):
     linalg.upper_triangle_gram(jnp.ones((4, 3)), block_size)
+
+
+@pytest.mark.parametrize("precision", [jax.lax.Precision.HIGHEST, jax.lax.Precision.DEFAULT])
+def test_the_precision_reaches_every_contraction(precision):
+  """On CPU every precision computes the same, so the jaxpr is what shows it: a dropped
+  precision would run TF32 or bfloat16 passes on GPU/TPU."""
+  tree = {"a": jnp.ones((3, 4)), "b": jnp.ones((3, 2, 2))}
+  w = jnp.ones(3)
+  for fn in (lambda: gram_matrix(tree, precision),
+             lambda: combine(w, tree, precision=precision),
+             lambda: cross_gram_matrix(tree, tree, precision),
+             lambda: linalg.upper_triangle_gram(tree["a"], 2, precision)):
+    eqns = [e for e in jax.make_jaxpr(fn)().jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert eqns
+    for e in eqns:
+      assert str(precision) in str(e.params["precision"]), e.params["precision"]
+  tx = cg.conicgrad(0.5, precision=precision)
+  jaxpr = jax.make_jaxpr(lambda g: tx.update(g, tx.init(None))[0])(tree)
+  # The contractions with the leaves (two Gram blocks, two combinations); the K×K solve
+  # inside runs at HIGHEST whatever the option.
+  leaf_shapes = {(3, 4), (3, 2, 2)}
+  dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"
+          and any(tuple(v.aval.shape) in leaf_shapes for v in e.invars)]
+  assert len(dots) == 4 and all(str(precision) in str(e.params["precision"]) for e in dots)

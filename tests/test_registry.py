@@ -15,6 +15,10 @@ METHODS = sorted(cg.methods())
 def test_the_registry_holds_every_method_once():
   assert len(METHODS) == 39
   assert len({info.factory for info in cg.methods().values()}) == 39
+  # Each name holds the factory of that name (two swapped entries with equal flags would
+  # pass the count).
+  for name, info in cg.methods().items():
+    assert info.factory is getattr(cg, name) and info.factory.__name__ == name, name
 
 
 @pytest.mark.parametrize("name", METHODS)

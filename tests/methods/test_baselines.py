@@ -65,23 +65,30 @@ def test_registry_kinds():
   assert not registry["gradnorm"].loss_only and not registry["graddrop"].loss_only
 
 
-# The defaults each factory's signature and docstring give (cr_mogm and modo: torchjd's;
-# the others: their docstrings), and a value of each option that changes the updates.
+# The defaults each factory's signature and docstring give (the references' where the
+# docstring names one: cr_mogm, modo and excess_mtl torchjd's, dwa T = 2 and window 25
+# (Nash-MTL's code), famo γ = 1e-3 and w_lr = 0.025 (LibMTL's); the others, this
+# library's), a value of each option that changes the updates, and options every call
+# gets (a window of 1 lets DWA's temperature act within five steps).
 _DEFAULTS = {
-    "mtac_ca": (dict(lr=0.5, rho=0.01, steps=1), dict(lr=0.1, rho=0.1, steps=2)),
-    "mtac_fc": (dict(lr=0.1), dict(lr=0.5)),
+    "mtac_ca": (dict(lr=0.5, rho=0.01, steps=1), dict(lr=0.1, rho=0.1, steps=2), {}),
+    "mtac_fc": (dict(lr=0.1), dict(lr=0.5), {}),
     "gsmgrad": (dict(lr=0.5, rho=0.01, warm_start_steps=100),
-                dict(lr=0.1, rho=0.1, warm_start_steps=1)),
-    "gsmgrad_fa": (dict(lr=0.1, rho=0.01), dict(lr=0.5, rho=1.0)),
-    "modo": (dict(gamma=0.1, rho=0.1), dict(gamma=1e-3, rho=0.01)),
-    "cr_mogm": (dict(inner=None, alpha=0.9), dict(inner=cg.imtl_g(), alpha=0.5)),
+                dict(lr=0.1, rho=0.1, warm_start_steps=1), {}),
+    "gsmgrad_fa": (dict(lr=0.1, rho=0.01), dict(lr=0.5, rho=1.0), {}),
+    "modo": (dict(gamma=0.1, rho=0.1), dict(gamma=1e-3, rho=0.01), {}),
+    "cr_mogm": (dict(inner=None, alpha=0.9), dict(inner=cg.imtl_g(), alpha=0.5), {}),
+    "dwa": (dict(temperature=2.0), dict(temperature=1.0), dict(window=1)),
+    "famo": (dict(gamma=1e-3, w_lr=0.025), dict(gamma=100.0, w_lr=0.01), {}),
+    "imtl_l": (dict(lr=1e-3), dict(lr=1e-2), {}),
+    "excess_mtl": (dict(robust_step_size=1.0), dict(robust_step_size=0.5), dict(num_tasks=3)),
 }
 
 
 def _updates(tx, Js, losses):
   state, out = tx.init({"w": Js[0, 0]}), []
   for J, loss in zip(Js, losses):
-    u, state = tx.update({"w": J}, state, losses=loss)
+    u, state = tx.update({"w": J}, state, {"w": Js[0, 0]}, losses=loss)
     out.append(np.asarray(u["w"]))
   return np.stack(out)
 
@@ -91,15 +98,17 @@ def _updates(tx, Js, losses):
 def test_defaults_are_the_documented_ones(name):
   """factory() updates as the factory given its documented defaults (cr_mogm: around
   MGDA), and each option's other value changes the updates, one option at a time."""
-  defaults, others = _DEFAULTS[name]
+  defaults, others, fixed = _DEFAULTS[name]
   factory = cg.methods()[name].factory
   rng = np.random.default_rng(7)
   Js = jnp.asarray(rng.standard_normal((5, 3, 6)), jnp.float32)     # 5 steps, K = 3
   losses = jnp.asarray(rng.uniform(0.5, 2.0, (5, 3)), jnp.float32)
   explicit = dict(defaults, inner=cg.mgda()) if name == "cr_mogm" else defaults
-  base = _updates(factory(), Js, losses)
-  np.testing.assert_allclose(base, _updates(factory(**explicit), Js, losses),
+  base = _updates(factory(**fixed), Js, losses)
+  np.testing.assert_allclose(base, _updates(factory(**explicit, **fixed), Js, losses),
                              rtol=1e-5, atol=1e-6)
   for option, value in others.items():
-    changed = _updates(factory(**dict(explicit, **{option: value})), Js, losses)
+    changed = _updates(factory(**dict(explicit, **{option: value}), **fixed), Js, losses)
     assert np.max(np.abs(changed - base)) > 1e-3 * np.max(np.abs(base)), option
+  if name == "dwa":                  # two windows of 25 loss vectors
+    assert cg.dwa(num_tasks=3).init(None).history.shape == (50, 3)

@@ -78,3 +78,15 @@ def test_a_fixed_preference_keeps_float64():
                         preference=jnp.asarray(r, jnp.float64))[1].weights
     assert a.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-14)
+
+
+def test_a_preference_given_to_update_overrides_the_fixed_one_and_lamda_defaults_to_1():
+  L = np.array([1.5, 0.4, 0.9])
+  a, b = np.array([0.7, 0.2, 0.1]), np.array([0.1, 0.3, 0.6])
+  tx = cg.cosmos(preference=a)
+  _, s = tx.update({"w": jnp.eye(3)}, tx.init(None), losses=jnp.asarray(L, jnp.float32),
+                   preference=jnp.asarray(b, jnp.float32))
+  expected = _closed_form(L, b, 1.0)
+  np.testing.assert_allclose(np.asarray(s.weights), expected, rtol=1e-5)
+  assert np.max(np.abs(expected - _closed_form(L, a, 1.0))) > 0.1
+  assert np.max(np.abs(expected - _closed_form(L, b, 0.5))) > 0.01

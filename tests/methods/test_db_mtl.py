@@ -47,3 +47,15 @@ def test_losses_outside_the_log_domain_skip_the_step(losses):
   u, state = tx.update({"w": jnp.eye(2)}, tx.init(params), params, losses=jnp.array(losses))
   assert np.all(np.asarray(u["w"]) == 0.0) and int(state.nonfinite_steps) == 1
   assert int(state.step) == 0
+
+
+def test_a_zero_loss_is_inside_the_log_domain():
+  """log(l + 1e-8) is defined at l = 0: the step is taken (the reference's g/(l + 1e-8))."""
+  params = {"w": jnp.zeros(2)}
+  J = np.array([[1.0, 0.5], [0.2, 1.0]])
+  tx = cg.db_mtl(num_tasks=2)
+  u, state = tx.update({"w": jnp.asarray(J, jnp.float32)}, tx.init(params), params,
+                       losses=jnp.array([0.0, 1.0]))
+  assert int(state.nonfinite_steps) == 0
+  np.testing.assert_allclose(np.asarray(u["w"]), _numpy_db_mtl([J], [np.array([0.0, 1.0])]),
+                             rtol=1e-4)

@@ -86,3 +86,17 @@ def test_a_fixed_preference_and_reference_keep_float64():
   orth = f - (f @ r_hat) * r_hat
   np.testing.assert_allclose(np.asarray(weights), r_hat + 5.0 * orth / np.sqrt(orth @ orth + 1e-12),
                              rtol=1e-12)
+
+
+def test_a_preference_given_to_update_overrides_the_fixed_one_and_theta_defaults_to_5():
+  """``update(preference=b)`` beats ``pbi(preference=a)``; θ = 5 by default (MOEA/D's and
+  torchjd's), checked off the preference ray where θ matters."""
+  L = np.array([1.5, 0.4, 0.9])
+  a, b = np.array([0.7, 0.2, 0.1]), np.array([0.1, 0.3, 0.6])
+  tx = cg.pbi(preference=a)
+  _, s = tx.update({"w": jnp.eye(3)}, tx.init(None), losses=jnp.asarray(L, jnp.float32),
+                   preference=jnp.asarray(b, jnp.float32))
+  expected = _closed_form(L, b, 5.0, np.zeros(3))
+  np.testing.assert_allclose(np.asarray(s.weights), expected, rtol=1e-5)
+  assert np.max(np.abs(expected - _closed_form(L, a, 5.0, np.zeros(3)))) > 0.1
+  assert np.max(np.abs(expected - _closed_form(L, b, 1.0, np.zeros(3)))) > 0.1

@@ -23,6 +23,18 @@ def test_stch_warmup_then_smooth_tchebycheff():
   np.testing.assert_allclose(np.asarray(state.weights), 2 * soft / l, rtol=1e-5)
 
 
+def test_an_odd_warm_up_collects_the_nadir_over_its_larger_second_half():
+  """warmup_steps = 5: the nadir is the mean of the last 3 warm-up losses (5 − ⌊5/2⌋)."""
+  seq = [np.array([8.0, 1.0]), np.array([1.0, 4.0]), np.array([2.0, 6.0]),
+         np.array([4.0, 2.0]), np.array([3.0, 5.0])]
+  l = np.array([1.5, 3.0])
+  states = run_losses(cg.stch(warmup_steps=5, mu=0.5, num_tasks=2), seq + [l], history=True)
+  nadir = (seq[2] + seq[3] + seq[4]) / 3
+  x = np.log(l / nadir)
+  soft = np.exp(x / 0.5) / np.exp(x / 0.5).sum()
+  np.testing.assert_allclose(np.asarray(at(states, len(seq)).weights), 2 * soft / l, rtol=1e-5)
+
+
 def test_reference_epoch_schedule_with_one_step_per_epoch():
   """LibMTL/Xi-L with warmup_epoch = 4: log losses for epochs 0-4, the nadir from epoch 4,
   STCH from epoch 5 (warmup_steps = 5, nadir_steps = 1 at one update per epoch)."""
