@@ -109,7 +109,8 @@ def test_a_nonfinite_step_gives_a_zero_update(bad):
     np.testing.assert_array_equal(np.asarray(leaf), 0.0)
 
 
-@pytest.mark.parametrize("case", ["more_tasks_than_parameters", "parallel_gradients"])
+@pytest.mark.parametrize("case", ["more_tasks_than_parameters",
+                                  pytest.param("parallel_gradients", marks=pytest.mark.slow)])
 def test_gramian_mode_with_a_singular_gram_matrix_equals_the_stacked_mode(case):
   """K = 3 tasks on 2 shared parameters, or two tasks with parallel gradients: G is
   singular and its computed eigenvalues may be slightly negative."""

@@ -455,7 +455,7 @@ def test_a_reuse_step_with_a_nonfinite_head_gradient_is_counted(mode):
 
 @pytest.mark.parametrize("options", [
     pytest.param({"mode": "stacked"}, id="stacked"),
-    pytest.param({"mode": "gramian"}, id="gramian"),
+    pytest.param({"mode": "gramian"}, id="gramian", marks=pytest.mark.slow),
     pytest.param({"mode": "stacked", "every": 2}, id="stacked-reuse"),
     pytest.param({"mode": "gramian", "every": 2}, id="gramian-reuse", marks=pytest.mark.slow)])
 def test_an_infinite_loss_with_finite_gradients_skips_the_step(options):
