@@ -269,6 +269,16 @@ def test_plateau_rule_hits_the_cap_and_selects_the_best_epoch():
   assert best == 3 and stop == "plateau" and n == 10
 
 
+def test_plateau_rule_counts_consecutive_bad_epochs_and_keeps_the_earlier_tied_epoch():
+  p = _protocol()
+  # A gain at epoch 2 resets the count: epochs 3, 4, 5 halve the lr for epoch 6 (counting
+  # epoch 1 too would halve it for epoch 5).
+  _, _, lrs, _ = _replay(p, [0.1, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0])
+  assert lrs == [1.0] * 6 + [0.5]
+  # A tie is no improvement: the earlier epoch stays selected.
+  assert _replay(p, [0.5, 0.6, 0.6])[3] == 1
+
+
 def test_lr_floor_stops_a_run_whose_score_keeps_fluctuating():
   # Gains just above min_delta every fourth epoch keep the plateau window from closing;
   # each run of 3 epochs without a gain halves the lr, and the fifth halving stops it.
@@ -418,6 +428,67 @@ def test_converged_loss_only_runs_take_the_stacked_paths_update():
       jax.tree_util.tree_map(
           lambda a, b, n=method: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6,
                                                             err_msg=n), p1, p2)
+
+
+@pytest.mark.parametrize("method, seed", [("linear_scalarization", 1), ("stl_1", 0)])
+def test_a_converged_run_replayed_by_hand(method, seed):
+  """train_run against a loop written out here: parameters from the run's seed, each
+  epoch's batches from the permutation of its (seed, epoch) generator, the step scaled by
+  the logged learning rate; validation scores on the validation split (the STL run on its
+  own task), test metrics of the selected epoch's parameters."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from benchmarks import converged
+  import dataclasses
+  bench = _converged_bench()
+  # No gain ever counts (min_delta): the lr halves after every epoch but the first. At
+  # lr = 0.1 the linear scalarisation run selects its first epoch, not its last.
+  bench = bench._replace(protocol=dataclasses.replace(bench.protocol, min_delta=10.0, lr=0.1))
+  data = bench.load_data()
+  (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = data
+  job = converged.Job("tiny", f"{method}_seed{seed}", method, (), seed, "core")
+  result = converged.train_run(bench, job, data, log=lambda s: None)
+  history = result["history"]
+  assert len({h["lr"] for h in history}) > 1                 # the lr was halved on the way
+  step, init, _ = converged.make_step(bench, job)
+  params = bench.init_params(seed)
+  state = init(params)
+  bs, per_epoch = bench.protocol.batch_size, []
+  for e, h in enumerate(history):
+    order = np.random.default_rng([seed, e]).permutation(len(x_tr))
+    for b in range(len(x_tr) // bs):
+      idx = np.sort(order[b * bs:(b + 1) * bs])
+      params, state, _ = step(params, state, x_tr[idx], y_tr[idx],
+                              jnp.asarray(h["lr"] / bench.protocol.lr, jnp.float32))
+    per_epoch.append(params)
+    mae = np.abs(np.asarray((x_va @ params["shared"]) @ params["heads"]) - y_va).mean(0)
+    np.testing.assert_allclose(h["val_metrics"], mae, rtol=1e-4)
+    score = np.log(mae[1]) if method == "stl_1" else np.mean(np.log(mae))
+    assert h["score"] == pytest.approx(score, rel=1e-4, abs=1e-6)
+  best = result["best_epoch"]
+  assert best == int(np.argmin([h["score"] for h in history]))
+  err = np.asarray((x_te @ per_epoch[best]["shared"]) @ per_epoch[best]["heads"]) - y_te
+  np.testing.assert_allclose(result["test_metrics"], np.abs(err).mean(0), rtol=1e-4)
+  if method == "linear_scalarization":       # the last epoch's give other test metrics
+    assert best < len(history) - 1
+    last = np.asarray((x_te @ params["shared"]) @ params["heads"]) - y_te
+    assert np.max(np.abs(np.abs(last).mean(0) - np.abs(err).mean(0))) > 1e-6
+  if method == "stl_1":
+    # STL_1's first Adam step moves the shared parameters along task 1's loss alone (the
+    # heads, as every method's, along the sum of the losses: head 0 does not act on task 1).
+    p0 = bench.init_params(seed)
+    s0 = init(p0)
+    p1, _, _ = step(p0, s0, x_tr[:bs], y_tr[:bs], jnp.asarray(1.0, jnp.float32))
+    losses = lambda p: bench.head_losses(p, bench.encode(p, x_tr[:bs], y_tr[:bs]),
+                                         x_tr[:bs], y_tr[:bs])
+    grad = {"shared": jax.grad(lambda p: losses(p)[1])(p0)["shared"],
+            "heads": jax.grad(lambda p: jnp.sum(losses(p)))(p0)["heads"]}
+    assert set(p0) == {"shared", "heads"}
+    adam = optax.adam(bench.protocol.lr)
+    expected = optax.apply_updates(p0, adam.update(grad, adam.init(p0), p0)[0])
+    for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(expected)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
 def test_converged_run_resumes_from_its_checkpoint(tmp_path):
@@ -594,9 +665,50 @@ def test_timing_rounds_are_fresh_permutations_so_predecessors_vary():
   assert set(times) == set(names[:3]) and all(t.shape == (4,) for t in times.values())
 
 
+def test_interleaved_times_follow_the_round_orders_after_the_warm_up(monkeypatch):
+  """Calls are recorded, and a fake clock makes each candidate take a known time: the
+  untimed warm-up rounds come first, then every round in round_orders' order, and the
+  summary is the median of what was measured."""
+  from benchmarks import timing
+  clock, calls = [0.0], []
+  durations = {"a": [1.0, 9.0, 2.0, 3.0, 4.0], "b": [0.5] * 5, "c": [7.0, 1.0, 1.0, 1.0, 1.0]}
+
+  def candidate(name):
+    def call():
+      calls.append(name)
+      timed = len([c for c in calls if c == name]) - 3        # after 2 warm-up calls
+      clock[0] += durations[name][timed] if timed >= 0 else 100.0
+    return call
+
+  monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+  times = timing.interleaved_times({n: candidate(n) for n in "abc"}, 5, warmup=2, seed=3)
+  assert calls[:6] == list("abcabc")
+  assert calls[6:] == [n for order in timing.round_orders(list("abc"), 5, seed=3) for n in order]
+  for n in "abc":
+    np.testing.assert_allclose(times[n], durations[n])
+  assert timing.summary(times["a"])["median_s"] == 3.0
+  assert timing.summary(times["c"])["median_s"] == 1.0
+
+
 def test_scaling_model_sizes_are_the_ones_the_docs_name():
   from benchmarks import models
   shared = {name: models.count(models.init_params(40, width))
             for name, width in models.WIDTHS.items()}
   assert shared == {"5.2M": 5_200_772, "10M": 9_996_965, "20M": 20_010_251,
                     "34.4M": 34_394_983}
+
+
+def test_tuning_picks_the_best_validation_score_and_ties_go_to_the_default():
+  from benchmarks import converged
+  spec = ("c", (0.2, 0.4, 0.6))                   # the default: the middle value
+  jobs = converged.grid_jobs("tiny", "cagrad", "grids", spec)
+
+  def chosen(scores, higher_is_better=True):
+    runs = {j.key: {"best_val_score": scores[j.kwargs[0][1]]} for j in jobs}
+    return converged.tuning("tiny", "cagrad", runs.get, higher_is_better, spec)["chosen"]
+
+  assert chosen({0.2: 0.5, 0.4: 0.5, 0.6: 0.5}) == 0.4
+  assert chosen({0.2: 0.6, 0.4: 0.5, 0.6: 0.6}) == 0.2        # a tie without the default
+  assert chosen({0.2: 0.5, 0.4: 0.5, 0.6: 0.7}) == 0.6
+  assert chosen({0.2: 0.5, 0.4: 0.5, 0.6: 0.7}, higher_is_better=False) == 0.4
+  assert chosen({0.2: 0.4, 0.4: 0.5, 0.6: 0.7}, higher_is_better=False) == 0.2
