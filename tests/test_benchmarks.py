@@ -37,6 +37,27 @@ def test_delta_m_and_mean_rank_by_hand():
   assert s["methods"]["x"]["time_per_step_in_runs_s"] == pytest.approx(2.0)
 
 
+def test_delta_m_with_two_seeds_by_hand():
+  """Δm% per seed over the tasks (STL: the mean of its seeds), then mean and standard
+  error over the seeds; the table lists the rows best first."""
+  results = {
+      ("stl_0", 0): {"test_metrics": [0.8, 0.0], "time_per_step_s": 1.0},
+      ("stl_0", 1): {"test_metrics": [0.6, 0.0], "time_per_step_s": 1.0},
+      ("stl_1", 0): {"test_metrics": [0.0, 0.5], "time_per_step_s": 1.0},
+      ("stl_1", 1): {"test_metrics": [0.0, 0.3], "time_per_step_s": 1.0},
+      ("x", 0): {"test_metrics": [0.77, 0.44], "time_per_step_s": 2.0},
+      ("x", 1): {"test_metrics": [0.63, 0.32], "time_per_step_s": 2.0},
+      ("linear_scalarization", 0): {"test_metrics": [0.7, 0.4], "time_per_step_s": 1.0},
+      ("linear_scalarization", 1): {"test_metrics": [0.7, 0.4], "time_per_step_s": 1.0},
+  }
+  s = supervised.summarise(_task((True, True)), results, ["linear_scalarization", "x"], [0, 1])
+  # STL: 0.7 and 0.4. Seed 0: −(0.07/0.7, 0.04/0.4) → −10 %; seed 1: −(−0.07/0.7, −0.08/0.4)
+  # → +15 %. Mean 2.5, standard error |15 − (−10)|/2 = 12.5.
+  assert s["methods"]["x"]["delta_m_pct"] == pytest.approx(2.5)
+  assert s["methods"]["x"]["delta_m_sem"] == pytest.approx(12.5)
+  assert s["methods"]["linear_scalarization"]["delta_m_pct"] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_mean_ranks_average_ties():
   means = [[0.9, 1.0], [0.9, 3.0], [0.8, 2.0]]        # metric 0: higher is better; 1: lower
   ranks = supervised.mean_ranks(means, (True, False))
@@ -136,6 +157,12 @@ def test_coulomb_eigenvalues_of_a_diatomic():
   ev = qm9._coulomb_eigenvalues(["H", "H"], [[0, 0, 0], [0, 0, 0.74]], size=4)
   # [[0.5, 1/0.74], [1/0.74, 0.5]] has eigenvalues 0.5 ± 1/0.74.
   np.testing.assert_allclose(ev, [0.5 + 1 / 0.74, 0.5 - 1 / 0.74, 0, 0], rtol=1e-12)
+  # Carbon monoxide (Rupp et al.'s matrix: ½·Z^2.4 on the diagonal, Z_i Z_j/r off it), its
+  # 2×2 eigenvalues written out: (a + b)/2 ± √(((a − b)/2)² + c²).
+  ev = qm9._coulomb_eigenvalues(["C", "O"], [[0, 0, 0], [0, 0, 1.128]], size=2)
+  a, b, c = 0.5 * 6 ** 2.4, 0.5 * 8 ** 2.4, 48 / 1.128
+  root = np.sqrt(((a - b) / 2) ** 2 + c ** 2)
+  np.testing.assert_allclose(ev, [(a + b) / 2 + root, (a + b) / 2 - root], rtol=1e-12)
 
 
 def _tiny_regression_task():
@@ -712,3 +739,32 @@ def test_tuning_picks_the_best_validation_score_and_ties_go_to_the_default():
   assert chosen({0.2: 0.5, 0.4: 0.5, 0.6: 0.7}) == 0.6
   assert chosen({0.2: 0.5, 0.4: 0.5, 0.6: 0.7}, higher_is_better=False) == 0.4
   assert chosen({0.2: 0.4, 0.4: 0.5, 0.6: 0.7}, higher_is_better=False) == 0.2
+
+
+def test_qm9_standardises_with_the_training_split_and_reports_mae_in_the_data_units(monkeypatch):
+  """Feature and target statistics come from the training split alone; the converged
+  benchmark's MAE multiplies the standardised error by the training targets' spread; an
+  energy in hartree is 27,211.386 meV (CODATA: 1 Eh = 27.211386 eV)."""
+  from benchmarks import qm9
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((60, 34)) * 3.0 + 1.0
+  y = rng.standard_normal((60, 11)) * np.arange(1, 12) + 5.0
+  monkeypatch.setattr(qm9, "load_features", lambda max_molecules=None: (x, y))
+  (train, val, test), ysd = qm9.build_data((40, 10, 10), seed=3)
+  order = np.random.default_rng(3).permutation(60)
+  np.testing.assert_allclose(ysd, y[order[:40]].std(0), rtol=1e-12)
+  np.testing.assert_allclose(train[0].mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(train[0].std(0), 1.0, rtol=1e-4)
+  np.testing.assert_allclose(train[1], (y[order[:40]] - y[order[:40]].mean(0)) / ysd, rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(val[1], (y[order[40:50]] - y[order[:40]].mean(0)) / ysd,
+                             rtol=1e-5, atol=1e-5)
+  bench = qm9.converged_bench(quick=True)
+  bench.load_data()              # its training split (2,048) holds all 60 molecules here
+  params = qm9.init_params(0)
+  err = np.asarray(qm9.predict(params, test[0])) - test[1]
+  _, mae_sums = bench.eval_sums(params, test[0], test[1])
+  np.testing.assert_allclose(np.asarray(mae_sums), np.abs(err).sum(0) * y.std(0), rtol=1e-4)
+  assert qm9.HARTREE_MEV == pytest.approx(27_211.386, rel=1e-7)
+  assert all((f == qm9.HARTREE_MEV) == (u == "meV")
+             for f, u in zip(qm9.TO_PUBLISHED, qm9.PUBLISHED_UNITS))
