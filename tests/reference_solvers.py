@@ -171,3 +171,22 @@ def dual_cone_qp_by_enumeration(p_hat, lower):
       if np.all(v[free] >= lower[free]) and np.all((p_hat @ v)[fixed] >= 0):
         return v
   raise AssertionError("no face satisfies the KKT conditions")
+
+
+def simplex_qp_minimum(G) -> float:
+  """min ½xᵀGx over the simplex, exactly: the least value of the faces' feasible minimisers.
+
+  On the face of support S the minimiser of the affine hull solves [G_SS 1; 1ᵀ 0] by least
+  squares; a feasible one (x_S ≥ 0) is a point of the simplex, and the optimal face's is the
+  minimum (2^K − 1 faces).
+  """
+  k = len(G)
+  best = np.inf
+  for size in range(1, k + 1):
+    for support in itertools.combinations(range(k), size):
+      s = list(support)
+      kkt = np.block([[G[np.ix_(s, s)], np.ones((size, 1))], [np.ones((1, size)), np.zeros((1, 1))]])
+      x_s = np.linalg.lstsq(kkt, np.concatenate([np.zeros(size), [1.0]]), rcond=None)[0][:size]
+      if np.all(x_s >= -1e-12) and abs(x_s.sum() - 1.0) < 1e-9:
+        best = min(best, 0.5 * x_s @ G[np.ix_(s, s)] @ x_s)
+  return float(best)

@@ -347,6 +347,16 @@ def test_float64_under_x64_gives_float64_updates_and_state_weights(name):
         [jnp.dtype(w.dtype) for w in weights])
 
 
+@pytest.mark.parametrize("name", ["conicgrad", "imtl_g"])
+def test_a_state_made_at_the_first_update_follows_float64_gradients(name):
+  """Without ``num_tasks`` the first update builds the state: in float64 under x64."""
+  with _x64():
+    tx = cg.methods()[name].factory()
+    grads = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((K, 5)), jnp.float64)}
+    _, state = jax.jit(tx.update)(grads, tx.init(None))
+    assert state.weights.shape == (K,) and state.weights.dtype == jnp.float64
+
+
 # --- inject_hyperparams -----------------------------------------------------------
 
 def _inject_cases():
@@ -571,7 +581,7 @@ def test_donated_params_and_state_give_the_undonated_step():
 
 
 @pytest.mark.parametrize("name", some_methods_by_default("conicgrad", "db_mtl", "excess_mtl",
-                                                      "pcgrad"))
+                                                      "pcgrad", "linear_scalarization"))
 def test_finite_gradients_that_overflow_skip_the_step(name):
   """Finite inputs whose update or state overflows: float16 task gradients of 40,000
   (their combination exceeds float16's 65,504), and float32 gradients of 1e20 (squared

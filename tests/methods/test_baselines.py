@@ -112,3 +112,30 @@ def test_defaults_are_the_documented_ones(name):
     assert np.max(np.abs(changed - base)) > 1e-3 * np.max(np.abs(base)), option
   if name == "dwa":                  # two windows of 25 loss vectors
     assert cg.dwa(num_tasks=3).init(None).history.shape == (50, 3)
+
+
+_WARM_STARTED = ("mgda", "upgrad", "cagrad", "dualproj", "nash_mtl", "fairgrad")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=() if n in ("mgda", "upgrad") else pytest.mark.slow)
+    for n in _WARM_STARTED])
+def test_warm_start_false_solves_every_step_from_scratch(name):
+  """With ``warm_start=False`` the second of two close problems takes the Newton steps of a
+  fresh solve; with the default, the previous solution saves some (so the check can fail)."""
+  import jax
+  factory = cg.methods()[name].factory
+  rng = np.random.default_rng(11)
+  J1 = rng.standard_normal((4, 9))
+  J1[1:] -= 0.6 * J1[0]
+  J2 = J1 + 0.01 * rng.standard_normal(J1.shape)
+  steps = {}
+  for warm in (False, True):
+    tx = factory(num_tasks=4, warm_start=warm)
+    update = jax.jit(tx.update)
+    _, state = update({"w": jnp.asarray(J1, jnp.float32)}, tx.init(None))
+    _, second = update({"w": jnp.asarray(J2, jnp.float32)}, state)
+    _, fresh = update({"w": jnp.asarray(J2, jnp.float32)}, tx.init(None))
+    steps[warm] = int(second.info.iterations), int(fresh.info.iterations)
+  assert steps[False][0] == steps[False][1], steps
+  assert steps[True][0] < steps[True][1], steps

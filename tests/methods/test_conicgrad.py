@@ -11,6 +11,7 @@ import pytest
 
 import reference_solvers as ref
 from conicgrad_jax import conicgrad, gram_matrix
+from conicgrad_jax.solvers import cone as conic
 
 
 def _problem(seed=0, k=3):
@@ -262,8 +263,7 @@ def test_preference_fixes_num_tasks_and_centres_the_cone():
   assert np.linalg.norm(u) == pytest.approx(np.linalg.norm(g0), rel=1e-4)
 
 
-@pytest.mark.parametrize("scale", ["raw", pytest.param("unit", marks=pytest.mark.slow),
-                                   pytest.param("g0", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("scale", ["raw", "unit", pytest.param("g0", marks=pytest.mark.slow)])
 def test_scale_sets_the_length_of_the_update(scale):
   """The factory's ``scale``: ‖g0‖, 1, or the length ‖g_w* + λ*ĝ0‖ of the dual's vector."""
   params, grads = _problem()
@@ -277,6 +277,32 @@ def test_scale_sets_the_length_of_the_update(scale):
   length = {"g0": np.linalg.norm(g0), "unit": 1.0,
             "raw": np.linalg.norm(J.T @ w + lam * g0 / np.linalg.norm(g0))}[scale]
   assert np.linalg.norm(u) == pytest.approx(length, rel=1e-4)
+
+
+def test_tol_max_iter_and_an_unnormalised_preference_reach_the_solver():
+  """The factory passes ``tol`` and ``max_iter`` on (the solve's own iteration count and
+  residual show them) and normalises the preference: [6, 3, 1] is [0.6, 0.3, 0.1]."""
+  params, grads = _problem()
+  J = np.stack([_flat(jax.tree_util.tree_map(lambda g: g[k], grads)) for k in range(3)])
+  G = gram_matrix(grads)                     # as the update computes it
+
+  def solve(**options):
+    tx = conicgrad(0.5, warm_start=False, **options)
+    return jax.jit(tx.update)(grads, tx.init(params), params)
+
+  for tol in (1e-2, 1e-5):
+    _, state = solve(tol=tol)
+    _, own = conic.conic_weighting(G, 0.5, tol=tol)
+    assert int(state.diagnostics.iterations) == int(own.iterations)
+  assert int(solve(tol=1e-2)[1].diagnostics.iterations) < int(
+      solve()[1].diagnostics.iterations)
+  _, capped = solve(max_iter=1)
+  assert int(capped.diagnostics.iterations) <= 1 + conic._POLISH_STEPS
+  u, _ = solve(preference=jnp.array([6.0, 3.0, 1.0]))
+  u_norm, _ = solve(preference=jnp.array([0.6, 0.3, 0.1]))
+  np.testing.assert_allclose(_flat(u), _flat(u_norm), rtol=1e-5, atol=1e-6)
+  assert np.linalg.norm(_flat(u)) == pytest.approx(
+      np.linalg.norm(np.array([0.6, 0.3, 0.1]) @ J), rel=1e-4)
 
 
 _cg_update = jax.jit(lambda g, s: conicgrad(0.5, num_tasks=3).update(g, s))
@@ -300,6 +326,8 @@ def test_warm_started_updates_equal_cold_ones_in_a_few_newton_steps():
     np.testing.assert_allclose(np.asarray(u["w"]), np.asarray(u_cold["w"]), atol=2e-4)
     assert float(state.diagnostics.residual) <= 1e-5
     iterations.append(int(state.diagnostics.iterations))
+    # warm_start=False solves from scratch every time (its state holds a solution too).
+    assert int(cold_state.diagnostics.iterations) > 10
   assert max(iterations[1:]) <= 10 < iterations[0], iterations
 
 
