@@ -290,17 +290,17 @@ def test_tol_max_iter_and_an_unnormalised_preference_reach_the_solver():
     tx = conicgrad(0.5, warm_start=False, **options)
     return jax.jit(tx.update)(grads, tx.init(params), params)
 
-  for tol in (1e-2, 1e-5):
-    _, state = solve(tol=tol)
-    _, own = conic.conic_weighting(G, 0.5, tol=tol)
-    assert int(state.diagnostics.iterations) == int(own.iterations)
-  assert int(solve(tol=1e-2)[1].diagnostics.iterations) < int(
-      solve()[1].diagnostics.iterations)
+  _, loose = solve(tol=1e-2)
+  _, own = jax.jit(lambda g: conic.conic_weighting(g, 0.5, tol=1e-2))(G)
+  assert int(loose.diagnostics.iterations) == int(own.iterations)
+  _, default = solve()
+  assert int(loose.diagnostics.iterations) < int(default.diagnostics.iterations)
   _, capped = solve(max_iter=1)
   assert int(capped.diagnostics.iterations) <= 1 + conic._POLISH_STEPS
   u, _ = solve(preference=jnp.array([6.0, 3.0, 1.0]))
-  u_norm, _ = solve(preference=jnp.array([0.6, 0.3, 0.1]))
-  np.testing.assert_allclose(_flat(u), _flat(u_norm), rtol=1e-5, atol=1e-6)
+  d_ref, _ = ref.cap_primal(J, 0.5, np.array([0.6, 0.3, 0.1]))
+  np.testing.assert_allclose(_flat(u) / np.linalg.norm(_flat(u)),
+                             d_ref / np.linalg.norm(d_ref), atol=2e-4)
   assert np.linalg.norm(_flat(u)) == pytest.approx(
       np.linalg.norm(np.array([0.6, 0.3, 0.1]) @ J), rel=1e-4)
 

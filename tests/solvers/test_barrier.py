@@ -60,25 +60,33 @@ def test_orthant_qp_gap_bounds_the_error_of_a_nonnegative_qp():
 
 @pytest.mark.parametrize("simplex", [True, False])
 def test_the_polishes_never_return_a_worse_point(simplex):
-  """From barrier points and from faces guessed wrong on purpose (a tiny gap bound marks
+  """From random points and from faces guessed wrong on purpose (a tiny gap bound marks
   every coordinate active; a huge one only the largest): f never rises, and the simplex
-  polish stays on the simplex."""
+  polishes stay on the simplex."""
+
+  def objective(G, lin):
+    return lambda x: 0.5 * x @ (G @ x) + lin @ x
+
+  @jax.jit
+  def polished(G, lin, x, bound):
+    f = objective(G, lin)
+    best, _ = barrier.polish_quadratic(f, x, bound, simplex=simplex)
+    smooth = barrier.polish_on_simplex_face(f, x, bound) if simplex else best
+    return f(x), f(best), f(smooth), best, smooth
+
   rng = np.random.default_rng(3)
-  for seed in range(6):
-    G = _psd(20 + seed, k=5, rank=3)
-    lin = rng.standard_normal(5)
-    f = ((lambda x: 0.5 * x @ (jnp.asarray(G) @ x)) if simplex
-         else (lambda x: 0.5 * x @ (jnp.asarray(G) @ x) + jnp.asarray(lin) @ x))
-    x = rng.dirichlet(np.ones(5)) if simplex else rng.uniform(0.0, 1.0, 5)
-    for bound in (1e-30, 1e-4, 1e4):
-      best, _ = _x64(lambda v, b: barrier.polish_quadratic(f, v, b, simplex=simplex), x, bound)
-      fx, fb = (float(_x64(f, v)) for v in (x, best))
-      assert fb <= fx + 1e-12 and np.all(best >= 0)
-      if simplex:
-        assert best.sum() == pytest.approx(1.0, abs=1e-12)
-        smooth = _x64(lambda v, b: barrier.polish_on_simplex_face(f, v, b), x, bound)
-        assert float(_x64(f, smooth)) <= fx + 1e-12
-        assert smooth.sum() == pytest.approx(1.0, abs=1e-9) and np.all(smooth >= 0)
+  with jax.enable_x64(True):
+    for seed in range(4):
+      G = _psd(20 + seed, k=5, rank=3)
+      lin = np.zeros(5) if simplex else rng.standard_normal(5)
+      x = rng.dirichlet(np.ones(5)) if simplex else rng.uniform(0.0, 1.0, 5)
+      for bound in (1e-30, 1e-4, 1e4):
+        fx, fb, fs, best, smooth = jax.tree_util.tree_map(
+            np.asarray, polished(G, lin, x, jnp.asarray(bound)))
+        assert fb <= fx + 1e-12 and fs <= fx + 1e-12 and np.all(best >= 0)
+        if simplex:
+          assert best.sum() == pytest.approx(1.0, abs=1e-12)
+          assert smooth.sum() == pytest.approx(1.0, abs=1e-9) and np.all(smooth >= 0)
 
 
 def test_polish_quadratic_reaches_the_exact_minimum_from_a_rough_point():
