@@ -200,7 +200,7 @@ def test_bfloat16_micro_batches_are_averaged_in_float32():
 def test_the_inner_method_receives_the_mean_of_the_micro_batch_losses():
   """DWA keeps the losses it is given (its history) and weighs by their ratios: both
   match a DWA given the mean losses and mean gradients of each round; the state's
-  running mean is checked after each micro-batch too."""
+  running mean is checked after the first two micro-batches of each round too."""
   params, x, y, grads_fn = _problem()
   micro = [grads_fn(params, x[4 * i:4 * i + 4], y[4 * i:4 * i + 4]) for i in range(3)]
   make = lambda: cg.dwa(temperature=1.0, window=1, num_tasks=3)

@@ -1,6 +1,7 @@
 """The benchmarks' bookkeeping: Δm%, ranks, resumable runs, data, QM9 features, the converged rule."""
 
 import os
+import types
 
 import numpy as np
 import pytest
@@ -37,24 +38,32 @@ def test_delta_m_and_mean_rank_by_hand():
   assert s["methods"]["x"]["time_per_step_in_runs_s"] == pytest.approx(2.0)
 
 
-def test_delta_m_with_two_seeds_by_hand():
-  """Δm% per seed over the tasks (STL: the mean of its seeds), then mean and standard
-  error over the seeds; the table lists the rows best first."""
+def test_delta_m_with_three_seeds_by_hand():
+  """Δm% per seed over the tasks (STL: the mean of its seeds), then the mean and the
+  standard error (ddof = 1) over the seeds."""
   results = {
       ("stl_0", 0): {"test_metrics": [0.8, 0.0], "time_per_step_s": 1.0},
       ("stl_0", 1): {"test_metrics": [0.6, 0.0], "time_per_step_s": 1.0},
+      ("stl_0", 2): {"test_metrics": [0.7, 0.0], "time_per_step_s": 1.0},
       ("stl_1", 0): {"test_metrics": [0.0, 0.5], "time_per_step_s": 1.0},
       ("stl_1", 1): {"test_metrics": [0.0, 0.3], "time_per_step_s": 1.0},
+      ("stl_1", 2): {"test_metrics": [0.0, 0.4], "time_per_step_s": 1.0},
       ("x", 0): {"test_metrics": [0.77, 0.44], "time_per_step_s": 2.0},
       ("x", 1): {"test_metrics": [0.63, 0.32], "time_per_step_s": 2.0},
-      ("linear_scalarization", 0): {"test_metrics": [0.7, 0.4], "time_per_step_s": 1.0},
-      ("linear_scalarization", 1): {"test_metrics": [0.7, 0.4], "time_per_step_s": 1.0},
+      ("x", 2): {"test_metrics": [0.7, 0.4], "time_per_step_s": 2.0},
   }
-  s = supervised.summarise(_task((True, True)), results, ["linear_scalarization", "x"], [0, 1])
+  results.update({("linear_scalarization", s): {"test_metrics": [0.7, 0.4],
+                                                "time_per_step_s": 1.0} for s in range(3)})
+  s = supervised.summarise(_task((True, True)), results, ["linear_scalarization", "x"],
+                           [0, 1, 2])
   # STL: 0.7 and 0.4. Seed 0: −(0.07/0.7, 0.04/0.4) → −10 %; seed 1: −(−0.07/0.7, −0.08/0.4)
-  # → +15 %. Mean 2.5, standard error |15 − (−10)|/2 = 12.5.
-  assert s["methods"]["x"]["delta_m_pct"] == pytest.approx(2.5)
-  assert s["methods"]["x"]["delta_m_sem"] == pytest.approx(12.5)
+  # → +15 %; seed 2: 0. Mean 5/3; standard error √(Σ(d − mean)²/2)/√3 (ddof = 1).
+  per_seed = np.array([-10.0, 15.0, 0.0])
+  mean = per_seed.sum() / 3
+  sem = np.sqrt(((per_seed - mean) ** 2).sum() / 2) / np.sqrt(3)
+  assert s["methods"]["x"]["delta_m_pct"] == pytest.approx(mean)
+  assert s["methods"]["x"]["delta_m_sem"] == pytest.approx(sem)
+  assert sem != pytest.approx(np.sqrt(((per_seed - mean) ** 2).sum() / 3) / np.sqrt(3))
   assert s["methods"]["linear_scalarization"]["delta_m_pct"] == pytest.approx(0.0, abs=1e-9)
 
 
@@ -183,6 +192,58 @@ def _tiny_regression_task():
 
   return supervised.Task("tiny", ("a", "b"), (False, False), "mse", init, losses, losses,
                          lambda path, leaf: "shared" in str(path), split)
+
+
+@pytest.mark.parametrize("method, seed", [("linear_scalarization", 1), ("stl_1", 0)])
+def test_a_short_protocol_run_replayed_by_hand(method, seed):
+  """train_and_evaluate against a loop written out here: parameters from the run's seed,
+  each epoch's batches from the seed's generator, validation losses on the validation
+  split, the epoch of least summed validation loss kept, its test metrics reported; the
+  STL run trains the shared parameters on its own task only."""
+  task = _tiny_regression_task()
+  protocol = supervised.Protocol(epochs=3, batch_size=16, lr=0.1)
+  result = supervised.train_and_evaluate(task, method, seed, protocol)
+  (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = task.data
+  step, init = supervised.make_step(task, method, protocol, seed)
+  params = task.init_params(seed)
+  state = init(params)
+  rng = np.random.default_rng(seed)
+  val, test = [], []
+  for e in range(protocol.epochs):
+    order = rng.permutation(len(x_tr))
+    for b in range(len(x_tr) // 16):
+      idx = order[16 * b:16 * (b + 1)]
+      params, state, _ = step(params, state, x_tr[idx], y_tr[idx])
+    val.append(np.asarray(task.task_losses(params, x_va, y_va)))
+    test.append(np.asarray(task.metrics(params, x_te, y_te)))
+    np.testing.assert_allclose(result["history"][e]["val_losses"], val[-1], rtol=1e-5)
+  best = int(np.argmin([v.sum() for v in val]))
+  assert result["best_epoch"] == best
+  np.testing.assert_allclose(result["test_metrics"], test[best], rtol=1e-5)
+  if method == "linear_scalarization":        # the selection matters on this run
+    assert best < protocol.epochs - 1 and np.max(np.abs(test[-1] - test[best])) > 1e-6
+  else:
+    _check_stl_1_steps(lambda p, s, b: step(p, s, x_tr[b], y_tr[b])[:2], init,
+                       lambda p, b: task.task_losses(p, x_tr[b], y_tr[b]),
+                       task.init_params(seed), protocol.lr, 16)
+
+
+def _check_stl_1_steps(step, init, losses, params, lr, batch):
+  """Three steps of an STL_1 run against Adam on ∇L_1 (shared leaf) and ∇ΣL (heads)."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  adam = optax.adam(lr)
+  state, expected, adam_state = init(params), params, adam.init(params)
+  for i in range(3):
+    b = slice(batch * i, batch * (i + 1))
+    params, state = step(params, state, b)
+    grad = {"shared": jax.grad(lambda p: losses(p, b)[1])(expected)["shared"],
+            "heads": jax.grad(lambda p: jnp.sum(losses(p, b)))(expected)["heads"]}
+    update, adam_state = adam.update(grad, adam_state, expected)
+    expected = optax.apply_updates(expected, update)
+    for a, e in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-6)
 
 
 def test_run_benchmark_never_resumes_from_another_protocol(tmp_path):
@@ -463,9 +524,7 @@ def test_a_converged_run_replayed_by_hand(method, seed):
   epoch's batches from the permutation of its (seed, epoch) generator, the step scaled by
   the logged learning rate; validation scores on the validation split (the STL run on its
   own task), test metrics of the selected epoch's parameters."""
-  import jax
   import jax.numpy as jnp
-  import optax
   from benchmarks import converged
   import dataclasses
   bench = _converged_bench()
@@ -502,20 +561,13 @@ def test_a_converged_run_replayed_by_hand(method, seed):
     last = np.asarray((x_te @ params["shared"]) @ params["heads"]) - y_te
     assert np.max(np.abs(np.abs(last).mean(0) - np.abs(err).mean(0))) > 1e-6
   if method == "stl_1":
-    # STL_1's first Adam step moves the shared parameters along task 1's loss alone (the
-    # heads, as every method's, along the sum of the losses: head 0 does not act on task 1).
-    p0 = bench.init_params(seed)
-    s0 = init(p0)
-    p1, _, _ = step(p0, s0, x_tr[:bs], y_tr[:bs], jnp.asarray(1.0, jnp.float32))
-    losses = lambda p: bench.head_losses(p, bench.encode(p, x_tr[:bs], y_tr[:bs]),
-                                         x_tr[:bs], y_tr[:bs])
-    grad = {"shared": jax.grad(lambda p: losses(p)[1])(p0)["shared"],
-            "heads": jax.grad(lambda p: jnp.sum(losses(p)))(p0)["heads"]}
-    assert set(p0) == {"shared", "heads"}
-    adam = optax.adam(bench.protocol.lr)
-    expected = optax.apply_updates(p0, adam.update(grad, adam.init(p0), p0)[0])
-    for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(expected)):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    # STL_1 moves the shared parameters along task 1's loss alone (the heads, as every
+    # method's, along the sum of the losses: head 0 does not act on task 1). Three Adam
+    # steps, since its first step is lr·sign(g) whatever the gradient's size.
+    losses = lambda p, b: bench.head_losses(p, bench.encode(p, x_tr[b], y_tr[b]), x_tr[b],
+                                            y_tr[b])
+    _check_stl_1_steps(lambda p, s, b: step(p, s, x_tr[b], y_tr[b], jnp.asarray(1.0))[:2],
+                       init, losses, bench.init_params(seed), bench.protocol.lr, bs)
 
 
 def test_converged_run_resumes_from_its_checkpoint(tmp_path):
@@ -707,7 +759,7 @@ def test_interleaved_times_follow_the_round_orders_after_the_warm_up(monkeypatch
       clock[0] += durations[name][timed] if timed >= 0 else 100.0
     return call
 
-  monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+  monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
   times = timing.interleaved_times({n: candidate(n) for n in "abc"}, 5, warmup=2, seed=3)
   assert calls[:6] == list("abcabc")
   assert calls[6:] == [n for order in timing.round_orders(list("abc"), 5, seed=3) for n in order]

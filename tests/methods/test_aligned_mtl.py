@@ -69,7 +69,7 @@ def test_float64_drops_the_eigenvalues_float32_cannot_resolve_as_the_reference()
   """The kept eigenvalues exceed max(λ)·K·ε_float32 in every dtype (the reference's rule).
 
   J has singular values 1, 1e-2, 1e-5, so G's eigenvalue 1e-10 lies below that cut
-  (4.8e-7 at K = 3) but far above float64's: kept, it would become σ² and change the
+  (3.6e-7 at K = 3) but far above float64's: kept, it would become σ² and change the
   update completely.
   """
   rng = np.random.default_rng(3)

@@ -527,8 +527,8 @@ def test_a_skipped_recompute_step_keeps_the_weights_later_reuse_steps_apply():
 
 
 def test_the_vmap_strategy_gives_the_loop_strategy_update():
-  """Same update; and the option reaches the backward passes: the loop traces K copies of
-  their products, the vmapped VJP one batched copy."""
+  """Same update; and the option reaches the backward passes: the loop traces more of
+  their products (a copy per task) than the vmapped VJP (one batched copy)."""
   params, x = _problem(13)
   runs, products = [], {}
   for strategy in ("loop", "vmap"):
