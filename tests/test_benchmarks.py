@@ -541,6 +541,7 @@ def test_a_converged_run_replayed_by_hand(method, seed):
   params = bench.init_params(seed)
   state = init(params)
   bs, per_epoch = bench.protocol.batch_size, []
+  mae_of = lambda p, x, y: np.abs(np.asarray((x @ p["shared"]) @ p["heads"]) - y).mean(0)
   for e, h in enumerate(history):
     order = np.random.default_rng([seed, e]).permutation(len(x_tr))
     for b in range(len(x_tr) // bs):
@@ -548,18 +549,17 @@ def test_a_converged_run_replayed_by_hand(method, seed):
       params, state, _ = step(params, state, x_tr[idx], y_tr[idx],
                               jnp.asarray(h["lr"] / bench.protocol.lr, jnp.float32))
     per_epoch.append(params)
-    mae = np.abs(np.asarray((x_va @ params["shared"]) @ params["heads"]) - y_va).mean(0)
+    mae = mae_of(params, x_va, y_va)
     np.testing.assert_allclose(h["val_metrics"], mae, rtol=1e-4)
     score = np.log(mae[1]) if method == "stl_1" else np.mean(np.log(mae))
     assert h["score"] == pytest.approx(score, rel=1e-4, abs=1e-6)
   best = result["best_epoch"]
   assert best == int(np.argmin([h["score"] for h in history]))
-  err = np.asarray((x_te @ per_epoch[best]["shared"]) @ per_epoch[best]["heads"]) - y_te
-  np.testing.assert_allclose(result["test_metrics"], np.abs(err).mean(0), rtol=1e-4)
+  test_mae = mae_of(per_epoch[best], x_te, y_te)
+  np.testing.assert_allclose(result["test_metrics"], test_mae, rtol=1e-4)
   if method == "linear_scalarization":       # the last epoch's give other test metrics
     assert best < len(history) - 1
-    last = np.asarray((x_te @ params["shared"]) @ params["heads"]) - y_te
-    assert np.max(np.abs(np.abs(last).mean(0) - np.abs(err).mean(0))) > 1e-6
+    assert np.max(np.abs(mae_of(params, x_te, y_te) - test_mae)) > 1e-6
   if method == "stl_1":
     # STL_1 moves the shared parameters along task 1's loss alone (the heads, as every
     # method's, along the sum of the losses: head 0 does not act on task 1). Three Adam
