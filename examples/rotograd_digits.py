@@ -8,7 +8,8 @@ One jitted step:
   task losses with respect to z (backward passes through the heads only),
   lets :func:`conicgrad_jax.rotograd` rescale them to a common magnitude, and
   back-propagates the combined z-gradient through the encoder once;
-* the rotations get the gradient of RotoGrad's rotation objective;
+* the rotations get the gradient of RotoGrad's rotation objective, which
+  ``representation_loss`` computes from the same K representation gradients;
 * one Adam step updates everything.
 
 Usage:
@@ -62,17 +63,18 @@ def make_train_step(graphdef, optimizer, method):
         optax.softmax_cross_entropy_with_integer_labels(logits_parity, y_parity).mean(),
     ])
 
-  task = cg.make_task_update(task_losses, method, mode="representation", encode=encode)
+  def rotation_loss(params, rep_grads, *batch):
+    # RotoGrad's rotation objective, from the per-task gradients o_k = ∂L_k/∂z.
+    return nnx.merge(graphdef, params).rotations.loss(rep_grads)
+
+  task = cg.make_task_update(task_losses, method, mode="representation", encode=encode,
+                             representation_loss=rotation_loss)
 
   @jax.jit
   def train_step(params, opt_state, task_state, x, y_digit, y_parity):
+    # The update holds the rotations' gradient too: the rotation loss reuses the K
+    # representation gradients that RotoGrad's weights are computed from.
     losses, update, task_state = task.step(params, task_state, x, y_digit, y_parity)
-    # RotoGrad's rotation objective needs the per-task gradients o_k = ∂L_k/∂z.
-    z = encode(params, x, y_digit, y_parity)
-    rep_grads = jax.jacrev(lambda zz: task_losses(params, zz, x, y_digit, y_parity))(z)
-    rotation_grad = jax.grad(
-        lambda p: nnx.merge(graphdef, p).rotations.loss(rep_grads))(params)
-    update = jax.tree_util.tree_map(jnp.add, update, rotation_grad)
     updates, opt_state = optimizer.update(update, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, task_state, losses
 

@@ -137,6 +137,7 @@ def make_task_update(
     canonical_convolutions: Optional[bool] = None,
     log_losses: bool = False,
     num_tasks: Optional[int] = None,
+    representation_loss: Optional[Callable[..., Any]] = None,
 ) -> TaskUpdate:
   r"""Builds the ``init``/``step`` functions of a multi-task update in the chosen mode.
 
@@ -182,6 +183,16 @@ def make_task_update(
       loss ≤ 0 has no logarithm: all task gradients of that step are NaN,
       and the method skips the step.
     num_tasks: optional K; it must agree with the method's (a check only).
+    representation_loss: with ``mode="representation"``, an optional
+      ``representation_loss(params, rep_grads, *args) -> scalar`` of the K
+      representation gradients ``rep_grads`` (shape (K, *z.shape): ∂L_k/∂z,
+      or ∂ log L_k/∂z with ``log_losses``), which enter as constants; its
+      gradient with respect to the parameters is added to the update at
+      every step. RotoGrad's rotation objective
+      (:meth:`conicgrad_jax.nn.RotoGradRotations.loss`) is one: it then
+      reuses the K passes through the heads that the method's weights
+      already take (on amortised reuse steps the K passes replace the one
+      weighted pass).
 
   Returns:
     A :class:`TaskUpdate` ``(init, step, recompute, reuse)``; ``step``
@@ -219,6 +230,12 @@ def make_task_update(
     raise ValueError('mode="representation" needs `encode(params, *args) -> z`.')
   if mode != "representation" and encode is not None:
     raise ValueError('`encode` is only used with mode="representation".')
+  if representation_loss is not None and mode != "representation":
+    raise ValueError('`representation_loss` is only used with mode="representation"; got '
+                     f"mode={mode!r}.")
+  if representation_loss is not None and not callable(representation_loss):
+    raise TypeError("`representation_loss` must be a function "
+                    f"(params, rep_grads, *args) -> scalar; got {type(representation_loss).__name__}.")
   if mode == "representation" and shared is not None:
     raise ValueError('mode="representation" splits the parameters by `encode` and `fun`; '
                      "leave `shared` unset.")
@@ -243,9 +260,11 @@ def make_task_update(
                           canonical_convolutions=canonical)
   else:
     exact = representation.build(fun, encode, method, strategy=strategy,
+                                 representation_loss=representation_loss,
                                  log_losses=log_losses)
   if mode == "representation":
-    cheap = representation.build_reuse(fun, encode, log_losses=log_losses)
+    cheap = representation.build_reuse(fun, encode, strategy=strategy, log_losses=log_losses,
+                                       representation_loss=representation_loss)
   else:
     cheap = amortised.build_reuse(fun, shared=shared, log_losses=log_losses)
 
@@ -295,16 +314,20 @@ def make_task_update(
     # Encoder passes outside the conditional; only the heads' work is branched.
     losses, diff, z, encoder_vjp, heads_vjp = representation.forward(
         fun, encode, params, args, log_losses)
-    k = diff.shape[0]
+    # A representation loss needs the K representation gradients at every step.
+    every_step = (representation.gradients(heads_vjp, diff, strategy)
+                  if representation_loss is not None else None)
 
     def fresh(method_state, weights):
-      rep_grads = stacked.stacked_cotangents(lambda row: (heads_vjp(row)[1],), k, diff.dtype,
-                                             strategy)[0]
+      rep_grads = (every_step if every_step is not None
+                   else representation.gradients(heads_vjp, diff, strategy))
       combined, method_state = _common.call_method(method, rep_grads, method_state, None,
                                                    losses)
       return combined.astype(z.dtype), method_state, method_state.weights
 
     def last(method_state, weights):
+      if every_step is not None:
+        return representation.weighted(weights, every_step).astype(z.dtype), method_state, weights
       return heads_vjp(weights.astype(diff.dtype))[1].astype(z.dtype), method_state, weights
 
     combined, method_state, weights = jax.lax.cond(
@@ -312,6 +335,8 @@ def make_task_update(
         state.weights)
     check_k(losses)
     update = representation.combine(encoder_vjp, heads_vjp, z, combined, diff, params)
+    update = representation.with_representation_loss(update, representation_loss, params,
+                                                     every_step, args)
     update, method_state = _common.settle(state.method_state, method_state, losses, update)
     # A skipped step keeps the weights a later reuse step applies.
     weights = jnp.where(method_state.nonfinite_steps == state.method_state.nonfinite_steps,

@@ -12,6 +12,10 @@ the encoder once. For a method whose update is Σ_k w_k g_k the result is
 weights computed from G_z rather than G, so the two differ in general (they
 agree when ∂z/∂θ_s preserves the inner products of the Z_k, e.g. an
 orthogonal Jacobian).
+
+A ``representation_loss`` of the Z_k themselves (RotoGrad's rotation
+objective) adds its parameter gradient, the Z_k held constant, from the same
+K passes through the heads.
 """
 
 from __future__ import annotations
@@ -47,26 +51,69 @@ def combine(encoder_vjp, heads_vjp, z, rep_combination, diff, params):
   return _common.cast_like(update, params)
 
 
-def build(fun, encode, method, *, strategy, log_losses):
+def gradients(heads_vjp, diff, strategy):
+  """The K representation gradients ∂L_k/∂z, shape (K, *z.shape): K passes through the heads."""
+  return stacked.stacked_cotangents(lambda row: (heads_vjp(row)[1],), diff.shape[0],
+                                    diff.dtype, strategy)[0]
+
+
+def weighted(weights, rep_grads):
+  """Σ_k w_k ∂L_k/∂z from the stacked representation gradients."""
+  return jnp.tensordot(weights.astype(rep_grads.dtype), rep_grads, axes=1)
+
+
+def check_representation_loss(representation_loss, params, rep_grads, args):
+  """Raises ValueError unless ``representation_loss`` returns one real number."""
+  out = jax.eval_shape(representation_loss, params, rep_grads, *args)
+  if not (isinstance(out, jax.ShapeDtypeStruct) and out.shape == ()
+          and jnp.issubdtype(out.dtype, jnp.floating)):
+    raise ValueError(
+        "`representation_loss(params, rep_grads, *args)` must return one real number (a "
+        f"float scalar); it returned {out} for rep_grads of shape {rep_grads.shape}.")
+
+
+def with_representation_loss(update, representation_loss, params, rep_grads, args):
+  """``update`` plus ∇_θ representation_loss(θ, sg(rep_grads), *args), cast like the parameters.
+
+  The representation gradients enter as constants: only the parameters the
+  loss reads directly (e.g. RotoGrad's rotations) receive its gradient.
+  """
+  if representation_loss is None:
+    return update
+  rep_grads = jax.lax.stop_gradient(rep_grads)
+  check_representation_loss(representation_loss, params, rep_grads, args)
+  extra = jax.grad(lambda p: representation_loss(p, rep_grads, *args))(params)
+  return jax.tree_util.tree_map(lambda a, b: a + b, update, _common.cast_like(extra, params))
+
+
+def build(fun, encode, method, *, strategy, log_losses, representation_loss=None):
   """``exact(params, method_state, *args)``: the method weighs ∂L_k/∂z."""
 
   def exact(params, method_state, *args):
     losses, diff, z, encoder_vjp, heads_vjp = forward(fun, encode, params, args, log_losses)
-    k = diff.shape[0]
-    rep_grads = stacked.stacked_cotangents(lambda row: (heads_vjp(row)[1],), k, diff.dtype,
-                                           strategy)[0]
+    rep_grads = gradients(heads_vjp, diff, strategy)
     combined, method_state = _common.call_method(method, rep_grads, method_state, None, losses)
-    return losses, combine(encoder_vjp, heads_vjp, z, combined, diff, params), method_state
+    update = combine(encoder_vjp, heads_vjp, z, combined, diff, params)
+    return (losses, with_representation_loss(update, representation_loss, params, rep_grads, args),
+            method_state)
 
   return exact
 
 
-def build_reuse(fun, encode, *, log_losses):
-  """``cheap(params, weights, *args)``: Σ_k w_k Z_k through the encoder, Σ_k ∇L_k for the heads."""
+def build_reuse(fun, encode, *, strategy, log_losses, representation_loss=None):
+  """``cheap(params, weights, *args)``: Σ_k w_k Z_k through the encoder, Σ_k ∇L_k for the heads.
+
+  With a ``representation_loss`` the K representation gradients are needed
+  anyway; the weighted one is then their sum, not one more pass.
+  """
 
   def cheap(params, weights, *args):
     losses, diff, z, encoder_vjp, heads_vjp = forward(fun, encode, params, args, log_losses)
-    rep = heads_vjp(weights.astype(diff.dtype))[1]
-    return losses, combine(encoder_vjp, heads_vjp, z, rep, diff, params)
+    if representation_loss is None:
+      rep = heads_vjp(weights.astype(diff.dtype))[1]
+      return losses, combine(encoder_vjp, heads_vjp, z, rep, diff, params)
+    rep_grads = gradients(heads_vjp, diff, strategy)
+    update = combine(encoder_vjp, heads_vjp, z, weighted(weights, rep_grads), diff, params)
+    return losses, with_representation_loss(update, representation_loss, params, rep_grads, args)
 
   return cheap

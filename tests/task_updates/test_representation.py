@@ -1,0 +1,147 @@
+"""Representation mode's `representation_loss`: its gradient, with the K representation
+gradients ∂L_k/∂z as constants, is added to the update on every kind of step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import conicgrad_jax as cg
+from conicgrad_jax.methods import rotograd as rotograd_m
+
+K, R = 3, 3     # tasks; rotated features of the 4-dimensional representation
+
+
+def _problem(seed=0):
+  rng = np.random.default_rng(seed)
+  params = {"enc": jnp.asarray(rng.standard_normal((5, 4)), jnp.float32),
+            "gen": jnp.asarray(0.3 * rng.standard_normal((K, R, R)), jnp.float32),
+            "heads": jnp.asarray(rng.standard_normal((K, 4)), jnp.float32)}
+  x = jnp.asarray(rng.standard_normal((8, 5)), jnp.float32)
+  return params, x
+
+
+def encode(p, x):
+  return jnp.tanh(x @ p["enc"])
+
+
+def heads(p, z, x):
+  """Task k reads z with its first R features rotated by R_k (held constant, as in RotoGrad)."""
+  rotations = jax.lax.stop_gradient(rotograd_m.rotation_matrices(p["gen"]))
+  rotated = jnp.concatenate([jnp.einsum("kij,bj->kbi", rotations, z[:, :R]),
+                             jnp.broadcast_to(z[None, :, R:], (K, z.shape[0], 4 - R))], axis=-1)
+  predictions = jnp.einsum("kbd,kd->kb", rotated, p["heads"])
+  return jnp.mean((predictions - x[:, :K].T) ** 2, axis=1) + 0.05
+
+
+def rotation_loss(p, rep_grads, x):
+  del x
+  return rotograd_m.rotation_loss(p["gen"], rep_grads)
+
+
+def heads_reading_the_gradients(p, rep_grads, x):
+  """Linear in the head weights: its gradient is mean_b ∂L_k/∂z_b, row k for head k."""
+  del x
+  return jnp.sum(p["heads"] * jnp.mean(rep_grads, axis=1))
+
+
+def _rep_grads(params, x, log_losses=False):
+  """∂L_k/∂z (or ∂ log L_k/∂z) by jax.jacrev of the heads at z = encode(params, x)."""
+  z = encode(params, x)
+  of_z = (lambda zz: jnp.log(heads(params, zz, x))) if log_losses else (
+      lambda zz: heads(params, zz, x))
+  return np.asarray(jax.jacrev(of_z)(z), np.float64)
+
+
+def _close(a, b, **tol):
+  assert set(a) == set(b)
+  for name in a:
+    np.testing.assert_allclose(np.asarray(a[name], np.float64), np.asarray(b[name], np.float64),
+                               err_msg=name, **tol)
+
+
+@pytest.mark.parametrize("log_losses", [False, True])
+def test_the_loss_gradient_is_added_with_the_representation_gradients_held_constant(log_losses):
+  """Head weights times mean_b ∂L_k/∂z: the heads get mean_b ∂L_k/∂z (∂ log L_k/∂z with
+  log_losses) on top of the update without the loss, and nothing else changes: the
+  gradients are constants, so no derivative reaches the encoder through them."""
+  params, x = _problem(1)
+  plain = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
+                              encode=encode, log_losses=log_losses)
+  task = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
+                             encode=encode, log_losses=log_losses,
+                             representation_loss=heads_reading_the_gradients)
+  _, expected, _ = jax.jit(plain.step)(params, plain.init(params), x)
+  _, update, _ = jax.jit(task.step)(params, task.init(params), x)
+  rep = _rep_grads(params, x, log_losses)
+  assert np.max(np.abs(rep.mean(axis=1))) > 1e-2
+  expected = dict(expected, heads=np.asarray(expected["heads"]) + rep.mean(axis=1))
+  _close(update, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_rotograds_rotation_loss_trains_the_rotations_only():
+  """The rotations' gradient is the one of RotoGrad's rotation objective at ∂L_k/∂z from
+  jax.jacrev; the task losses see the rotations as constants, so without the loss they
+  get nothing, and the encoder and heads get what they get without it."""
+  params, x = _problem(2)
+  plain = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
+                              encode=encode)
+  task = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
+                             encode=encode, representation_loss=rotation_loss)
+  _, expected, _ = jax.jit(plain.step)(params, plain.init(params), x)
+  _, update, _ = jax.jit(task.step)(params, task.init(params), x)
+  assert np.all(np.asarray(expected["gen"]) == 0)
+  rep = jnp.asarray(_rep_grads(params, x), jnp.float32)
+  rotations = jax.grad(lambda g: rotograd_m.rotation_loss(g, rep))(params["gen"])
+  assert np.max(np.abs(np.asarray(rotations))) > 1e-3
+  _close(update, dict(expected, gen=rotations), rtol=1e-4, atol=1e-6)
+
+
+def test_amortised_steps_add_the_loss_gradient_and_keep_the_weights():
+  """every = 2: the fresh step and the reuse step (lax.cond), and the host-scheduled
+  `reuse`, are the steps without the loss plus the loss gradient at that step's
+  representation gradients; the reuse steps combine them with the stored weights."""
+  method = lambda: cg.conicgrad(0.5, num_tasks=K)
+  plain = cg.make_task_update(heads, method(), mode="representation", encode=encode, every=2)
+  task = cg.make_task_update(heads, method(), mode="representation", encode=encode, every=2,
+                             representation_loss=heads_reading_the_gradients)
+  params, x = _problem(3)
+  plain_state, state = plain.init(params), task.init(params)
+  plain_step, step, reuse = jax.jit(plain.step), jax.jit(task.step), jax.jit(task.reuse)
+  for t in range(2):
+    xt = x + 0.5 * t
+    _, expected, plain_state = plain_step(params, plain_state, xt)
+    _, on_host, _ = reuse(params, state, xt)
+    _, update, state = step(params, state, xt)
+    heads_grad = np.asarray(expected["heads"]) + _rep_grads(params, xt).mean(axis=1)
+    _close(update, dict(expected, heads=heads_grad), rtol=1e-4, atol=1e-6)
+    if t == 1:
+      _close(on_host, update, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(state.weights), np.asarray(plain_state.weights),
+                             rtol=1e-5, atol=1e-7)
+
+
+def test_a_non_finite_loss_gradient_skips_the_step():
+  params, x = _problem(4)
+  task = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
+                             encode=encode,
+                             representation_loss=lambda p, o, x: jnp.sum(p["gen"]) * jnp.nan)
+  _, update, state = jax.jit(task.step)(params, task.init(params), x)
+  assert int(state.method_state.nonfinite_steps) == 1
+  assert all(np.all(np.asarray(u) == 0) for u in jax.tree_util.tree_leaves(update))
+
+
+def test_representation_loss_errors_name_the_argument():
+  params, x = _problem(5)
+  flat = lambda p, x: heads(p, encode(p, x), x)
+  with pytest.raises(ValueError, match="`representation_loss` is only used with "
+                     'mode="representation"'):
+    cg.make_task_update(flat, cg.rotograd(), representation_loss=rotation_loss)
+  with pytest.raises(TypeError, match="`representation_loss` must be a function"):
+    cg.make_task_update(heads, cg.rotograd(), mode="representation", encode=encode,
+                        representation_loss=1.0)
+  task = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
+                             encode=encode, representation_loss=lambda p, o, x: o)
+  with pytest.raises(ValueError, match=r"`representation_loss\(params, rep_grads, \*args\)` "
+                     r"must return one real number.*shape \(3, 8, 4\)"):
+    task.step(params, task.init(params), x)
