@@ -65,3 +65,21 @@ def test_options_are_validated():
     cg.stch(warmup_steps=0)
   with pytest.raises(ValueError, match="nadir_steps"):
     cg.stch(warmup_steps=4, nadir_steps=5)
+
+
+def test_the_default_warm_up_is_100_steps_with_the_nadir_over_its_last_50():
+  """Defaults (warmup_steps=100, mu=1): 1/l through step 99; from step 100 on, the smooth
+  Tchebycheff weights around the mean loss of warm-up steps 50..99 (its second half)."""
+  rng = np.random.default_rng(3)
+  seq = rng.uniform(0.5, 3.0, size=(102, 3))
+  states = run_losses(cg.stch(num_tasks=3), seq, grads={"w": jnp.eye(3)}, history=True)
+  for step in (0, 49, 98, 99):
+    np.testing.assert_allclose(np.asarray(at(states, step).weights), 1.0 / seq[step], rtol=1e-5)
+  nadir = seq[50:100].mean(axis=0)
+  for step in (100, 101):
+    l = seq[step]
+    x = np.log(l / nadir)
+    expected = 3 * np.exp(x) / np.exp(x).sum() / l
+    np.testing.assert_allclose(np.asarray(at(states, step).weights), expected, rtol=1e-4)
+    # The post-warm-up weights are not the warm-up rule's (the check tells the two apart).
+    assert np.abs(expected - 1.0 / l).max() > 1e-2 * np.abs(expected).max()

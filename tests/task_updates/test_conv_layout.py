@@ -110,6 +110,59 @@ def test_nested_jit_is_rewritten_and_other_primitives_are_kept():
                              looped(jnp.ones(4)), rtol=1e-6)
 
 
+def _nested_jit_options(kind):
+  """jax.jit options for a nested call on (w, x) -> (kernel gradient, 2x): nothing, or one
+  sharding or one layout on the second argument or output only."""
+  from jax.experimental.layout import Format, Layout
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return {"plain": {},
+          "input_sharding": {"in_shardings": (None, sharding)},
+          "output_sharding": {"out_shardings": (None, sharding)},
+          "input_layout": {"in_shardings": (None, Format(Layout.AUTO))},
+          "output_layout": {"out_shardings": (None, Format(Layout.AUTO))}}[kind]
+
+
+@pytest.mark.parametrize("kind, inlined", [
+    ("plain", True), ("input_sharding", False), ("output_sharding", False),
+    ("input_layout", False), ("output_layout", False)])
+def test_only_a_nested_jit_without_shardings_or_layouts_is_inlined(kind, inlined):
+  """One sharding or layout among several arguments/outputs is enough to keep the call whole."""
+  from conicgrad_jax.task_updates.conv_layout import _inlinable
+  grad, args = _net("nhwc_hwio_stride2")
+  inner = lambda w, x: (grad(w, x)[0], 2 * x)
+  nested = lambda w, x: jax.jit(inner, **_nested_jit_options(kind))(w, x)
+  eqns = jax.make_jaxpr(nested)(*args).jaxpr.eqns
+  assert [e.primitive.name for e in eqns] in (["jit"], ["pjit"])
+  assert _inlinable(eqns[0].params) is inlined
+  rewritten = canonical_convolutions(nested)
+  jaxpr = jax.make_jaxpr(rewritten)(*args).jaxpr
+  names = [e.primitive.name for e in jaxpr.eqns]
+  if inlined:    # the body's convolutions now stand at the top level, canonical
+    assert "jit" not in names and "pjit" not in names
+    top = [e.params["dimension_numbers"] for e in jaxpr.eqns
+           if e.primitive.name == "conv_general_dilated"]
+    assert len(top) == 3 and all(_is_canonical(dn) for dn in top)
+  else:          # kept as it was: one call, its options and its (permuted) convolutions
+    assert names in (["jit"], ["pjit"])
+    for key in ("in_shardings", "out_shardings", "in_layouts", "out_layouts"):
+      assert jaxpr.eqns[0].params[key] == eqns[0].params[key]
+    assert not all(_is_canonical(dn) for dn in _convolutions(jaxpr))
+  expected = (jax.jit(grad)(*args)[0], 2 * args[1])
+  for a, b in zip(jax.jit(rewritten)(*args), expected):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_a_nested_call_with_compiler_options_is_not_inlinable():
+  """jax 0.10 refuses compiler options on a nested jit, so the params are those of a traced
+  plain call with options added."""
+  from conicgrad_jax.task_updates.conv_layout import _inlinable
+  grad, args = _net("nhwc_hwio_stride2")
+  params = jax.make_jaxpr(lambda w, x: jax.jit(grad)(w, x))(*args).jaxpr.eqns[0].params
+  assert _inlinable(params)
+  assert _inlinable(dict(params, compiler_options_kvs=()))
+  assert not _inlinable(dict(params, compiler_options_kvs=(("xla_cpu_enable_fast_math", False),)))
+
+
 def _conv_problem(k=3, seed=0):
   rng = np.random.default_rng(seed)
   params = {"conv": jnp.asarray(rng.standard_normal((3, 3, 2, 4)) * 0.3, jnp.float32),

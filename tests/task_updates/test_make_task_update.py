@@ -330,6 +330,48 @@ def test_chunked_mode_with_a_zero_size_leaf_equals_stacked():
   _close(update, expected, rtol=2e-4, atol=2e-5)
 
 
+def _scans(jaxpr):
+  """Every ``scan`` equation of a jaxpr, those in sub-jaxprs (jit, closed_call, ...) included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "scan":
+      found.append(eqn)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+          found += _scans(sub.jaxpr)
+        elif hasattr(sub, "eqns"):
+          found += _scans(sub)
+  return found
+
+
+@pytest.mark.parametrize("chunk_size", [2, 3])
+def test_looped_chunks_run_chunk_size_tasks_per_backward_pass(chunk_size):
+  """unroll=False: one loop of K / chunk_size iterations, each a backward pass batched over
+  chunk_size rows of the K×K identity (so chunk_size task gradients at a time)."""
+  k = 6
+  rng = np.random.default_rng(0)
+  params = {"enc": jnp.asarray(rng.standard_normal((5, 4)), jnp.float32),
+            "heads": jnp.asarray(rng.standard_normal((k, 4)), jnp.float32)}
+  x = jnp.asarray(rng.standard_normal((8, 5)), jnp.float32)
+  losses = lambda p, x: jnp.mean((jnp.tanh(x @ p["enc"]) @ p["heads"].T) ** 2, axis=0)
+  task = cg.make_task_update(losses, cg.linear_scalarization(num_tasks=k), mode="chunked",
+                             chunk_size=chunk_size, shared=shared, unroll=False)
+  jaxpr = jax.make_jaxpr(task.step)(params, task.init(params), x).jaxpr
+  scans = _scans(jaxpr)
+  assert len(scans) == 1
+  eqn = scans[0]
+  n_chunks = k // chunk_size
+  assert eqn.params["length"] == n_chunks
+  first_x = eqn.params["num_consts"] + eqn.params["num_carry"]
+  assert [v.aval.shape for v in eqn.invars[first_x:]] == [(n_chunks, chunk_size, k)]
+  body = eqn.params["jaxpr"].jaxpr
+  assert [v.aval.shape for v in body.invars[first_x:]] == [(chunk_size, k)]
+  # Per iteration: the chunk's task gradients of the encoder and of the heads.
+  assert sorted(v.aval.shape for v in body.outvars[eqn.params["num_carry"]:]) == sorted(
+      [(chunk_size, 5, 4), (chunk_size, k, 4)])
+
+
 @pytest.mark.slow
 def test_rotograd_example_trains():
   import rotograd_digits
