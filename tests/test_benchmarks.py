@@ -67,6 +67,35 @@ def test_delta_m_with_three_seeds_by_hand():
   assert s["methods"]["linear_scalarization"]["delta_m_pct"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_short_protocol_table_sorts_by_delta_m_and_times_are_medians_over_seeds():
+  """The table lists STL, then the methods by Δm% (best first), whatever their order,
+  name or mean rank; a method's step time is the median over its seeds' runs (a seed
+  without a time left out), its ratio to linear scalarisation's median."""
+  metrics = {"b": [0.84, 0.45], "a": [0.96, 0.40], "linear_scalarization": [0.78, 0.55],
+             "stl_0": [0.8, 0.0], "stl_1": [0.0, 0.5]}
+  step_s = {"b": [0.1, 0.2, 0.9], "a": [None, 0.3, 0.5], "linear_scalarization": [0.1, 0.1, 0.7],
+            "stl_0": [1.0] * 3, "stl_1": [1.0] * 3}
+  results = {(m, s): {"test_metrics": metrics[m], "time_per_step_s": step_s[m][s]}
+             for m in metrics for s in range(3)}
+  names = ["b", "a", "linear_scalarization"]
+  s = supervised.summarise(_task((True, True)), results, names, [0, 1, 2])
+  # Higher is better, STL (0.8, 0.5): Δm% = 100·mean(−(M₀ − 0.8)/0.8, −(M₁ − 0.5)/0.5).
+  delta = {m: 100 * np.mean([-(metrics[m][0] - 0.8) / 0.8, -(metrics[m][1] - 0.5) / 0.5])
+           for m in names}                      # b: 2.5, a: 0, linear_scalarization: −3.75
+  for m in names:
+    assert s["methods"][m]["delta_m_pct"] == pytest.approx(delta[m])
+  # Medians: b 0.2 (mean 0.4), a 0.4 of its two times, linear scalarisation 0.1 (mean 0.3).
+  for m, median in (("b", 0.2), ("a", 0.4), ("linear_scalarization", 0.1)):
+    assert s["methods"][m]["time_per_step_in_runs_s"] == pytest.approx(median)
+    assert s["methods"][m]["time_per_step_s"] == pytest.approx(median)
+    assert s["methods"][m]["time_ratio_to_ls"] == pytest.approx(median / 0.1)
+  table = supervised.markdown_table(_task((True, True)), s).splitlines()
+  assert table[2].startswith("| STL | 0.8 | 0.5 |")
+  rows = [line.split(" | ")[0][2:] for line in table[3:]]
+  assert rows == sorted(names, key=delta.get) == ["linear_scalarization", "a", "b"]
+  assert table[5].endswith("| 200.0 (2.00×) |")           # b: 0.2 s, twice the 0.1 s of LS
+
+
 def test_mean_ranks_average_ties():
   means = [[0.9, 1.0], [0.9, 3.0], [0.8, 2.0]]        # metric 0: higher is better; 1: lower
   ranks = supervised.mean_ranks(means, (True, False))
@@ -124,6 +153,24 @@ def test_the_library_fingerprint_follows_the_sources(tmp_path):
   assert store_m.library_fingerprint.__wrapped__(str(tmp_path)) != before
 
 
+def test_the_library_fingerprint_follows_every_source_file_and_its_name(tmp_path):
+  """A change in any of the sources, the first, a later one in the same folder or one in a
+  subfolder, changes the fingerprint; so does renaming a source without changing it."""
+  fingerprint = lambda: store_m.library_fingerprint.__wrapped__(str(tmp_path))
+  (tmp_path / "sub").mkdir()
+  files = [tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py", tmp_path / "sub" / "d.py"]
+  for f in files:
+    f.write_text(f"name = {f.stem!r}\n")
+  before = fingerprint()
+  for f in files:
+    f.write_text(f"name = {f.stem!r}  # changed\n")
+    assert fingerprint() != before, f.name
+    f.write_text(f"name = {f.stem!r}\n")
+    assert fingerprint() == before, f.name
+  (tmp_path / "c.py").rename(tmp_path / "e.py")
+  assert fingerprint() != before
+
+
 def test_run_store_keys_longer_than_a_file_name_stay_distinct(tmp_path):
   """A key naming 39 methods is longer than the 255 bytes a file name may have."""
   runs = store_m.RunStore(str(tmp_path), "bench")
@@ -145,6 +192,40 @@ def test_toy_distance_to_front_measures_to_its_segments_not_its_vertices():
   tangent = (front[201] - front[200]) / np.linalg.norm(front[201] - front[200])
   off = midpoint + 0.01 * np.array([-tangent[1], tangent[0]])
   assert toy.distance_to_front(off, front) == pytest.approx(0.01, rel=1e-3)
+
+
+def test_toy_summary_counts_starts_that_end_at_the_minimum_and_their_first_step_there():
+  """A start reaches the minimum when its final mean loss is within the tolerance; its
+  first step within it is the first recorded point (every 50 steps) within it, even one it
+  leaves again; a start that ends outside has none."""
+  from benchmarks import toy
+  best, tol, steps = -10.0, 0.01, 401            # 401 recorded points: every 2nd is kept
+  curves = np.full((steps, 5), best + 1.0)
+  curves[3:, 0] = best + 0.005                  # within from point 3 on: step 150
+  curves[100:200, 1] = best                     # within for a while, ends outside
+  curves[-1, 1] = best + 0.02
+  curves[:, 2] = best + 0.01 * np.arange(steps) / steps   # within from the start
+  curves[5, 3] = best                           # within at point 5, outside, within from 10
+  curves[10:, 3] = best + 0.002
+  curves[:, 4] = np.linspace(best + 2.0, best + 0.5, steps)
+  # Final losses: two unequal ones whose mean is the curve's last point (start 1's smaller
+  # one is below the minimum, its mean is 0.02 above it).
+  final = np.stack([curves[-1] - 0.5, curves[-1] + 0.5], 1)
+  paths = np.random.default_rng(0).standard_normal((steps, 5, 2))
+  s = toy.summarise(paths, curves, final, best, tol)
+  starts = s["starts"]
+  assert [st["reached_global_minimum"] for st in starts] == [True, False, True, True, False]
+  assert s["reached"] == 3
+  assert [st["first_step_within_tol"] for st in starts] == [150, None, 0, 250, None]
+  for i, st in enumerate(starts):
+    assert st["final_mean_loss"] == pytest.approx(curves[-1, i])
+    np.testing.assert_allclose(st["final_losses"], final[i])
+    np.testing.assert_allclose(st["final_x"], paths[-1, i])
+    np.testing.assert_allclose(st["start"], toy.toy_ex.STARTS[i])
+  # At most about 200 points of the path and of the mean curve over the starts.
+  np.testing.assert_allclose(s["path"], paths[0:steps:2])
+  np.testing.assert_allclose(s["mean_curve"], curves.mean(axis=1)[0:steps:2])
+  assert len(s["path"]) == len(s["mean_curve"]) == 201
 
 
 def test_overlay_places_both_images():
@@ -226,6 +307,19 @@ def test_a_short_protocol_run_replayed_by_hand(method, seed):
     _check_stl_1_steps(lambda p, s, b: step(p, s, x_tr[b], y_tr[b])[:2], init,
                        lambda p, b: task.task_losses(p, x_tr[b], y_tr[b]),
                        task.init_params(seed), protocol.lr, 16)
+
+
+def test_a_short_protocol_runs_step_time_is_the_median_over_its_epochs_after_the_first(
+    monkeypatch):
+  """A fake clock makes epochs 1, 2, 3 take 0.1, 0.5 and 0.2 s per step (4 steps each);
+  epoch 0, which compiles, is not timed: the run's step time is their median, 0.2 s."""
+  task = _tiny_regression_task()
+  ticks = iter([0.0, 10.0, 10.0 + 4 * 0.1, 20.0, 20.0 + 4 * 0.5, 30.0, 30.0 + 4 * 0.2])
+  monkeypatch.setattr(supervised, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+  result = supervised.train_and_evaluate(task, "linear_scalarization", 0,
+                                         supervised.Protocol(epochs=4, batch_size=16, lr=0.1))
+  assert next(ticks, None) is None                     # two readings per timed epoch
+  assert result["time_per_step_s"] == pytest.approx(0.2)
 
 
 def _check_stl_1_steps(step, init, losses, params, lr, batch):
@@ -466,6 +560,53 @@ def test_overlay_pairs_places_both_images():
   assert x[1, 4, 3] == 1.0 and x[1, 35 - 2, 35 - 1] == 2.0
 
 
+def _marked_pool(n):
+  """Images 0..n−1, each blank but for its value n + 1 at pixel (0, 0); labels 0..n−1."""
+  images = np.zeros((n, 28, 28), np.float32)
+  images[:, 0, 0] = np.arange(1, n + 1)
+  return images, np.arange(n)
+
+
+def _labels_by_placement(x):
+  """Each canvas's (top-left, bottom-right) image label read off its marker pixels: the
+  top-left image's marker lies at its shift (r, c) ∈ [0, 4]², the bottom-right one's at
+  (8 − r', 8 − c') ∈ [4, 8]², so the top-left one has the smaller row + column. None where
+  the two markers fall on one pixel."""
+  out = []
+  for canvas in x[..., 0]:
+    rows, cols = np.nonzero(canvas)
+    if len(rows) != 2:
+      out.append(None)
+      continue
+    first, second = np.argsort(rows + cols)
+    assert rows[first] <= 4 and cols[first] <= 4 and rows[second] >= 4 and cols[second] >= 4
+    out.append((int(canvas[rows[first], cols[first]]) - 1,
+                int(canvas[rows[second], cols[second]]) - 1))
+  return out
+
+
+def _check_labels_follow_placement(x, y):
+  decoded = _labels_by_placement(x)
+  checked = [(tuple(labels), d) for labels, d in zip(y.tolist(), decoded) if d is not None]
+  assert len(checked) >= 0.8 * len(y)
+  assert all(labels == d for labels, d in checked)
+
+
+def test_a_pairs_first_label_is_its_top_left_image_and_its_second_the_bottom_right_one():
+  """Task 0 ("left") is the top-left image's label, task 1 ("right") the bottom-right
+  one's: in the short protocol's pairs, the converged protocol's splits and its fresh
+  training pairs."""
+  from benchmarks import overlaid
+  images, labels = _marked_pool(10)
+  _check_labels_follow_placement(*overlaid.overlay(images, labels, 40,
+                                                   np.random.default_rng(0)))
+  pools = {"mnist": _marked_pool(5000)}
+  for x, y in overlaid.build_converged_data("multimnist", (40, 40, 40), pools=pools):
+    _check_labels_follow_placement(x, y)
+  _check_labels_follow_placement(*overlaid.resample_train_pairs(
+      "multimnist", 40, np.random.default_rng(1), pools=pools))
+
+
 def _converged_bench(tmp_path=None):
   import jax.numpy as jnp
   from benchmarks import converged
@@ -667,6 +808,55 @@ def test_converged_summary_with_partial_coverage(tmp_path):
       converged_report.markdown(bench, s))
 
 
+def test_converged_summary_time_ratios_ranks_and_the_unselected_seeds_delta_m_by_hand():
+  """Per method: the median of its runs' step times over linear scalarisation's, the mean
+  rank over the task metrics (task 0 higher, task 1 lower is better), and for a tuned
+  method the Δm% of seeds 1 and 2 alone (seed 0 won the grid on validation)."""
+  from benchmarks import converged_report
+  bench = _converged_bench()._replace(higher_is_better=(True, False), protocol=_protocol())
+
+  def run(method, seed, metrics, step_s, config=None, score=0.5):
+    return {"method": method, "config": config or {}, "seed": seed, "test_metrics": metrics,
+            "converged": True, "stop_reason": "plateau", "epochs_run": 12, "best_epoch": 7,
+            "best_val_score": score, "wall_s": 60.0, "time_per_step_in_run_s": step_s,
+            "history": []}
+
+  runs = {"stl_0_seed0": run("stl_0", 0, [0.8, 0.0], 0.1),
+          "stl_1_seed0": run("stl_1", 0, [0.0, 0.5], 0.1),
+          "mgda_seed0": run("mgda", 0, [0.72, 0.4], 0.5)}
+  for seed, step_s in enumerate([0.1, 0.6, 0.2]):                 # median 0.2, mean 0.3
+    runs[f"linear_scalarization_seed{seed}"] = run("linear_scalarization", seed, [0.8, 0.5],
+                                                   step_s)
+  # ConicGrad's grid on seed 0: c = 0.5 has the best validation score; seeds 1, 2 use it.
+  for c, score in ((0.25, 0.6), (0.75, 0.5)):
+    runs[f"conicgrad[c={c:g}]_seed0"] = run("conicgrad", 0, [0.1, 0.9], 9.0, {"c": c}, score)
+  cg_metrics = [[0.88, 0.45], [0.84, 0.55], [0.80, 0.47]]
+  for seed, (metrics, step_s) in enumerate(zip(cg_metrics, [0.3, 0.8, 0.4])):  # median 0.4
+    runs[f"conicgrad[c=0.5]_seed{seed}"] = run("conicgrad", seed, metrics, step_s, {"c": 0.5},
+                                               0.7 if seed == 0 else 0.5)
+  s = converged_report.summarise(bench, runs, [])
+  rows = s["methods"]
+  assert s["tuning"]["conicgrad"]["chosen"] == 0.5 and rows["conicgrad"]["seeds"] == [0, 1, 2]
+  assert rows["linear_scalarization"]["time_per_step_in_runs_s"] == pytest.approx(0.2)
+  assert rows["conicgrad"]["time_per_step_in_runs_s"] == pytest.approx(0.4)
+  assert rows["linear_scalarization"]["time_ratio_to_ls"] == pytest.approx(1.0)
+  assert rows["conicgrad"]["time_ratio_to_ls"] == pytest.approx(0.4 / 0.2)
+  assert rows["mgda"]["time_ratio_to_ls"] == pytest.approx(0.5 / 0.2)
+  # Means: conicgrad (0.84, 0.49), linear scalarisation (0.8, 0.5), mgda (0.72, 0.4).
+  # Task 0 (higher is better) ranks them 1, 2, 3; task 1 (lower is better) 2, 3, 1.
+  assert rows["conicgrad"]["mean_rank"] == pytest.approx((1 + 2) / 2)
+  assert rows["linear_scalarization"]["mean_rank"] == pytest.approx((2 + 3) / 2)
+  assert rows["mgda"]["mean_rank"] == pytest.approx((3 + 1) / 2)
+  # Δm% against STL (0.8, 0.5): 100·mean(−(M₀ − 0.8)/0.8, (M₁ − 0.5)/0.5) per seed:
+  # −10, 2.5 and −3 for ConicGrad's seeds 0, 1, 2.
+  per_seed = [100 * np.mean([-(m0 - 0.8) / 0.8, (m1 - 0.5) / 0.5]) for m0, m1 in cg_metrics]
+  np.testing.assert_allclose(per_seed, [-10.0, 2.5, -3.0], atol=1e-9)
+  assert rows["conicgrad"]["delta_m_pct"] == pytest.approx(np.mean(per_seed))
+  assert rows["conicgrad"]["delta_m_pct_unselected"] == pytest.approx((2.5 - 3.0) / 2)
+  assert rows["linear_scalarization"]["delta_m_pct_unselected"] is None     # not tuned
+  assert "Δm% over seeds 1–2 alone: -0.25" in converged_report.markdown(bench, s)
+
+
 @pytest.mark.slow
 def test_perf_quick_parts_write_their_tables(tmp_path):
   """`python -m benchmarks perf --quick` for the diagnostics and torchjd parts (the
@@ -820,3 +1010,34 @@ def test_qm9_standardises_with_the_training_split_and_reports_mae_in_the_data_un
   assert qm9.HARTREE_MEV == pytest.approx(27_211.386, rel=1e-7)
   assert all((f == qm9.HARTREE_MEV) == (u == "meV")
              for f, u in zip(qm9.TO_PUBLISHED, qm9.PUBLISHED_UNITS))
+
+
+def test_converged_cost_summary_takes_medians_per_set_up_and_machine_throughput():
+  """Set-up A (one process) and B (two processes at once): the median over every process
+  of every repeat of that set-up; throughput 1/t for A, 2/t for B (two steps at a time)."""
+  from benchmarks import converged_cost
+  labels = [c[0] for c in converged_cost.CANDIDATES]
+
+  def process(seconds):       # the same step time for every candidate, times its number
+    return {"qm9": {label: {"median_s": seconds * (n + 1)} for n, label in enumerate(labels)}}
+
+  runs = []
+  for r, (a, b) in enumerate([(0.010, (0.030, 0.016)), (0.011, (0.017, 0.018)),
+                              (0.030, (0.019, 0.050))]):
+    runs.append({"repeat": r, "setup": "A: one process, 2 cores", "processes": [process(a)]})
+    runs.append({"repeat": r, "setup": "B: two processes, 1 core each",
+                 "processes": [process(t) for t in b]})
+  s = converged_cost.summarise(runs, ["qm9"])
+  assert list(s) == ["qm9"] and list(s["qm9"]) == labels
+  for n, label in enumerate(labels):
+    row, f = s["qm9"][label], n + 1
+    # A: median of (10, 11, 30) ms = 11 ms; B: median of (30, 16, 17, 18, 19, 50) ms = 18.5 ms.
+    assert row["A_median_s"] == pytest.approx(0.011 * f)
+    assert row["B_median_s"] == pytest.approx(0.0185 * f)
+    assert row["A_steps_per_s"] == pytest.approx(1 / (0.011 * f))
+    assert row["B_steps_per_s"] == pytest.approx(2 / (0.0185 * f))
+    assert row["B_over_A_throughput"] == pytest.approx(2 * 0.011 / 0.0185)
+    np.testing.assert_allclose(row["A_all"], np.array([0.010, 0.011, 0.030]) * f)
+    np.testing.assert_allclose(row["B_all"], np.array([0.030, 0.016, 0.017, 0.018, 0.019,
+                                                       0.050]) * f)
+  assert "| qm9 | ls (one backward) | 11.0 | 18.5 | 1.19 |" in converged_cost.markdown(s)

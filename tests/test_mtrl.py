@@ -1,6 +1,7 @@
 """The multi-task RL benchmark's pieces: task family, network split, normalisation, Δm%, resuming."""
 
 import json
+import types
 
 import jax
 import numpy as np
@@ -147,6 +148,42 @@ def test_generalized_advantages_by_hand():
   np.testing.assert_allclose(np.asarray(adv), [[1.292, 0.5184], [0.6, 0.72], [0.88, 1.0]],
                              rtol=1e-6)
   np.testing.assert_allclose(np.asarray(target), np.asarray(adv) + values, rtol=1e-6)
+
+
+def test_final_return_averages_the_episodes_that_end_in_the_last_tenth_of_training(monkeypatch):
+  """With 20 iterations the last tenth is the last 2: the final return is the summed return
+  of the episodes ending there over their number (NaN if none ends there); the curve is each
+  iteration's mean episode return (NaN without an episode)."""
+  # Per seed, iteration and task: the summed returns and the number of episodes that ended.
+  rets, counts = np.zeros((2, 20, 2)), np.zeros((2, 20, 2))
+  rets[:, :, 0], counts[:, :, 0] = np.arange(20.0), 1.0   # task 0: one episode of return t
+  rets[0, 17, 1], counts[0, 17, 1] = 10.0, 2.0            # seed 0, task 1: none after t = 17
+  rets[1, 18, 1], counts[1, 18, 1] = 2.0, 1.0             # seed 1, task 1: 1 of 2, 3 of 30
+  rets[1, 19, 1], counts[1, 19, 1] = 30.0, 3.0
+  calls = []
+
+  def fake_trainer(tasks, task_ids, family_size, method, cfg):
+    def chunk(carry):
+      n = len(calls)
+      calls.append(n)
+      part = slice(10 * n, 10 * (n + 1))                # iterations // chunks per call
+      return carry, (rets[:, part], counts[:, part], np.zeros((2, 10, 2)))
+    return (lambda seed: np.zeros(1, np.float32)), chunk
+
+  monkeypatch.setattr(mtrl, "make_trainer", fake_trainer)
+  tasks = [types.SimpleNamespace(name="c"), types.SimpleNamespace(name="d")]
+  out = mtrl.train(tasks, [0, 1], 2, "linear_scalarization", [0, 1],
+                   mtrl.Config(iterations=20, chunks=2))
+  assert len(calls) == 2 and [r["seed"] for r in out] == [0, 1]
+  # Task 0: (18 + 19)/2 (the last iteration alone: 19, the last three: 18). Task 1: seed 0's
+  # last episodes end at t = 17, before the tail; seed 1's, (2 + 30)/(1 + 3) = 8 (the mean of
+  # the two iterations' means would be 6).
+  np.testing.assert_allclose(out[0]["final_return"], [18.5, np.nan])
+  np.testing.assert_allclose(out[1]["final_return"], [18.5, 8.0])
+  np.testing.assert_allclose(np.array(out[1]["curve"])[:, 0], np.arange(20.0))
+  expected = np.full(20, np.nan)
+  expected[18], expected[19] = 2.0, 10.0
+  np.testing.assert_allclose(np.array(out[1]["curve"], float)[:, 1], expected)
 
 
 def test_learning_curve_bands_are_standard_errors_over_the_seeds_with_a_value():
