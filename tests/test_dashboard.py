@@ -118,3 +118,47 @@ def test_the_panels_draw_the_logged_values():
   conflict = smoothed["conflicting pairs (running mean of 3 steps) and cond(G)"].get_lines()[0]
   np.testing.assert_allclose(conflict.get_ydata(),
                              dashboard.running_mean(h.conflict_fraction, 3))
+
+
+def _stacked(t, k=2):
+  """A hand-made stacked history: weights (t, k) = step index + task index, the rest constant."""
+  steps = np.arange(t, dtype=np.float64)
+  return cg.diagnostics.ConflictDiagnostics(
+      cosines=np.broadcast_to(np.eye(k), (t, k, k)), magnitude_similarity=np.ones((t, k, k)),
+      conflict_fraction=np.zeros(t), grad_norms=np.ones((t, k)),
+      weights=steps[:, None] + np.arange(k), update_norm=np.ones(t),
+      update_cosines=np.ones((t, k)), update_cosine_to_mean=np.ones(t),
+      condition_number=np.ones(t), losses=np.ones((t, k)))
+
+
+def test_given_losses_are_drawn_even_with_the_nan_of_a_skipped_step():
+  """`losses=` replaces the logged ones in the loss panel; a NaN step leaves the other steps
+  drawn and, the finite losses being positive, the log scale."""
+  history = _history()
+  losses = np.array([[4.0, 2.0, 1.0]] * 6) / np.arange(1, 7)[:, None]
+  losses[2, 1] = np.nan
+  fig = dashboard.plot_dashboard(history, losses=losses, smooth=1)
+  ax = {a.get_title(): a for a in fig.axes}["task losses"]
+  lines = ax.get_lines()
+  assert len(lines) == 3 and ax.get_yscale() == "log"
+  for i in range(3):
+    np.testing.assert_array_equal(lines[i].get_ydata(), losses[:, i])
+
+
+def test_the_default_smoothing_window_is_a_fortieth_of_the_steps():
+  """80 steps: a window of 2, i.e. a faint raw curve and the trailing mean of 2 steps per task."""
+  fig = dashboard.plot_dashboard(_stacked(80))
+  panel = {a.get_title(): a for a in fig.axes}
+  assert "conflicting pairs (running mean of 2 steps) and cond(G)" in panel
+  raw, mean = panel["combination weights"].get_lines()[:2]
+  y = np.arange(80.0)
+  np.testing.assert_allclose(raw.get_ydata(), y)
+  np.testing.assert_allclose(mean.get_ydata(), np.concatenate([[0.0], y[1:] - 0.5]))
+
+
+def test_a_window_of_two_draws_the_running_mean_over_the_raw_curve():
+  fig = dashboard.plot_dashboard(_stacked(5), smooth=2)
+  lines = {a.get_title(): a for a in fig.axes}["combination weights"].get_lines()
+  assert len(lines) == 4                                       # raw and mean, two tasks
+  np.testing.assert_allclose(lines[1].get_ydata(), [0.0, 0.5, 1.5, 2.5, 3.5])
+  np.testing.assert_allclose(lines[3].get_ydata(), [1.0, 1.5, 2.5, 3.5, 4.5])

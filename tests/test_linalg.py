@@ -194,3 +194,42 @@ def test_the_precision_reaches_every_contraction(precision):
   dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"
           and any(tuple(v.aval.shape) in leaf_shapes for v in e.invars)]
   assert len(dots) == 4 and all(str(precision) in str(e.params["precision"]) for e in dots)
+
+
+def test_a_float64_operand_is_not_rounded_to_its_lower_precision_partner():
+  """Under x64 a float64 leaf or weight vector makes the contraction float64 whatever the other
+  operand's dtype (the cross-Gramian's b, the Gram matrix's later leaf, combine's weights):
+  against float64 numpy to 1e-12, far below float32 rounding (the bfloat16 leaf holds small
+  integers, whose float32 Gram is exact)."""
+  rng = np.random.default_rng(7)
+  a32 = rng.standard_normal((3, 4)).astype(np.float32)
+  b64 = rng.standard_normal((3, 4))
+  low = rng.integers(-4, 5, (3, 5)).astype(np.float64)   # small integers: exact in bfloat16
+  with jax.enable_x64(True):
+    M = cross_gram_matrix({"w": jnp.asarray(a32)}, {"w": jnp.asarray(b64)})
+    G = gram_matrix({"a": jnp.asarray(low, jnp.bfloat16), "b": jnp.asarray(b64)})
+    M2 = cross_gram_matrix({"a": jnp.asarray(low, jnp.bfloat16), "b": jnp.asarray(a32)},
+                           {"a": jnp.asarray(low, jnp.bfloat16), "b": jnp.asarray(b64)})
+    w = jnp.asarray([1 / 3, 1 / 7, -2 / 9], jnp.float64)
+    out = combine(w, {"w": jnp.asarray(a32)}, out_dtypes={"w": jnp.float64})["w"]
+  assert M.dtype == G.dtype == M2.dtype == out.dtype == jnp.float64
+  np.testing.assert_allclose(np.asarray(M), a32.astype(np.float64) @ b64.T, rtol=1e-12)
+  np.testing.assert_allclose(np.asarray(G), low @ low.T + b64 @ b64.T, rtol=1e-12)
+  np.testing.assert_allclose(np.asarray(M2), low @ low.T + a32.astype(np.float64) @ b64.T,
+                             rtol=1e-12)
+  np.testing.assert_allclose(np.asarray(out),
+                             np.array([1 / 3, 1 / 7, -2 / 9]) @ a32.astype(np.float64),
+                             rtol=1e-12)
+
+
+def test_cross_gram_names_leaves_of_the_same_tasks_but_other_parameter_shapes():
+  with pytest.raises(ValueError, match=r"\(2, 3, 4\) and \(2, 4, 3\) do not match"):
+    cross_gram_matrix({"w": jnp.ones((2, 3, 4))}, {"w": jnp.ones((2, 4, 3))})
+
+
+def test_per_task_sum_accumulates_in_the_requested_dtype():
+  """1001 ones sum to 1001 in float32; bfloat16 (8 significant bits) cannot hold 1001."""
+  leaf = jnp.ones((2, 7, 143), jnp.bfloat16)
+  out = linalg.per_task_sum(leaf, jnp.float32)
+  assert out.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(out), [1001.0, 1001.0])

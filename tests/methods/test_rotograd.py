@@ -155,3 +155,21 @@ def test_flax_rotation_module_checks_the_loss_input_and_keeps_a_chosen_dtype():
 def test_a_burn_in_beyond_the_int32_step_counter_is_refused():
   with pytest.raises(ValueError, match="`burn_in_period` must be at most"):
     cg.rotograd(burn_in_period=2**40)
+
+
+def test_flax_rotation_module_applies_r_not_its_transpose():
+  """rot(z)[k] = R_k z on the first r features, R_k = expm(L_k − L_kᵀ), L_k = tril(A_k, −1)
+  (scipy's expm): the rotation `loss` trains, not its inverse."""
+  scipy_linalg = pytest.importorskip("scipy.linalg")
+  nn = pytest.importorskip("conicgrad_jax.nn")
+  rng = np.random.default_rng(5)
+  rot = nn.RotoGradRotations(num_tasks=2, latent_size=4, rotation_size=3)
+  gen = rng.standard_normal((2, 3, 3))
+  rot.generators[...] = jnp.asarray(gen, jnp.float32)
+  z = rng.standard_normal((5, 4))
+  out = np.asarray(rot(jnp.asarray(z, jnp.float32)))
+  for k in range(2):
+    lower = np.tril(gen[k], -1)
+    r = scipy_linalg.expm(lower - lower.T)
+    np.testing.assert_allclose(out[k, :, :3], z[:, :3] @ r.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[k, :, 3], z[:, 3], rtol=1e-6)
