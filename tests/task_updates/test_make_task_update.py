@@ -78,13 +78,14 @@ def test_modes_equal_the_stacked_path(name, mode):
                              rtol=2e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("mode", ["stacked", pytest.param("gramian", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode", ["stacked", "chunked",
+                                  pytest.param("gramian", marks=pytest.mark.slow)])
 def test_log_losses_weighs_the_log_loss_gradients(mode):
   """log-ConicGrad: the method on ∇ log L_k = ∇L_k / L_k; heads get Σ_k ∇ log L_k."""
   params, x = _problem(8)
   expected, _ = _stacked(lambda **kw: cg.conicgrad(0.5, **kw), params, x, log_losses=True)
   task = cg.make_task_update(fun, cg.conicgrad(0.5, num_tasks=K), mode=mode, shared=shared,
-                             log_losses=True)
+                             log_losses=True, chunk_size=2 if mode == "chunked" else None)
   losses, update, _ = jax.jit(task.step)(params, task.init(params), x)
   _close(update, expected, rtol=2e-4, atol=2e-5)
   np.testing.assert_allclose(np.asarray(losses), np.asarray(fun(params, x)), rtol=1e-6)
@@ -99,6 +100,11 @@ def test_log_losses_skip_a_step_whose_loss_is_not_positive():
   params, x = _problem(9)
   shifted = lambda p, x: fun(p, x) - jnp.array([0.0, 10.0, 0.0])    # task 1's loss < 0
   _, task_grads = cg.value_and_task_grads(shifted, shared=shared, log_losses=True)(params, x)
+  assert np.all(np.isnan(np.asarray(task_grads["enc"])))
+  # Just below zero too (task 1's loss = -0.1): no logarithm, however small the loss.
+  below = float(fun(params, x)[1]) + 0.1
+  barely = lambda p, x: fun(p, x) - jnp.array([0.0, below, 0.0])
+  _, task_grads = cg.value_and_task_grads(barely, shared=shared, log_losses=True)(params, x)
   assert np.all(np.isnan(np.asarray(task_grads["enc"])))
   _, positive = cg.value_and_task_grads(fun, shared=shared, log_losses=True)(params, x)
   assert np.all(np.isfinite(np.asarray(positive["enc"])))

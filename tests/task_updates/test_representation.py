@@ -145,3 +145,9 @@ def test_representation_loss_errors_name_the_argument():
   with pytest.raises(ValueError, match=r"`representation_loss\(params, rep_grads, \*args\)` "
                      r"must return one real number.*shape \(3, 8, 4\)"):
     task.step(params, task.init(params), x)
+  # A scalar that is not a real (floating) number is named too, not left to jax.grad.
+  task = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
+                             encode=encode, representation_loss=lambda p, o, x: jnp.sum(o > 0))
+  with pytest.raises(ValueError, match=r"`representation_loss\(params, rep_grads, \*args\)` "
+                     r"must return one real number"):
+    task.step(params, task.init(params), x)
