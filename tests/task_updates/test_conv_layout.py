@@ -8,6 +8,7 @@ from jax import lax
 
 import conicgrad_jax as cg
 from conicgrad_jax.task_updates.conv_layout import canonical_convolutions
+from jaxprs import equations, sub_jaxprs
 
 # (lhs, rhs, out) layouts, image shape (batch first as the layout says), kernel shape,
 # strides, padding, feature groups.
@@ -47,24 +48,12 @@ def _is_canonical(dn):
 
 def _convolutions(jaxpr):
   """The dimension numbers of every convolution in a jaxpr, nested ones included."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "conv_general_dilated":
-      found.append(eqn.params["dimension_numbers"])
-    found += _nested_convolutions(eqn)
-  return found
+  return [eqn.params["dimension_numbers"] for eqn in equations(jaxpr, "conv_general_dilated")]
 
 
 def _nested_convolutions(eqn):
   """The convolutions in the bodies (sub-jaxprs) of one equation."""
-  found = []
-  for param in eqn.params.values():
-    for sub in param if isinstance(param, (tuple, list)) else (param,):
-      if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-        found += _convolutions(sub.jaxpr)
-      elif hasattr(sub, "eqns"):
-        found += _convolutions(sub)
-  return found
+  return [dn for sub in sub_jaxprs(eqn) for dn in _convolutions(sub)]
 
 
 def _convolutions_in(jaxpr, primitive):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import conicgrad_jax as cg
+from jaxprs import equations
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
 
@@ -336,21 +337,6 @@ def test_chunked_mode_with_a_zero_size_leaf_equals_stacked():
   _close(update, expected, rtol=2e-4, atol=2e-5)
 
 
-def _scans(jaxpr):
-  """Every ``scan`` equation of a jaxpr, those in sub-jaxprs (jit, closed_call, ...) included."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "scan":
-      found.append(eqn)
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        if hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-          found += _scans(sub.jaxpr)
-        elif hasattr(sub, "eqns"):
-          found += _scans(sub)
-  return found
-
-
 @pytest.mark.parametrize("chunk_size", [2, 3])
 def test_looped_chunks_run_chunk_size_tasks_per_backward_pass(chunk_size):
   """unroll=False: one loop of K / chunk_size iterations, each a backward pass batched over
@@ -364,7 +350,7 @@ def test_looped_chunks_run_chunk_size_tasks_per_backward_pass(chunk_size):
   task = cg.make_task_update(losses, cg.linear_scalarization(num_tasks=k), mode="chunked",
                              chunk_size=chunk_size, shared=shared, unroll=False)
   jaxpr = jax.make_jaxpr(task.step)(params, task.init(params), x).jaxpr
-  scans = _scans(jaxpr)
+  scans = equations(jaxpr, "scan")
   assert len(scans) == 1
   eqn = scans[0]
   n_chunks = k // chunk_size

@@ -9,16 +9,15 @@ import pytest
 import conicgrad_jax as cg
 from conicgrad_jax.methods import rotograd as rotograd_m
 
-K, R = 3, 3     # tasks; rotated features of the 4-dimensional representation
+K, D, R = 3, 6, 4     # tasks, representation features, rotated features
 
 
 def _problem(seed=0):
   rng = np.random.default_rng(seed)
-  params = {"enc": jnp.asarray(rng.standard_normal((5, 4)), jnp.float32),
-            "gen": jnp.asarray(0.3 * rng.standard_normal((K, R, R)), jnp.float32),
-            "heads": jnp.asarray(rng.standard_normal((K, 4)), jnp.float32)}
-  x = jnp.asarray(rng.standard_normal((8, 5)), jnp.float32)
-  return params, x
+  shapes = {"enc": ((5, D), 1.0), "gen": ((K, R, R), 0.3), "heads": ((K, D), 1.0)}
+  params = {name: jnp.asarray(scale * rng.standard_normal(shape), jnp.float32)
+            for name, (shape, scale) in shapes.items()}
+  return params, jnp.asarray(rng.standard_normal((8, 5)), jnp.float32)
 
 
 def encode(p, x):
@@ -29,7 +28,7 @@ def heads(p, z, x):
   """Task k reads z with its first R features rotated by R_k (held constant, as in RotoGrad)."""
   rotations = jax.lax.stop_gradient(rotograd_m.rotation_matrices(p["gen"]))
   rotated = jnp.concatenate([jnp.einsum("kij,bj->kbi", rotations, z[:, :R]),
-                             jnp.broadcast_to(z[None, :, R:], (K, z.shape[0], 4 - R))], axis=-1)
+                             jnp.broadcast_to(z[None, :, R:], (K, z.shape[0], D - R))], axis=-1)
   predictions = jnp.einsum("kbd,kd->kb", rotated, p["heads"])
   return jnp.mean((predictions - x[:, :K].T) ** 2, axis=1) + 0.05
 
@@ -143,7 +142,7 @@ def test_representation_loss_errors_name_the_argument():
   task = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
                              encode=encode, representation_loss=lambda p, o, x: o)
   with pytest.raises(ValueError, match=r"`representation_loss\(params, rep_grads, \*args\)` "
-                     r"must return one real number.*shape \(3, 8, 4\)"):
+                     r"must return one real number.*shape \(3, 8, 6\)"):
     task.step(params, task.init(params), x)
   # A scalar that is not a real (floating) number is named too, not left to jax.grad.
   task = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
