@@ -9,7 +9,7 @@ import pytest
 import conicgrad_jax as cg
 from conicgrad_jax.methods import rotograd as rotograd_m
 
-K, D, R = 3, 6, 4     # tasks, representation features, rotated features
+K, D, R = 3, 6, 4     # tasks, representation features, features RotoGrad rotates
 
 
 def _problem(seed=0):
@@ -25,12 +25,9 @@ def encode(p, x):
 
 
 def heads(p, z, x):
-  """Task k reads z with its first R features rotated by R_k (held constant, as in RotoGrad)."""
-  rotations = jax.lax.stop_gradient(rotograd_m.rotation_matrices(p["gen"]))
-  rotated = jnp.concatenate([jnp.einsum("kij,bj->kbi", rotations, z[:, :R]),
-                             jnp.broadcast_to(z[None, :, R:], (K, z.shape[0], D - R))], axis=-1)
-  predictions = jnp.einsum("kbd,kd->kb", rotated, p["heads"])
-  return jnp.mean((predictions - x[:, :K].T) ** 2, axis=1) + 0.05
+  """Task k's linear head on z (RotoGrad's heads would read R_k z, the rotations held constant:
+  the task losses give them no gradient either way)."""
+  return jnp.mean((z @ p["heads"].T - x[:, :K]) ** 2, axis=0) + 0.05
 
 
 def rotation_loss(p, rep_grads, x):
@@ -80,8 +77,9 @@ def test_the_loss_gradient_is_added_with_the_representation_gradients_held_const
 
 def test_rotograds_rotation_loss_trains_the_rotations_only():
   """The rotations' gradient is the one of RotoGrad's rotation objective at ∂L_k/∂z from
-  jax.jacrev; the task losses see the rotations as constants, so without the loss they
-  get nothing, and the encoder and heads get what they get without it."""
+  jax.jacrev; the task losses give the generators no gradient (RotoGrad's read the rotations
+  through stop_gradient), so without the loss they get nothing, and the encoder and heads
+  get what they get without it."""
   params, x = _problem(2)
   plain = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
                               encode=encode)
@@ -100,7 +98,7 @@ def test_amortised_steps_add_the_loss_gradient_and_keep_the_weights():
   """every = 2: the fresh step and the reuse step (lax.cond), and the host-scheduled
   `reuse`, are the steps without the loss plus the loss gradient at that step's
   representation gradients; the reuse steps combine them with the stored weights."""
-  method = lambda: cg.conicgrad(0.5, num_tasks=K)
+  method = lambda: cg.imtl_g(num_tasks=K)
   plain = cg.make_task_update(heads, method(), mode="representation", encode=encode, every=2)
   task = cg.make_task_update(heads, method(), mode="representation", encode=encode, every=2,
                              representation_loss=heads_reading_the_gradients)
@@ -143,10 +141,10 @@ def test_representation_loss_errors_name_the_argument():
                              encode=encode, representation_loss=lambda p, o, x: o)
   with pytest.raises(ValueError, match=r"`representation_loss\(params, rep_grads, \*args\)` "
                      r"must return one real number.*shape \(3, 8, 6\)"):
-    task.step(params, task.init(params), x)
+    jax.eval_shape(task.step, params, task.init(params), x)
   # A scalar that is not a real (floating) number is named too, not left to jax.grad.
   task = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
                              encode=encode, representation_loss=lambda p, o, x: jnp.sum(o > 0))
   with pytest.raises(ValueError, match=r"`representation_loss\(params, rep_grads, \*args\)` "
                      r"must return one real number"):
-    task.step(params, task.init(params), x)
+    jax.eval_shape(task.step, params, task.init(params), x)
