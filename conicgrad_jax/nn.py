@@ -17,9 +17,10 @@ class RotoGradRotations(nnx.Module):
 
   ``__call__(z)`` returns the K rotated copies (K, ..., d); the task losses
   see the rotations through ``stop_gradient`` (as in the reference), so they
-  are trained only by :meth:`loss`, RotoGrad's rotation objective (pass it as
-  ``representation_loss`` of :func:`conicgrad_jax.make_task_update` in
-  representation mode, as ``examples/rotograd_digits.py`` does). The
+  are trained only by :meth:`loss`, RotoGrad's rotation objective (wrapped as
+  ``representation_loss(params, rep_grads, *args)`` of
+  :func:`conicgrad_jax.make_task_update` in representation mode, as
+  ``examples/rotograd_digits.py`` does). The
   generators start at zero: every R_k starts as the identity.
 
   Args:

@@ -154,6 +154,10 @@ def test_the_default_smoothing_window_is_a_fortieth_of_the_steps():
   y = np.arange(80.0)
   np.testing.assert_allclose(raw.get_ydata(), y)
   np.testing.assert_allclose(mean.get_ydata(), np.concatenate([[0.0], y[1:] - 0.5]))
+  # 119 steps still give 2 (119 // 40), 120 steps 3.
+  titles = [{a.get_title() for a in dashboard.plot_dashboard(_stacked(t)).axes} for t in (119, 120)]
+  assert "conflicting pairs (running mean of 2 steps) and cond(G)" in titles[0]
+  assert "conflicting pairs (running mean of 3 steps) and cond(G)" in titles[1]
 
 
 def test_a_window_of_two_draws_the_running_mean_over_the_raw_curve():

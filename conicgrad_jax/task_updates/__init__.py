@@ -188,9 +188,11 @@ def make_task_update(
       representation gradients ``rep_grads`` (shape (K, *z.shape): ∂L_k/∂z,
       or ∂ log L_k/∂z with ``log_losses``), which enter as constants; its
       gradient with respect to the parameters is added to the update at
-      every step. RotoGrad's rotation objective
-      (:meth:`conicgrad_jax.nn.RotoGradRotations.loss`) is one: it then
-      reuses the K passes through the heads that the method's weights
+      every step (a non-finite one skips the step, as a non-finite task
+      gradient does). RotoGrad's rotation objective is one (wrap
+      :meth:`conicgrad_jax.nn.RotoGradRotations.loss` or
+      :func:`conicgrad_jax.rotograd_rotation_loss` in that signature): it
+      then reuses the K passes through the heads that the method's weights
       already take (on amortised reuse steps the K passes replace the one
       weighted pass).
 
@@ -234,7 +236,7 @@ def make_task_update(
     raise ValueError('`representation_loss` is only used with mode="representation"; got '
                      f"mode={mode!r}.")
   if representation_loss is not None and not callable(representation_loss):
-    raise TypeError("`representation_loss` must be a function "
+    raise ValueError("`representation_loss` must be a function "
                     f"(params, rep_grads, *args) -> scalar; got {type(representation_loss).__name__}.")
   if mode == "representation" and shared is not None:
     raise ValueError('mode="representation" splits the parameters by `encode` and `fun`; '
@@ -315,19 +317,18 @@ def make_task_update(
     losses, diff, z, encoder_vjp, heads_vjp = representation.forward(
         fun, encode, params, args, log_losses)
     # A representation loss needs the K representation gradients at every step.
-    every_step = (representation.gradients(heads_vjp, diff, strategy)
-                  if representation_loss is not None else None)
+    rep_grads = (representation.gradients(heads_vjp, diff, strategy)
+                 if representation_loss is not None else None)
 
     def fresh(method_state, weights):
-      rep_grads = (every_step if every_step is not None
-                   else representation.gradients(heads_vjp, diff, strategy))
-      combined, method_state = _common.call_method(method, rep_grads, method_state, None,
-                                                   losses)
+      grads = (rep_grads if rep_grads is not None
+               else representation.gradients(heads_vjp, diff, strategy))
+      combined, method_state = _common.call_method(method, grads, method_state, None, losses)
       return combined.astype(z.dtype), method_state, method_state.weights
 
     def last(method_state, weights):
-      if every_step is not None:
-        return representation.weighted(weights, every_step).astype(z.dtype), method_state, weights
+      if rep_grads is not None:
+        return representation.weighted(weights, rep_grads).astype(z.dtype), method_state, weights
       return heads_vjp(weights.astype(diff.dtype))[1].astype(z.dtype), method_state, weights
 
     combined, method_state, weights = jax.lax.cond(
@@ -336,7 +337,7 @@ def make_task_update(
     check_k(losses)
     update = representation.combine(encoder_vjp, heads_vjp, z, combined, diff, params)
     update = representation.with_representation_loss(update, representation_loss, params,
-                                                     every_step, args)
+                                                     rep_grads, args)
     update, method_state = _common.settle(state.method_state, method_state, losses, update)
     # A skipped step keeps the weights a later reuse step applies.
     weights = jnp.where(method_state.nonfinite_steps == state.method_state.nonfinite_steps,

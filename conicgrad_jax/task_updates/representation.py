@@ -23,12 +23,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from conicgrad_jax import linalg
 from conicgrad_jax.task_updates import _common
 from conicgrad_jax.task_updates import stacked
 
 
 def forward(fun, encode, params, args, log_losses):
-  """``(losses, diff losses, encoder_vjp, heads_vjp)`` from one forward pass."""
+  """``(losses, diff losses, z, encoder_vjp, heads_vjp)`` from one forward pass."""
   z, encoder_vjp = jax.vjp(lambda p: encode(p, *args), params)
   if not isinstance(z, jax.Array):
     raise ValueError(f"`encode` must return one array, the shared representation z; got a "
@@ -59,17 +60,7 @@ def gradients(heads_vjp, diff, strategy):
 
 def weighted(weights, rep_grads):
   """Σ_k w_k ∂L_k/∂z from the stacked representation gradients."""
-  return jnp.tensordot(weights.astype(rep_grads.dtype), rep_grads, axes=1)
-
-
-def check_representation_loss(representation_loss, params, rep_grads, args):
-  """Raises ValueError unless ``representation_loss`` returns one real number."""
-  out = jax.eval_shape(representation_loss, params, rep_grads, *args)
-  if not (isinstance(out, jax.ShapeDtypeStruct) and out.shape == ()
-          and jnp.issubdtype(out.dtype, jnp.floating)):
-    raise ValueError(
-        "`representation_loss(params, rep_grads, *args)` must return one real number (a "
-        f"float scalar); it returned {out} for rep_grads of shape {rep_grads.shape}.")
+  return linalg.combine_leaf(weights, rep_grads)
 
 
 def with_representation_loss(update, representation_loss, params, rep_grads, args):
@@ -81,8 +72,15 @@ def with_representation_loss(update, representation_loss, params, rep_grads, arg
   if representation_loss is None:
     return update
   rep_grads = jax.lax.stop_gradient(rep_grads)
-  check_representation_loss(representation_loss, params, rep_grads, args)
-  extra = jax.grad(lambda p: representation_loss(p, rep_grads, *args))(params)
+  value, loss_vjp = jax.vjp(lambda p: representation_loss(p, rep_grads, *args), params)
+  if not (isinstance(value, jax.Array) and value.shape == ()
+          and jnp.issubdtype(value.dtype, jnp.floating)):
+    got = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)),
+                                 value)
+    raise ValueError(
+        "`representation_loss(params, rep_grads, *args)` must return one real number (a "
+        f"float scalar); it returned {got} for rep_grads of shape {rep_grads.shape}.")
+  extra = loss_vjp(jnp.ones_like(value))[0]
   return jax.tree_util.tree_map(lambda a, b: a + b, update, _common.cast_like(extra, params))
 
 
@@ -104,7 +102,7 @@ def build_reuse(fun, encode, *, strategy, log_losses, representation_loss=None):
   """``cheap(params, weights, *args)``: Σ_k w_k Z_k through the encoder, Σ_k ∇L_k for the heads.
 
   With a ``representation_loss`` the K representation gradients are needed
-  anyway; the weighted one is then their sum, not one more pass.
+  anyway; the weighted one is then their weighted sum, not one more pass.
   """
 
   def cheap(params, weights, *args):

@@ -159,7 +159,7 @@ def test_a_burn_in_beyond_the_int32_step_counter_is_refused():
 
 def test_flax_rotation_module_applies_r_not_its_transpose():
   """rot(z)[k] = R_k z on the first r features, R_k = expm(L_k − L_kᵀ), L_k = tril(A_k, −1)
-  (scipy's expm): the rotation `loss` trains, not its inverse."""
+  (scipy's expm), not its inverse."""
   scipy_linalg = pytest.importorskip("scipy.linalg")
   nn = pytest.importorskip("conicgrad_jax.nn")
   rng = np.random.default_rng(5)

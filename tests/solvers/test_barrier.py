@@ -158,7 +158,8 @@ def test_polish_on_simplex_face_reaches_the_kkt_point_of_a_smooth_objective(boun
       constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1.0, "jac": lambda x: np.ones(5)}],
       options={"ftol": 1e-15, "maxiter": 200}).x
   x_opt = np.maximum(x_opt, 0.0) / np.maximum(x_opt, 0.0).sum()
-  assert fw_gap(x_opt) < 1e-8 and np.sum(x_opt < 1e-6) >= 1 and np.all(x_opt[x_opt > 1e-6] > 0.1)
+  # A rough optimum is enough here (it only places the start and shows a zero weight).
+  assert fw_gap(x_opt) < 1e-5 and np.sum(x_opt < 1e-4) >= 1 and np.all(x_opt[x_opt > 1e-4] > 0.1)
   rough = 0.8 * x_opt + 0.2 * np.full(5, 0.2)
   assert fw_gap(rough) > 1e-2
   y = _x64(lambda v: barrier.polish_on_simplex_face(objective, v, jnp.asarray(bound)), rough)

@@ -8,6 +8,7 @@ import pytest
 
 import conicgrad_jax as cg
 from conicgrad_jax.methods import rotograd as rotograd_m
+from jaxprs import equations
 
 K, D, R = 3, 6, 4     # tasks, representation features, features RotoGrad rotates
 
@@ -56,16 +57,16 @@ def _close(a, b, **tol):
                                err_msg=name, **tol)
 
 
-@pytest.mark.parametrize("log_losses", [False, True])
-def test_the_loss_gradient_is_added_with_the_representation_gradients_held_constant(log_losses):
+@pytest.mark.parametrize("log_losses, strategy", [(False, "loop"), (True, "vmap")])
+def test_the_loss_gradient_is_added_with_the_representation_gradients_held_constant(
+    log_losses, strategy):
   """Head weights times mean_b ∂L_k/∂z: the heads get mean_b ∂L_k/∂z (∂ log L_k/∂z with
-  log_losses) on top of the update without the loss, and nothing else changes: the
-  gradients are constants, so no derivative reaches the encoder through them."""
+  log_losses) on top of the update without the loss, and nothing else changes (the
+  gradients enter as constants: no derivative reaches the encoder through them)."""
   params, x = _problem(1)
-  plain = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
-                              encode=encode, log_losses=log_losses)
-  task = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
-                             encode=encode, log_losses=log_losses,
+  options = dict(mode="representation", encode=encode, log_losses=log_losses, strategy=strategy)
+  plain = cg.make_task_update(heads, cg.rotograd(num_tasks=K), **options)
+  task = cg.make_task_update(heads, cg.rotograd(num_tasks=K), **options,
                              representation_loss=heads_reading_the_gradients)
   _, expected, _ = jax.jit(plain.step)(params, plain.init(params), x)
   _, update, _ = jax.jit(task.step)(params, task.init(params), x)
@@ -98,9 +99,10 @@ def test_amortised_steps_add_the_loss_gradient_and_keep_the_weights():
   """every = 2: the fresh step and the reuse step (lax.cond), and the host-scheduled
   `reuse`, are the steps without the loss plus the loss gradient at that step's
   representation gradients; the reuse steps combine them with the stored weights."""
-  method = lambda: cg.imtl_g(num_tasks=K)
-  plain = cg.make_task_update(heads, method(), mode="representation", encode=encode, every=2)
-  task = cg.make_task_update(heads, method(), mode="representation", encode=encode, every=2,
+  make_method = lambda: cg.imtl_g(num_tasks=K)
+  plain = cg.make_task_update(heads, make_method(), mode="representation", encode=encode,
+                              every=2)
+  task = cg.make_task_update(heads, make_method(), mode="representation", encode=encode, every=2,
                              representation_loss=heads_reading_the_gradients)
   params, x = _problem(3)
   plain_state, state = plain.init(params), task.init(params)
@@ -134,7 +136,7 @@ def test_representation_loss_errors_name_the_argument():
   with pytest.raises(ValueError, match="`representation_loss` is only used with "
                      'mode="representation"'):
     cg.make_task_update(flat, cg.rotograd(), representation_loss=rotation_loss)
-  with pytest.raises(TypeError, match="`representation_loss` must be a function"):
+  with pytest.raises(ValueError, match="`representation_loss` must be a function"):
     cg.make_task_update(heads, cg.rotograd(), mode="representation", encode=encode,
                         representation_loss=1.0)
   task = cg.make_task_update(heads, cg.rotograd(num_tasks=K), mode="representation",
@@ -148,3 +150,31 @@ def test_representation_loss_errors_name_the_argument():
   with pytest.raises(ValueError, match=r"`representation_loss\(params, rep_grads, \*args\)` "
                      r"must return one real number"):
     jax.eval_shape(task.step, params, task.init(params), x)
+
+
+def _head_passes(step, params, state, x):
+  """Matrix products with the heads' weights in the step's jaxpr (branches included): one
+  for the forward pass and one per pass back through the heads to z."""
+  jaxpr = jax.make_jaxpr(step)(params, state, x).jaxpr
+  return sum(any(v.aval.shape in ((K, D), (D, K)) for v in eqn.invars)
+             for eqn in equations(jaxpr, "dot_general"))
+
+
+def test_the_loss_takes_no_pass_through_the_heads_beyond_the_k_the_weights_take():
+  """With the loss as without: 1 + K + 1 products (forward, the K representation
+  gradients, Σ_k ∇L_k for the heads) on a recompute step, and on an amortised step (whose
+  branches then share the K gradients); a host-scheduled reuse step takes the K passes
+  instead of its one weighted pass."""
+  params, x = _problem(6)
+  method = cg.imtl_g(num_tasks=K)
+  passes = {}
+  for with_loss in (False, True):
+    loss = heads_reading_the_gradients if with_loss else None
+    for every in (1, 2):
+      task = cg.make_task_update(heads, method, mode="representation", encode=encode,
+                                 every=every, representation_loss=loss)
+      passes[with_loss, every] = _head_passes(task.step, params, task.init(params), x)
+    passes[with_loss, "reuse"] = _head_passes(task.reuse, params, task.init(params), x)
+  assert passes[False, 1] == passes[True, 1] == 1 + K + 1
+  assert passes[False, 2] == 1 + K + 1 + 1 and passes[True, 2] == 1 + K + 1
+  assert passes[False, "reuse"] == 1 + 1 + 1 and passes[True, "reuse"] == 1 + K + 1
