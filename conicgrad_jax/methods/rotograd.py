@@ -23,8 +23,9 @@ with ``mode="representation"`` does so and maps the combined z-gradient
 through the encoder with one VJP (the reference package's rule over a burn-in:
 ``test_representation_mode_with_rotograd_follows_the_reference_over_its_burn_in``); its
 ``representation_loss`` option, given :func:`rotation_loss` of the rotations'
-generators, adds the rotations' gradient from the same representation gradients. Given parameter-level task gradients it
-homogenises their norms instead (a documented variant).
+generators, adds the rotations' gradient from the same representation gradients.
+Given parameter-level task gradients it homogenises their norms instead (a
+documented variant).
 
 References:
   Javaloy & Valera, "RotoGrad: Gradient Homogenization in Multitask

@@ -236,8 +236,8 @@ def make_task_update(
     raise ValueError('`representation_loss` is only used with mode="representation"; got '
                      f"mode={mode!r}.")
   if representation_loss is not None and not callable(representation_loss):
-    raise ValueError("`representation_loss` must be a function "
-                    f"(params, rep_grads, *args) -> scalar; got {type(representation_loss).__name__}.")
+    raise ValueError("`representation_loss` must be a function (params, rep_grads, *args) "
+                     f"-> scalar; got {type(representation_loss).__name__}.")
   if mode == "representation" and shared is not None:
     raise ValueError('mode="representation" splits the parameters by `encode` and `fun`; '
                      "leave `shared` unset.")
@@ -327,9 +327,8 @@ def make_task_update(
       return combined.astype(z.dtype), method_state, method_state.weights
 
     def last(method_state, weights):
-      if rep_grads is not None:
-        return representation.weighted(weights, rep_grads).astype(z.dtype), method_state, weights
-      return heads_vjp(weights.astype(diff.dtype))[1].astype(z.dtype), method_state, weights
+      rep = representation.weighted(weights, heads_vjp, diff, rep_grads)
+      return rep.astype(z.dtype), method_state, weights
 
     combined, method_state, weights = jax.lax.cond(
         state.step % every == 0, in_branch(fresh), in_branch(last), state.method_state,

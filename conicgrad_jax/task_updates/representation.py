@@ -58,9 +58,12 @@ def gradients(heads_vjp, diff, strategy):
                                     diff.dtype, strategy)[0]
 
 
-def weighted(weights, rep_grads):
-  """Σ_k w_k ∂L_k/∂z from the stacked representation gradients."""
-  return linalg.combine_leaf(weights, rep_grads)
+def weighted(weights, heads_vjp, diff, rep_grads=None):
+  """Σ_k w_k ∂L_k/∂z: from the stacked representation gradients when they are at hand,
+  otherwise by one pass through the heads with the weights as cotangent."""
+  if rep_grads is not None:
+    return linalg.combine_leaf(weights, rep_grads)
+  return heads_vjp(weights.astype(diff.dtype))[1]
 
 
 def with_representation_loss(update, representation_loss, params, rep_grads, args):
@@ -107,11 +110,10 @@ def build_reuse(fun, encode, *, strategy, log_losses, representation_loss=None):
 
   def cheap(params, weights, *args):
     losses, diff, z, encoder_vjp, heads_vjp = forward(fun, encode, params, args, log_losses)
-    if representation_loss is None:
-      rep = heads_vjp(weights.astype(diff.dtype))[1]
-      return losses, combine(encoder_vjp, heads_vjp, z, rep, diff, params)
-    rep_grads = gradients(heads_vjp, diff, strategy)
-    update = combine(encoder_vjp, heads_vjp, z, weighted(weights, rep_grads), diff, params)
+    rep_grads = (gradients(heads_vjp, diff, strategy)
+                 if representation_loss is not None else None)
+    rep = weighted(weights, heads_vjp, diff, rep_grads)
+    update = combine(encoder_vjp, heads_vjp, z, rep, diff, params)
     return losses, with_representation_loss(update, representation_loss, params, rep_grads, args)
 
   return cheap
